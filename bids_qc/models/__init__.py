@@ -1,0 +1,1 @@
+"""QC model maths (plain numpy/torch, no nipype) and the model registry."""

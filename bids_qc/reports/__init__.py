@@ -1,0 +1,1 @@
+"""HTML reports filled from jinja2 templates."""

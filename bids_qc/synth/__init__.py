@@ -1,0 +1,1 @@
+"""The synthetic data engine: images from label maps, failures with exact truth."""

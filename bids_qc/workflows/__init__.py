@@ -1,0 +1,1 @@
+"""nipype workflow builders (``init_*_wf``)."""
