@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -13,7 +14,7 @@ from typing import Literal
 Source = Literal["raw", "fmriprep", "freesurfer", "fastsurfer", "bids_qc"]
 #: ``aseg``: FreeSurfer-coded labels; ``tissue``: fMRIPrep's 3-class dseg (CSF/GM/WM).
 SegKind = Literal["aseg", "tissue"]
-#: ``itk``: an ITK/ANTs affine text or .mat file; ``fsl_xfm``: FreeSurfer/MNI ``talairach.xfm``
+#: ``itk``: an ITK/ANTs affine text or .mat file; ``talairach``: FreeSurfer/MNI ``talairach.xfm``
 #: (world RAS to world RAS); ``h5``: an ANTs composite (not readable without ANTs).
 XfmKind = Literal["itk", "talairach", "h5"]
 
@@ -46,8 +47,8 @@ class QCInput:
     seg_kind : {"aseg", "tissue"} or None
         ``tissue`` for fMRIPrep's bare 3-class ``dseg``: structure columns are ``n/a``.
     seg_reference : Path or None
-        The image on the segmentation's grid (``norm.mgz`` beside ``aseg.mgz``), when
-        it is not ``t1w_preproc`` or ``t1w``.
+        The intensity image on the segmentation's grid (``norm.mgz`` beside ``aseg.mgz``,
+        FastSurfer's ``orig.mgz``, fMRIPrep's ``desc-preproc_T1w`` beside its dseg).
     xfm : Path or None
         A transform from this image's space to ``template_space``.
     xfm_kind : {"itk", "talairach", "h5"} or None
@@ -58,7 +59,8 @@ class QCInput:
         Input role (``t1w``, ``template_t1w``, ``seg``, ...) -> the derivative
         (``raw``, ``fmriprep``, ``freesurfer``, ``fastsurfer``) that supplied it.
     candidates : dict
-        Every segmentation found, by source, so a user can see what was not chosen.
+        Every segmentation found, by source (``freesurfer``, ``fastsurfer``, ``fmriprep``,
+        ``fmriprep_tissue``), so a user can see what was not chosen.
     """
 
     bids_name: str
@@ -80,10 +82,7 @@ class QCInput:
 
     def input_files(self) -> dict[str, Path]:
         """Role -> path of every input file this row uses (for md5 provenance and resume)."""
-        roles = (
-            "t1w", "t1w_preproc", "template_t1w", "brain_mask", "seg", "seg_reference", "xfm",
-        )
-        return {r: getattr(self, r) for r in roles if getattr(self, r) is not None}
+        return {r: getattr(self, r) for r in _PATH_FIELDS if getattr(self, r) is not None}
 
     @property
     def subject(self) -> str:
@@ -94,3 +93,21 @@ class QCInput:
     def session(self) -> str | None:
         """The session label, without ``ses-``, or None."""
         return self.entities.get("session")
+
+
+_PATH_FIELDS = ("t1w", "t1w_preproc", "template_t1w", "brain_mask", "seg", "seg_reference", "xfm")
+
+
+def qc_input_to_dict(row: QCInput) -> dict:
+    """JSON-ready form of a QCInput (paths as strings); the inverse of :func:`qc_input_from_dict`."""
+    out = dataclasses.asdict(row)
+    for key in _PATH_FIELDS:
+        if out[key] is not None:
+            out[key] = str(out[key])
+    return out
+
+
+def qc_input_from_dict(data: dict) -> QCInput:
+    """Rebuild a QCInput from its dict form (paths back to ``Path``)."""
+    kwargs = {k: (Path(v) if k in _PATH_FIELDS and v is not None else v) for k, v in data.items()}
+    return QCInput(**kwargs)

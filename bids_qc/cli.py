@@ -1,0 +1,261 @@
+"""``bids_qc BIDS_DIR OUTPUT_DIR {participant,group}``: the BIDS-App entry point.
+
+Parses the command line into a :class:`~bids_qc.settings.Settings`, which is passed
+explicitly to everything else. Exit codes follow the BIDS-Apps execution spec
+(:mod:`bids_qc.exitcodes`); every non-zero exit prints one line saying what to fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from . import __version__, exitcodes
+from .errors import DatasetError
+from .models.registry import KNOWN_MODELS
+from .settings import Settings
+
+LOGGER = logging.getLogger("bids_qc")
+
+
+class UsageError(Exception):
+    """A usage error (exit code 64)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the BIDS-Apps usage exit code (64) instead of its own 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        raise UsageError(message)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _default_nprocs() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (also the source of the documented option list)."""
+    p = _Parser(
+        prog="bids_qc",
+        description="Quality control of structural brain MRI and its derivatives "
+        "(registrations, segmentations, subcortical shapes) with deep-learning QC models.",
+    )
+    p.add_argument("bids_dir", type=Path, help="the root of the BIDS dataset")
+    p.add_argument("output_dir", type=Path, help="where outputs go (e.g. "
+                   "BIDS_DIR/derivatives/bids_qc); never BIDS_DIR itself")
+    p.add_argument("analysis_level", help="participant (per image) or group (tables, report)")
+    p.add_argument("--version", action="version", version=f"bids_qc {__version__}")
+
+    sel = p.add_argument_group("selecting images")
+    sel.add_argument("--participant-label", "--participant_label", nargs="+", default=[],
+                     metavar="LABEL", help="subjects to process, with or without 'sub-'; a "
+                     "file path reads one label per line")
+    sel.add_argument("--session-label", nargs="+", default=[], metavar="LABEL",
+                     help="sessions to process, with or without 'ses-'")
+    sel.add_argument("--bids-filter-file", type=Path, metavar="FILE",
+                     help='JSON of pybids filters, e.g. {"t1w": {"acquisition": "mprage"}}')
+    sel.add_argument("--derivatives", nargs="+", type=Path, metavar="PATH",
+                     help="derivative datasets to use (default: every one under "
+                     "BIDS_DIR/derivatives/)")
+    sel.add_argument("--seg-source", choices=["auto", "freesurfer", "fastsurfer", "fmriprep"],
+                     default="auto", help="which derivative's segmentation to check (auto: "
+                     "FreeSurfer, then FastSurfer, then fMRIPrep)")
+    sel.add_argument("--skip-bids-validation", action="store_true",
+                     help="do not require a valid dataset_description.json")
+    sel.add_argument("--bids-database-dir", type=Path, metavar="DIR",
+                     help="save (or reuse) the pybids index there, so cluster jobs skip indexing")
+
+    mod = p.add_argument_group("models")
+    mod.add_argument("--models", nargs="+", metavar="NAME",
+                     help=f"QC models to run ({', '.join(KNOWN_MODELS)}); default: all installed")
+    mod.add_argument("--device", default="auto", help="auto (GPU when torch sees one), cpu, "
+                     "cuda or cuda:N")
+
+    run = p.add_argument_group("execution")
+    run.add_argument("-w", "--work-dir", type=Path, metavar="DIR",
+                     help="nipype working directory (kept; default: a temporary one, removed)")
+    run.add_argument("--nprocs", "--n_procs", type=_positive_int, default=None,
+                     help="processes to use (default: the CPUs available)")
+    run.add_argument("--mem-gb", type=_positive_float, default=None,
+                     help="memory MultiProc may plan for (default: what the machine has)")
+    run.add_argument("--plugin-config", type=Path, metavar="FILE",
+                     help="YAML with 'plugin' (MultiProc, Linear, SLURM, ...) and 'plugin_args'")
+    run.add_argument("--force", action="store_true",
+                     help="recompute images whose results exist and are up to date")
+    run.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    run.add_argument("-q", "--quiet", action="count", default=0, help="less log output")
+    return p
+
+
+def _read_labels(values: Sequence[str]) -> list[str]:
+    labels: list[str] = []
+    for value in values:
+        path = Path(value)
+        if path.is_file():
+            lines = path.read_text().split()
+            labels.extend(line.strip() for line in lines if line.strip())
+        else:
+            labels.append(value)
+    return labels
+
+
+def _read_filters(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise UsageError(f"--bids-filter-file {path}: cannot read it ({exc.strerror})") from None
+    except ValueError as exc:
+        raise UsageError(f"--bids-filter-file {path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"--bids-filter-file {path}: must hold a JSON object such as "
+                         '{"t1w": {"acquisition": "mprage"}}')
+    return data
+
+
+def _read_plugin(path: Path | None, nprocs: int, mem_gb: float | None) -> tuple[str, dict]:
+    plugin, args = "MultiProc", {}
+    if path is not None:
+        import yaml
+
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise UsageError(f"--plugin-config {path}: cannot read it as YAML ({exc})") from None
+        if not isinstance(data, dict) or "plugin" not in data:
+            raise UsageError(f"--plugin-config {path}: needs a 'plugin' key (MultiProc, Linear, "
+                             "SLURM, ...) and optional 'plugin_args'")
+        plugin, args = str(data["plugin"]), dict(data.get("plugin_args") or {})
+    if plugin == "MultiProc":
+        args.setdefault("n_procs", nprocs)
+        if mem_gb is not None:
+            args.setdefault("memory_gb", mem_gb)
+    return plugin, args
+
+
+def _check_output_dir(bids_dir: Path, output_dir: Path) -> None:
+    bids = bids_dir.resolve()
+    out = output_dir.resolve()
+    if out == bids:
+        raise UsageError(f"OUTPUT_DIR {output_dir} is BIDS_DIR; write to "
+                         f"{bids_dir}/derivatives/bids_qc or outside the dataset")
+    if bids in out.parents and (bids / "derivatives") not in out.parents:
+        raise UsageError(f"OUTPUT_DIR {output_dir} lies inside BIDS_DIR; write to "
+                         f"{bids_dir}/derivatives/bids_qc or outside the dataset")
+
+
+def parse_settings(argv: Sequence[str] | None = None) -> Settings:
+    """Parse the command line into Settings.
+
+    Raises
+    ------
+    UsageError
+        Exit code 64.
+    DatasetError
+        Exit code 17 for an unknown analysis level.
+    """
+    from .bids import normalise_labels
+
+    ns = build_parser().parse_args(argv)
+    if ns.analysis_level not in ("participant", "group"):
+        raise DatasetError(f"analysis level {ns.analysis_level!r} is unknown: use participant "
+                           "or group", exitcodes.UNKNOWN_LEVEL)
+    if ns.models:
+        unknown = [m for m in ns.models if m not in KNOWN_MODELS]
+        if unknown:
+            raise UsageError(f"--models: unknown {', '.join(unknown)}; choose from "
+                             f"{', '.join(KNOWN_MODELS)}")
+    nprocs = ns.nprocs or _default_nprocs()
+    plugin, plugin_args = _read_plugin(ns.plugin_config, nprocs, ns.mem_gb)
+    return Settings(
+        bids_dir=ns.bids_dir.absolute(),
+        output_dir=ns.output_dir.absolute(),
+        analysis_level=ns.analysis_level,
+        participant_label=normalise_labels(_read_labels(ns.participant_label), "sub-"),
+        session_label=normalise_labels(ns.session_label, "ses-"),
+        bids_filters=_read_filters(ns.bids_filter_file),
+        derivatives=tuple(p.absolute() for p in ns.derivatives) if ns.derivatives else None,
+        seg_source=ns.seg_source,
+        models=tuple(ns.models) if ns.models else None,
+        device=ns.device,
+        work_dir=ns.work_dir.absolute() if ns.work_dir else None,
+        nprocs=nprocs,
+        mem_gb=ns.mem_gb,
+        plugin=plugin,
+        plugin_args=plugin_args,
+        skip_bids_validation=ns.skip_bids_validation,
+        bids_database_dir=ns.bids_database_dir.absolute() if ns.bids_database_dir else None,
+        force=ns.force,
+        verbosity=ns.verbose - ns.quiet,
+    )
+
+
+def _setup_logging(verbosity: int) -> None:
+    level = logging.INFO - 10 * verbosity
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s bids_qc %(levelname)s: %(message)s",
+                                           "%H:%M:%S"))
+    LOGGER.handlers[:] = [handler]
+    LOGGER.setLevel(max(logging.DEBUG, min(level, logging.ERROR)))
+    LOGGER.propagate = False
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Run bids_qc and return its exit code (``main`` exits with it)."""
+    os.environ.setdefault("NIPYPE_NO_ET", "1")  # no telemetry request: offline clusters
+    try:
+        settings = parse_settings(argv)
+        _setup_logging(settings.verbosity)
+        _check_output_dir(settings.bids_dir, settings.output_dir)
+        if settings.analysis_level == "group":
+            from .runner import run_group
+
+            return run_group(settings)
+        from .runner import run_participant
+
+        return run_participant(settings)
+    except UsageError as exc:
+        return _fail(exitcodes.USAGE, str(exc))
+    except DatasetError as exc:
+        return _fail(exc.exit_code, str(exc))
+    except KeyboardInterrupt:
+        return _fail(130, "interrupted; finished images are kept, rerun to resume")
+
+
+def _fail(code: int, message: str) -> int:
+    print(f"bids_qc: error: {message}", file=sys.stderr)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Console-script entry point."""
+    sys.exit(run(argv))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,109 @@
+"""nipype interface of the classical metrics (registration baselines, structure volumes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    SimpleInterface,
+    TraitedSpec,
+    isdefined,
+    traits,
+)
+
+from ..inputs import qc_input_from_dict
+from ..io import check_freesurfer_codes, load_labels
+from ..models.classic import registration_metrics, structure_volumes
+from ..results import error_record, stage_result
+from ..spatial import load_template, to_template_space
+from ..templates_data import get_template
+from ..structures import STRUCTURE_NAMES
+
+
+class _ClassicMetricsInputSpec(BaseInterfaceInputSpec):
+    # The whole row travels as a dict of strings (paths are plain strings, not File traits,
+    # so that a missing or broken file becomes our own error message rather than a trait error).
+    qc_input = traits.Dict(mandatory=True, desc="QCInput as a dict (see bids_qc.inputs)")
+
+
+class _ClassicMetricsOutputSpec(TraitedSpec):
+    result = traits.Dict(desc="stage result: name, metrics, errors, warnings, skipped, "
+                         "provenance (see bids_qc.results)")
+
+
+class ClassicMetrics(SimpleInterface):
+    """``reg_cc``, ``reg_mi`` and ``vol_<structure>`` of one T1w image.
+
+    Each stage fails on its own: an unreadable segmentation leaves the registration
+    metrics intact, and the other way round.
+    """
+
+    input_spec = _ClassicMetricsInputSpec
+    output_spec = _ClassicMetricsOutputSpec
+
+    def _run_interface(self, runtime):
+        row = qc_input_from_dict(self.inputs.qc_input)
+        metrics: dict[str, float | None] = {"reg_cc": None, "reg_mi": None}
+        metrics.update({f"vol_{n}": None for n in STRUCTURE_NAMES})
+        errors: list[dict] = []
+        warnings: list[str] = []
+        skipped: list[dict] = []
+        self._provenance: dict = {"template": {}, "template_space_t1w": None}
+
+        self._registration(row, metrics, errors, warnings, skipped, Path(runtime.cwd))
+        self._segmentation(row, metrics, errors, warnings, skipped)
+
+        self._results["result"] = stage_result(
+            "classic", metrics, errors, warnings, skipped, self._provenance
+        )
+        return runtime
+
+    def _registration(self, row, metrics, errors, warnings, skipped, cwd: Path) -> None:
+        space = row.template_space
+        if row.template_t1w is None and row.xfm is None:
+            skipped.append({"stage": "registration", "reason": "no template-space T1w and no "
+                            "transform to a template in the derivatives"})
+            return
+        template = get_template(space or "")
+        if template is None:
+            skipped.append({"stage": "registration", "reason": f"no template for space "
+                            f"{space!r} is installed (set TEMPLATEFLOW_HOME to a local "
+                            "TemplateFlow copy holding it)"})
+            return
+        self._provenance["template"] = {
+            "space": template.space, "file": str(template.t1w), "sha256": template.sha256,
+            "source": template.source,
+        }
+        try:
+            grid = load_template(template)
+            data, how, warns = to_template_space(row, grid)
+            warnings.extend(warns)
+            metrics.update(registration_metrics(data, grid.data, grid.mask))
+            out = cwd / "template_space_T1w.nii.gz"
+            nib.save(nib.Nifti1Image(data.astype(np.float32), grid.affine), str(out))
+            self._provenance["template_space_t1w"] = str(out)
+            self._provenance["template"]["how"] = how
+        except Exception as exc:  # one failed stage must not stop the image
+            errors.append(error_record("registration", exc))
+
+    def _segmentation(self, row, metrics, errors, warnings, skipped) -> None:
+        if row.seg is None:
+            skipped.append({"stage": "segmentation", "reason": "no segmentation in the "
+                            "derivatives"})
+            return
+        if row.seg_kind == "tissue":
+            skipped.append({"stage": "segmentation", "reason": "fMRIPrep's 3-class tissue dseg "
+                            "has no structures: structure columns are n/a"})
+            return
+        try:
+            loaded = load_labels(row.seg, role="segmentation")
+            warnings.extend(loaded.warnings)
+            labels = np.asanyarray(loaded.img.dataobj)
+            check_freesurfer_codes(labels, row.seg)
+            voxel = float(np.prod(loaded.img.header.get_zooms()[:3]))
+            metrics.update(structure_volumes(labels, voxel))
+        except Exception as exc:
+            errors.append(error_record("segmentation", exc))

@@ -1,0 +1,134 @@
+"""The model registry: which QC models exist, their weights, and what inputs they need.
+
+The registry is an explicit tuple of :class:`ModelSpec`; nothing registers itself by import.
+Weights ship inside the package (``bids_qc/models/weights/``) and load only after their
+sha256 matches the registry (``torch.load(..., weights_only=True)``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+#: Inputs a model may need, as QCInput roles: ``template_t1w`` (a T1w in template space, or
+#: anything that gets there), ``seg`` (a FreeSurfer-coded segmentation), ``t1w`` (any native
+#: T1w image).
+Need = Literal["template_t1w", "seg", "t1w"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One QC model.
+
+    Parameters
+    ----------
+    name : str
+        CLI and column prefix (``regqc``).
+    version : str
+        Model version, recorded in the provenance.
+    weights : str
+        File name under ``bids_qc/models/weights/`` ("" for models without weights).
+    sha256 : str
+        Expected sha256 of the weights file.
+    needs : tuple of str
+        Inputs the model needs; a row lacking one skips the model with that reason.
+    description : str
+        One line for ``--help`` and the reports.
+    """
+
+    name: str
+    version: str
+    weights: str
+    sha256: str
+    needs: tuple[Need, ...]
+    description: str = ""
+
+    def weights_path(self) -> Path:
+        """The installed weights file."""
+        return Path(str(resources.files("bids_qc.models") / "weights" / self.weights))
+
+    def is_installed(self) -> bool:
+        """Whether the weights file ships with this installation."""
+        return bool(self.weights) and self.weights_path().is_file()
+
+
+#: Every QC model bids_qc knows. A model is *installed* when its weights file ships.
+#: Entries are added by the issues that train each model (RegQC, SegQC, ManifoldQC,
+#: ShapeQC, VINN); each carries the sha256 that its model card is stamped with.
+REGISTRY: tuple[ModelSpec, ...] = ()
+
+#: Names the CLI accepts for ``--models`` (models of later releases included, so a
+#: pipeline written today keeps parsing; a known but uninstalled model is skipped with a reason).
+KNOWN_MODELS: tuple[str, ...] = ("regqc", "segqc", "manifoldqc", "shapeqc", "vinn")
+
+
+def sha256sum(path: str | Path) -> str:
+    """Hex sha256 of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def get_spec(name: str, registry: tuple[ModelSpec, ...] = REGISTRY) -> ModelSpec:
+    """The spec called ``name``.
+
+    Raises
+    ------
+    ValueError
+        If no model of the registry has that name.
+    """
+    for spec in registry:
+        if spec.name == name:
+            return spec
+    known = ", ".join(s.name for s in registry) or "none installed"
+    raise ValueError(f"Unknown model {name!r}; models in this installation: {known}")
+
+
+def installed_models(registry: tuple[ModelSpec, ...] = REGISTRY) -> tuple[ModelSpec, ...]:
+    """The specs whose weights ship with this installation."""
+    return tuple(s for s in registry if s.is_installed())
+
+
+def load_state_dict(spec: ModelSpec, path: Path | None = None) -> dict[str, Any]:
+    """Load a model's weights after checking their sha256 against the registry.
+
+    Parameters
+    ----------
+    spec : ModelSpec
+        The model.
+    path : Path, optional
+        Weights file (default: the installed one).
+
+    Raises
+    ------
+    ValueError
+        If the file is missing or its sha256 does not match (a corrupt or replaced file).
+    """
+    import torch
+
+    path = Path(path) if path is not None else spec.weights_path()
+    if not path.is_file():
+        raise ValueError(
+            f"Weights of model {spec.name!r} not found at {path}; reinstall bids_qc "
+            "(the weights ship inside the package)."
+        )
+    actual = sha256sum(path)
+    if actual != spec.sha256:
+        raise ValueError(
+            f"Weights {path} of model {spec.name!r} have sha256 {actual}, but the registry "
+            f"expects {spec.sha256}; the file is corrupt or was replaced: reinstall bids_qc."
+        )
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise ValueError(f"Weights {path} of model {spec.name!r} do not hold a state dict.")
+    return state
+
+
+def missing_needs(spec: ModelSpec, available: set[str]) -> list[str]:
+    """Which of the model's needs are not in ``available`` (empty when it can run)."""
+    return [n for n in spec.needs if n not in available]

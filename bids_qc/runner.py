@@ -1,0 +1,286 @@
+"""Participant and group level runs: selection, resume, the nipype run, and the summary."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import exitcodes
+from .errors import DatasetError
+from .inputs import QCInput, qc_input_to_dict
+from .io import atomic_write_json
+from .models.registry import KNOWN_MODELS, REGISTRY, ModelSpec, installed_models
+from .outputs import fingerprint, init_output_dir, is_up_to_date, result_path
+from .results import failed_result
+from .settings import Settings
+
+LOGGER = logging.getLogger("bids_qc")
+
+#: Settings that change what a result holds (the rest, such as --nprocs, do not).
+_RESULT_OPTIONS = ("seg_source", "device")
+
+
+@dataclass
+class Selection:
+    """Which models run, and which were skipped with why."""
+
+    models: tuple[ModelSpec, ...]
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+
+def select_models(requested: tuple[str, ...] | None) -> Selection:
+    """The installed models among those requested; the rest are skipped with a reason."""
+    installed = {m.name: m for m in installed_models()}
+    registered = {m.name for m in REGISTRY}
+    names = requested or KNOWN_MODELS
+    chosen, skipped = [], []
+    for name in names:
+        if name in installed:
+            chosen.append(installed[name])
+        elif name in registered:
+            skipped.append({"model": name, "reason": "its weights are missing from this "
+                            "installation: reinstall bids_qc"})
+        else:
+            skipped.append({"model": name, "reason": "not available in this version of bids_qc"})
+    return Selection(tuple(chosen), skipped)
+
+
+def _check_writable(output_dir: Path) -> None:
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output_dir, prefix=".write_test_"):
+            pass
+    except OSError as exc:
+        raise DatasetError(
+            f"cannot write to OUTPUT_DIR {output_dir} ({exc.strerror}); choose a writable folder",
+            exitcodes.CANT_CREATE,
+        ) from None
+
+
+def _sigterm_as_interrupt() -> None:
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+class _Progress:
+    """Prints images done out of total, the current one, and failures so far."""
+
+    def __init__(self, names: dict[str, str], output_dir: Path) -> None:
+        self.names = names  # workflow name -> bids_name
+        self.output_dir = output_dir
+        self.total = len(names)
+        self.done = 0
+        self.failed = 0
+
+    def __call__(self, node: Any, status: str) -> None:
+        wf = node.fullname.split(".")[-2] if "." in node.fullname else ""
+        bids_name = self.names.get(wf)
+        if bids_name is None:
+            return
+        if status == "start" and node.name == "classic":
+            LOGGER.info("[%d/%d] started %s", self.done, self.total, bids_name)
+        elif status == "exception":
+            self.done += 1
+            self.failed += 1
+            LOGGER.warning("[%d/%d] FAILED %s (%s node crashed; failures so far: %d)",
+                           self.done, self.total, bids_name, node.name, self.failed)
+        elif status == "end" and node.name == "write_results":
+            self.done += 1
+            LOGGER.info("[%d/%d] done %s (failures so far: %d)", self.done, self.total,
+                        bids_name, self.failed)
+
+
+def run_participant(settings: Settings) -> int:
+    """Participant level; returns the exit code."""
+    from .bids import check_dataset, collect_inputs
+    from .device import resolve_device
+
+    check_dataset(settings.bids_dir, settings.skip_bids_validation)
+    _check_writable(settings.output_dir)
+    try:
+        device = resolve_device(settings.device)
+    except ValueError as exc:
+        raise DatasetError(str(exc), exitcodes.USAGE) from None
+    rows = collect_inputs(settings)
+    init_output_dir(settings.output_dir, settings.bids_dir)
+    selection = select_models(settings.models)
+    for s in selection.skipped:
+        LOGGER.info("model %s skipped: %s", s["model"], s["reason"])
+
+    options = {k: settings.to_json()[k] for k in _RESULT_OPTIONS}
+    options["device"] = device
+    options["models_skipped"] = [s["model"] for s in selection.skipped]
+    prints = {r.bids_name: fingerprint(r, selection.models, options) for r in rows}
+    todo = [r for r in rows if settings.force
+            or not is_up_to_date(result_path(settings.output_dir, r), prints[r.bids_name])]
+    if len(todo) < len(rows):
+        LOGGER.info("%d of %d image(s) already have up-to-date results (use --force to "
+                    "recompute them)", len(rows) - len(todo), len(rows))
+    started = time.time()
+    if todo:
+        _run_workflow(settings, todo, prints, selection, device)
+    failures = _collect_failures(settings, todo, prints, device, started)
+    _write_run_log(settings, rows, todo, failures, selection, device)
+    return _summary(settings, rows, todo, failures, selection)
+
+
+def _run_workflow(settings: Settings, rows: list[QCInput], prints: dict, selection: Selection,
+                  device: str) -> None:
+    from .workflows.base import init_bids_qc_wf, workflow_name
+
+    tmp_work = settings.work_dir is None
+    try:
+        work_dir = settings.work_dir or Path(tempfile.mkdtemp(prefix="bids_qc_work_"))
+        work_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DatasetError(f"cannot create the work directory ({exc}); pass a writable -w DIR",
+                           exitcodes.CANT_CREATE) from None
+    _quiet_nipype(settings.verbosity)
+    wf = init_bids_qc_wf(
+        rows, output_dir=settings.output_dir, work_dir=work_dir, fingerprints=prints,
+        models=selection.models, device=device,
+        crashdump_dir=settings.output_dir / "logs",
+        skipped_models=selection.skipped,
+    )
+    plugin_args = dict(settings.plugin_args)
+    if settings.plugin in ("MultiProc", "Linear"):
+        plugin_args["status_callback"] = _Progress(
+            {workflow_name(r.bids_name): r.bids_name for r in rows}, settings.output_dir
+        )
+    _sigterm_as_interrupt()
+    LOGGER.info("processing %d image(s) with %s (%s)", len(rows), settings.plugin,
+                ", ".join(f"{k}={v}" for k, v in plugin_args.items() if k != "status_callback"))
+    try:
+        wf.run(plugin=settings.plugin, plugin_args=plugin_args)
+    except RuntimeError as exc:
+        # nipype raises once some node crashed; each image's failure is collected below.
+        LOGGER.debug("nipype reported: %s", exc)
+    finally:
+        if tmp_work:
+            shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def _quiet_nipype(verbosity: int) -> None:
+    from nipype import config, logging as nlogging
+
+    level = "INFO" if verbosity > 0 else "WARNING"
+    config.set("logging", "workflow_level", level)
+    config.set("logging", "interface_level", level)
+    config.set("logging", "utils_level", "WARNING")
+    nlogging.update_logging(config)
+
+
+def _crash_message(settings: Settings, row: QCInput) -> tuple[str, str]:
+    """The last error line of this image's newest nipype crash file, and where the file is."""
+    from .workflows.base import workflow_name
+
+    marker = f".{workflow_name(row.bids_name)}."
+    for crash in sorted((settings.output_dir / "logs").glob("crash-*"), reverse=True):
+        text = crash.read_text(errors="replace").splitlines()
+        if not text or marker not in text[0]:
+            continue
+        errors = [line.strip() for line in text
+                  if re.match(r"^\s*[\w.]*(Error|Exception|Interrupt)\b.*", line)]
+        last = errors[-1] if errors else "the node crashed"
+        node = text[0].removeprefix("Node: ").rsplit(".", 1)[-1]
+        return f"node {node} crashed: {last}", f"See {crash}; rerun to retry this image."
+    return ("the workflow stopped before writing results (killed, out of memory?)",
+            "See logs/ and the scheduler's log; rerun to retry this image.")
+
+
+def _collect_failures(settings: Settings, rows: list[QCInput], prints: dict, device: str,
+                      started: float) -> dict[str, str]:
+    """bids_name -> qc_error for every processed image that failed (JSON written for all)."""
+    failures = {}
+    for row in rows:
+        path = result_path(settings.output_dir, row)
+        fresh = path.is_file() and path.stat().st_mtime >= started - 1
+        if not fresh:
+            problem, hint = _crash_message(settings, row)
+            error = {"stage": "workflow", "file": None, "problem": problem, "hint": hint,
+                     "message": f"{problem}. {hint}"}
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(path, failed_result(
+                qc_input_to_dict(row), prints[row.bids_name], device, error))
+        data = json.loads(path.read_text())
+        if data.get("qc_error"):
+            failures[row.bids_name] = data["qc_error"]
+    return failures
+
+
+def _write_run_log(settings: Settings, rows: list[QCInput], todo: list[QCInput],
+                   failures: dict[str, str], selection: Selection, device: str) -> None:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    record = {
+        "settings": settings.to_json(),
+        "device": device,
+        "images": [r.bids_name for r in rows],
+        "processed": [r.bids_name for r in todo],
+        "failed": failures,
+        "models": [m.name for m in selection.models],
+        "models_skipped": selection.skipped,
+    }
+    atomic_write_json(settings.output_dir / "logs" / f"run-{stamp}.json", record)
+
+
+def _all_unreadable(settings: Settings, todo: list[QCInput]) -> bool:
+    """Whether every processed image failed on an input file (nothing could be read)."""
+    for row in todo:
+        data = json.loads(result_path(settings.output_dir, row).read_text())
+        errors = data.get("errors", [])
+        if not errors or not all(e.get("file") for e in errors):
+            return False
+    return True
+
+
+def _summary(settings: Settings, rows: list[QCInput], todo: list[QCInput],
+             failures: dict[str, str], selection: Selection) -> int:
+    lines = [f"bids_qc: {len(rows)} image(s) selected, {len(todo)} processed, "
+             f"{len(rows) - len(todo)} up to date, {len(failures)} failed."]
+    for name, reason in sorted(failures.items()):
+        lines.append(f"  FAILED {name}: {reason}")
+    for s in selection.skipped:
+        lines.append(f"  model {s['model']} skipped: {s['reason']}")
+    lines.append(f"  outputs: {settings.output_dir} (run group level next: bids_qc "
+                 f"{settings.bids_dir} {settings.output_dir} group)")
+    print("\n".join(lines), file=sys.stderr)
+    if todo and len(failures) == len(todo) and _all_unreadable(settings, todo):
+        print("bids_qc: error: no selected image could be read; see the FAILED lines above",
+              file=sys.stderr)
+        return exitcodes.DATA_ERROR
+    if failures:
+        print(f"bids_qc: error: {len(failures)} image(s) failed (listed above); fix their "
+              "inputs and rerun: finished images are kept", file=sys.stderr)
+        return exitcodes.IMAGE_FAILED
+    return exitcodes.OK
+
+
+def run_group(settings: Settings) -> int:
+    """Group level: tables and report from the participant JSONs; returns the exit code."""
+    from .group import write_group_outputs
+
+    if not settings.output_dir.is_dir():
+        raise DatasetError(f"OUTPUT_DIR {settings.output_dir} does not exist; run participant "
+                           "level first", exitcodes.NO_INPUT)
+    _check_writable(settings.output_dir)
+    try:
+        tsv, html, frame, problems = write_group_outputs(settings.output_dir)
+    except FileNotFoundError as exc:
+        raise DatasetError(str(exc), exitcodes.NO_INPUT) from None
+    for problem in problems:
+        LOGGER.warning("unreadable participant result skipped: %s", problem)
+    failed = int((frame["qc_error"].fillna("") != "").sum())
+    print(f"bids_qc: group of {len(frame)} image(s) ({failed} with errors): {tsv} and {html}",
+          file=sys.stderr)
+    return exitcodes.OK

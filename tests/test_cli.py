@@ -1,0 +1,194 @@
+"""The BIDS-Apps command-line contract: every exit code, option parsing, output rules."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from bids_qc import exitcodes
+from bids_qc.cli import parse_settings, run
+from tests.fakebids import add_freesurfer, make_raw, tiny_t1w
+
+
+
+@pytest.fixture
+def linear_config(tmp_path) -> str:
+    """A --plugin-config running nipype in-process (fast for unit tests)."""
+    path = tmp_path / "linear.yml"
+    path.write_text("plugin: Linear\nplugin_args: {}\n")
+    return str(path)
+
+
+def _fs_dataset(root: Path, subjects=("01", "02")) -> Path:
+    make_raw(root, subjects)
+    for s in subjects:
+        add_freesurfer(root, s)
+    return root
+
+
+def _tree(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in root.rglob("*") if p.is_file() and "bids_qc" not in p.parts}
+
+
+def test_ok_participant_and_group_and_nothing_written_into_bids(tmp_path, linear_config,
+                                                               capsys):
+    bids = _fs_dataset(tmp_path / "ds")
+    before = _tree(bids)
+    out = bids / "derivatives" / "bids_qc"
+    assert run([str(bids), str(out), "participant", "--plugin-config", linear_config]) == 0
+    assert run([str(bids), str(out), "group"]) == 0
+    assert _tree(bids) == before, "bids_qc wrote into BIDS_DIR outside OUTPUT_DIR"
+    desc = json.loads((out / "dataset_description.json").read_text())
+    assert desc["DatasetType"] == "derivative" and desc["GeneratedBy"][0]["Name"] == "bids_qc"
+    assert (out / ".bidsignore").is_file()
+    for s in ("01", "02"):
+        res = json.loads((out / f"sub-{s}" / "anat" / f"sub-{s}_T1w.json").read_text())
+        assert res["seg_source"] == "freesurfer" and res["qc_error"] == ""
+        assert res["metrics"]["vol_left_hippocampus"] > 0
+        assert (out / f"sub-{s}_T1w.html").is_file()
+    err = capsys.readouterr().err
+    assert "2 image(s) selected, 2 processed" in err and "outputs:" in err
+
+
+def test_some_image_failed_is_exit_1_and_others_finish(tmp_path, linear_config, capsys):
+    bids = _fs_dataset(tmp_path / "ds")
+    aseg = bids / "derivatives" / "freesurfer" / "sub-02" / "mri" / "aseg.mgz"
+    aseg.write_bytes(b"")
+    out = tmp_path / "out"
+    assert run([str(bids), str(out), "participant", "--plugin-config", linear_config]) == 1
+    good = json.loads((out / "sub-01" / "anat" / "sub-01_T1w.json").read_text())
+    bad = json.loads((out / "sub-02" / "anat" / "sub-02_T1w.json").read_text())
+    assert good["qc_error"] == ""
+    assert "aseg.mgz" in bad["qc_error"] and bad["metrics"]["vol_left_hippocampus"] is None
+    assert bad["metrics"]["reg_cc"] is not None  # the registration stage still ran
+    assert "FAILED sub-02_T1w" in capsys.readouterr().err
+
+
+def test_invalid_bids_is_16(tmp_path):
+    bids = make_raw(tmp_path / "ds", ["01"], description=False)
+    assert run([str(bids), str(tmp_path / "out"), "participant"]) == exitcodes.INVALID_BIDS
+    assert run([str(tmp_path / "absent"), str(tmp_path / "out"), "participant"]) == 16
+
+
+def test_unknown_level_is_17(tmp_path, capsys):
+    bids = make_raw(tmp_path / "ds", ["01"])
+    assert run([str(bids), str(tmp_path / "out"), "subject"]) == exitcodes.UNKNOWN_LEVEL
+    assert "participant or group" in capsys.readouterr().err
+
+
+def test_nothing_selected_is_18_and_lists_labels(tmp_path, capsys):
+    bids = make_raw(tmp_path / "ds", ["01", "02"])
+    code = run([str(bids), str(tmp_path / "out"), "participant", "--participant-label", "99"])
+    assert code == exitcodes.NOTHING_SELECTED
+    err = capsys.readouterr().err
+    assert "01" in err and "02" in err
+
+
+@pytest.mark.parametrize("extra", [
+    ["--no-such-option"],
+    ["--nprocs", "0"],
+    ["--models", "magicqc"],
+    ["--seg-source", "spm"],
+])
+def test_usage_errors_are_64(tmp_path, extra, capsys):
+    bids = make_raw(tmp_path / "ds", ["01"])
+    assert run([str(bids), str(tmp_path / "out"), "participant", *extra]) == exitcodes.USAGE
+    assert "bids_qc: error:" in capsys.readouterr().err
+
+
+def test_output_inside_bids_is_refused_with_64(tmp_path):
+    bids = make_raw(tmp_path / "ds", ["01"])
+    assert run([str(bids), str(bids), "participant"]) == exitcodes.USAGE
+    assert run([str(bids), str(bids / "qc"), "participant"]) == exitcodes.USAGE
+    assert not (bids / "qc").exists()
+
+
+def test_bad_filter_file_is_64(tmp_path):
+    bids = make_raw(tmp_path / "ds", ["01"])
+    bad = tmp_path / "filter.json"
+    bad.write_text("{nope")
+    args = [str(bids), str(tmp_path / "out"), "participant", "--bids-filter-file", str(bad)]
+    assert run(args) == exitcodes.USAGE
+
+
+def test_no_readable_image_is_65(tmp_path, linear_config, capsys):
+    bids = _fs_dataset(tmp_path / "ds", ("01",))
+    mri = bids / "derivatives" / "freesurfer" / "sub-01" / "mri"
+    for name in ("aseg.mgz", "norm.mgz"):
+        (mri / name).write_bytes(b"")
+    out = tmp_path / "out"
+    code = run([str(bids), str(out), "participant", "--plugin-config", linear_config])
+    assert code == exitcodes.DATA_ERROR
+    assert "no selected image could be read" in capsys.readouterr().err
+
+
+def test_no_t1w_and_empty_group_are_66(tmp_path):
+    bids = make_raw(tmp_path / "ds", [])
+    assert run([str(bids), str(tmp_path / "out"), "participant"]) == exitcodes.NO_INPUT
+    (tmp_path / "empty").mkdir()
+    assert run([str(bids), str(tmp_path / "empty"), "group"]) == exitcodes.NO_INPUT
+
+
+def test_unwritable_output_is_73(tmp_path):
+    bids = make_raw(tmp_path / "ds", ["01"])
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder should be")
+    code = run([str(bids), str(blocker / "out"), "participant"])
+    assert code == exitcodes.CANT_CREATE
+
+
+def test_label_forms_and_label_file(tmp_path):
+    bids = make_raw(tmp_path / "ds", ["01", "02"])
+    labels = tmp_path / "labels.txt"
+    labels.write_text("sub-01\n02\n\n")
+    s = parse_settings([str(bids), str(tmp_path / "o"), "participant", "--participant-label",
+                        str(labels), "sub-01", "--session-label", "ses-A", "B"])
+    assert s.participant_label == ("01", "02")
+    assert s.session_label == ("A", "B")
+    assert s.plugin == "MultiProc" and s.plugin_args["n_procs"] >= 1
+
+
+def test_plugin_config_precedence(tmp_path):
+    cfg = tmp_path / "p.yml"
+    cfg.write_text("plugin: MultiProc\nplugin_args: {n_procs: 3}\n")
+    s = parse_settings([str(tmp_path), str(tmp_path / "o"), "participant", "--plugin-config",
+                        str(cfg), "--nprocs", "5", "--mem-gb", "4"])
+    assert s.plugin_args == {"n_procs": 3, "memory_gb": 4.0}
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exc:
+        run(["--version"])
+    assert exc.value.code == 0
+    assert re.match(r"bids_qc \d+\.\d+", capsys.readouterr().out)
+
+
+def test_rerun_skips_up_to_date_and_force_recomputes(tmp_path, linear_config, capsys):
+    bids = _fs_dataset(tmp_path / "ds", ("01",))
+    out = tmp_path / "out"
+    args = [str(bids), str(out), "participant", "--plugin-config", linear_config]
+    assert run(args) == 0
+    result = out / "sub-01" / "anat" / "sub-01_T1w.json"
+    first = result.stat().st_mtime_ns
+    capsys.readouterr()
+    assert run(args) == 0
+    assert result.stat().st_mtime_ns == first
+    assert "1 up to date" in capsys.readouterr().err
+    # A changed input is recomputed without --force.
+    add_freesurfer(bids, "01", arrays={"norm": tiny_t1w(seed=5)})
+    assert run(args) == 0
+    assert result.stat().st_mtime_ns > first
+    second = result.stat().st_mtime_ns
+    assert run([*args, "--force"]) == 0
+    assert result.stat().st_mtime_ns > second
+
+
+def test_readme_exit_code_table_matches_the_code():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("<!-- exit-codes")[1].split("<!-- /exit-codes -->")[0]
+    for code, (name, when) in exitcodes.TABLE.items():
+        assert f"| {code} | {name} | {when} |" in block, f"README lacks exit code {code}"
