@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"QC models to run ({', '.join(KNOWN_MODELS)}); default: all installed")
     mod.add_argument("--device", default="auto", help="auto (GPU when torch sees one), cpu, "
                      "cuda or cuda:N")
+    mod.add_argument("--regqc-threshold-mm", type=_positive_float, default=10.0, metavar="MM",
+                     help="RegQC flags a registration whose predicted RMSE exceeds this "
+                     "(default 10 mm, RegQCNET's threshold)")
 
     run = p.add_argument_group("execution")
     run.add_argument("-w", "--work-dir", type=Path, metavar="DIR",
@@ -211,6 +214,7 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         skip_bids_validation=ns.skip_bids_validation,
         bids_database_dir=ns.bids_database_dir.absolute() if ns.bids_database_dir else None,
         force=ns.force,
+        thresholds={"regqc_rmse_mm": ns.regqc_threshold_mm},
         verbosity=ns.verbose - ns.quiet,
     )
 

@@ -26,7 +26,7 @@ from .settings import Settings
 LOGGER = logging.getLogger("bids_qc")
 
 #: Settings that change what a result holds (the rest, such as --nprocs, do not).
-_RESULT_OPTIONS = ("seg_source", "device")
+_RESULT_OPTIONS = ("seg_source", "device", "thresholds")
 
 
 @dataclass
@@ -151,7 +151,7 @@ def _run_workflow(settings: Settings, rows: list[QCInput], prints: dict, selecti
         rows, output_dir=settings.output_dir, work_dir=work_dir, fingerprints=prints,
         models=selection.models, device=device,
         crashdump_dir=settings.output_dir / "logs",
-        skipped_models=selection.skipped,
+        skipped_models=selection.skipped, thresholds=settings.thresholds,
     )
     plugin_args = dict(settings.plugin_args)
     if settings.plugin in ("MultiProc", "Linear"):

@@ -33,6 +33,7 @@ class Settings:
     skip_bids_validation: bool = False
     bids_database_dir: Path | None = None
     force: bool = False
+    thresholds: dict[str, float] = field(default_factory=dict)
     verbosity: int = 0
 
     def to_json(self) -> dict[str, Any]:

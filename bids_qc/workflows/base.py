@@ -13,7 +13,31 @@ from nipype.pipeline import engine as pe
 from ..inputs import QCInput, qc_input_to_dict
 from ..interfaces.classic import ClassicMetrics
 from ..interfaces.results import WriteResults
-from ..models.registry import ModelSpec
+from ..models.registry import ModelSpec, missing_needs
+
+#: Model name -> its nipype interface class. Every interface takes ``qc_input`` (the row as
+#: a dict), ``classic_result`` (the classical stage's result, whose provenance holds the
+#: template-space T1w it wrote, so no model resamples it again), ``device`` and
+#: ``thresholds`` (dict), and returns ``result``, a stage result
+#: (:func:`bids_qc.results.stage_result`). A model enters here when its weights ship.
+MODEL_INTERFACES: dict[str, type] = {}
+
+#: Memory (GB) and CPU threads each model node declares to the scheduler.
+MODEL_RESOURCES: dict[str, tuple[float, int]] = {}
+
+
+def available_inputs(row: QCInput) -> set[str]:
+    """The model needs (see :data:`bids_qc.models.registry.Need`) this row can satisfy."""
+    have = set()
+    if row.t1w is not None or row.t1w_preproc is not None:
+        have.add("t1w")
+    if row.template_t1w is not None or (
+        row.xfm is not None and row.xfm_kind in ("talairach", "itk")
+    ):
+        have.add("template_t1w")
+    if row.seg is not None and row.seg_kind == "aseg":
+        have.add("seg")
+    return have
 
 #: Bytes per voxel that the classical stage holds at its peak (float32 image, resampled
 #: copy, template, mask and a histogram's temporaries), measured with benchmarks/.
@@ -49,6 +73,7 @@ def init_image_qc_wf(
     models: tuple[ModelSpec, ...],
     device: str,
     skipped_models: list[dict[str, str]] | None = None,
+    thresholds: dict[str, float] | None = None,
 ) -> pe.Workflow:
     """The QC workflow of one T1w image.
 
@@ -66,6 +91,8 @@ def init_image_qc_wf(
         torch device for the model nodes.
     skipped_models : list of dict
         Models not run for the whole dataset, with reasons (recorded in the JSON).
+    thresholds : dict
+        Flag thresholds by name (``regqc_rmse_mm``, ``segqc_dice``, ...).
 
     Notes
     -----
@@ -80,19 +107,33 @@ def init_image_qc_wf(
     mem_gb = estimate_mem_gb(row)
     classic = pe.Node(ClassicMetrics(), name="classic", mem_gb=mem_gb, n_procs=1)
     stages = [classic]
-    if models:
-        # Model interfaces arrive with their issues; the registry is their single source.
-        raise ValueError(
-            "This bids_qc build has no interface for models: "
-            + ", ".join(m.name for m in models)
-        )
+    skipped = list(skipped_models or [])
+    have = available_inputs(row)
+    for spec in models:
+        lacking = missing_needs(spec, have)
+        if lacking:
+            skipped.append({"model": spec.name, "reason": "this image has no "
+                            + " and no ".join(lacking) + " input in the derivatives"})
+            continue
+        mem, threads = MODEL_RESOURCES.get(spec.name, (mem_gb, 1))
+        node = pe.Node(MODEL_INTERFACES[spec.name](), name=spec.name, mem_gb=mem,
+                       n_procs=threads)
+        node.inputs.device = device
+        node.inputs.thresholds = dict(thresholds or {})
+        if device.startswith("cuda"):
+            node.is_gpu_node = True  # MultiProc schedules these on its GPU slots
+        wf.connect([
+            (inputnode, node, [("qc_input", "qc_input")]),
+            (classic, node, [("result", "classic_result")]),
+        ])
+        stages.append(node)
 
     merge = pe.Node(Merge(len(stages)), name="merge_results")
     write = pe.Node(WriteResults(), name="write_results", mem_gb=0.2)
     write.inputs.fingerprint = fingerprint
     write.inputs.device = device
     write.inputs.output_dir = str(output_dir)
-    write.inputs.skipped_models = list(skipped_models or [])
+    write.inputs.skipped_models = skipped
 
     wf.connect([(inputnode, classic, [("qc_input", "qc_input")])])
     for i, node in enumerate(stages, start=1):
@@ -115,6 +156,7 @@ def init_bids_qc_wf(
     device: str,
     crashdump_dir: Path,
     skipped_models: list[dict[str, str]] | None = None,
+    thresholds: dict[str, float] | None = None,
 ) -> pe.Workflow:
     """The run's workflow: one sub-workflow per image, independent of each other."""
     wf = pe.Workflow(name="bids_qc_wf", base_dir=str(work_dir))
@@ -130,6 +172,7 @@ def init_bids_qc_wf(
             init_image_qc_wf(
                 row, output_dir=output_dir, fingerprint=fingerprints[row.bids_name],
                 models=models, device=device, skipped_models=skipped_models,
+                thresholds=thresholds,
             )
         ])
     return wf
