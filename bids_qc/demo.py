@@ -19,6 +19,7 @@ import nibabel as nib
 import numpy as np
 
 from .io import atomic_write_json, atomic_write_text, resample_to_grid
+from .structures import STRUCTURES
 from .templates_data import DEFAULT_SPACE, dk_atlas_path, get_template
 
 
@@ -37,7 +38,7 @@ SUBJECTS: tuple[DemoSubject, ...] = (
     DemoSubject("01", "fmriprep"),
     DemoSubject("02", "fmriprep", rmse_mm=25.0),
     DemoSubject("03", "fmriprep", rmse_mm=6.0),
-    DemoSubject("04", "fmriprep", damage="erode", severity=0.6),
+    DemoSubject("04", "fmriprep", damage="erosion", severity=0.6),
     DemoSubject("05", "freesurfer"),
     DemoSubject("06", "freesurfer", rmse_mm=40.0, damage="missing", severity=0.5),
 )
@@ -101,7 +102,8 @@ def build_dataset(outdir: Path, subjects: Sequence[DemoSubject] = SUBJECTS, seed
     for i, subj in enumerate(subjects):
         rng = np.random.default_rng([seed, i])
         case = synthesize(labels, atlas.affine, seed=seed * 1000 + i, family="t1",
-                          resolution=zoom, deform=True, skull_strip=True)
+                          resolution=zoom, deform=True, skull_strip=True,
+                          affine_aug=False)
         pose = _rigid(rng)  # native world = pose @ MNI world
         native_affine = pose @ case.affine
         image = nib.Nifti1Image(case.image.astype(np.float32), native_affine)
@@ -142,14 +144,19 @@ def build_dataset(outdir: Path, subjects: Sequence[DemoSubject] = SUBJECTS, seed
                      str(mri / "aseg.mgz"))
             _write_talairach(mri / "transforms" / "talairach.xfm", native_to_mni)
 
+        voxel_mm3 = float(abs(np.linalg.det(native_affine[:3, :3])))
         truth.append({
             "bids_name": f"sub-{subj.label}_T1w",
             "derivative": subj.derivative,
             "true_rmse_mm": round(affine_rmse(error, tpl_shape, tpl_affine), 4),
             "damage": subj.damage or "",
             "severity": subj.severity,
-            "true_dice_min": round(min(dice.values()), 4) if dice else 1.0,
+            "true_dice_min": round(float(np.nanmin(list(dice.values()))), 4) if dice else 1.0,
             "damaged_structures": ",".join(k for k, v in dice.items() if v < 0.999),
+            **{f"true_dice_{s.name}": round(float(dice.get(s.name, 1.0)), 4)
+               for s in STRUCTURES},
+            **{f"seg_vol_{s.name}": float(np.count_nonzero(s.mask(seg_labels)) * voxel_mm3)
+               for s in STRUCTURES},
         })
     header = list(truth[0])
     lines = ["\t".join(header)] + ["\t".join(str(r[k]) for k in header) for r in truth]
