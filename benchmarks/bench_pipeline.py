@@ -34,8 +34,8 @@ def main() -> None:
     from bids_qc.group import write_group_outputs
     from bids_qc.inputs import qc_input_to_dict
     from bids_qc.interfaces.classic import ClassicMetrics
-    from bids_qc.models.classic import registration_metrics, structure_volumes
     from bids_qc.io import load_labels
+    from bids_qc.models.classic import registration_metrics, structure_volumes
     from bids_qc.reports.participant import write_participant_report
     from bids_qc.results import assemble
     from bids_qc.settings import Settings

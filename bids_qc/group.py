@@ -27,7 +27,8 @@ SD_RULE_MIN_IMAGES = 10
 def find_result_files(output_dir: Path) -> list[Path]:
     """Every participant JSON under ``output_dir`` (``sub-*/[ses-*/]anat/*_T1w.json``)."""
     root = Path(output_dir)
-    files = list(root.glob("sub-*/anat/*_T1w.json")) + list(root.glob("sub-*/ses-*/anat/*_T1w.json"))
+    files = list(root.glob("sub-*/anat/*_T1w.json"))
+    files += root.glob("sub-*/ses-*/anat/*_T1w.json")
     return sorted(files)
 
 

@@ -99,7 +99,7 @@ _PATH_FIELDS = ("t1w", "t1w_preproc", "template_t1w", "brain_mask", "seg", "seg_
 
 
 def qc_input_to_dict(row: QCInput) -> dict:
-    """JSON-ready form of a QCInput (paths as strings); the inverse of :func:`qc_input_from_dict`."""
+    """JSON-ready form of a QCInput (paths as strings); inverse of :func:`qc_input_from_dict`."""
     out = dataclasses.asdict(row)
     for key in _PATH_FIELDS:
         if out[key] is not None:

@@ -172,7 +172,8 @@ def _run_workflow(settings: Settings, rows: list[QCInput], prints: dict, selecti
 
 
 def _quiet_nipype(verbosity: int) -> None:
-    from nipype import config, logging as nlogging
+    from nipype import config
+    from nipype import logging as nlogging
 
     level = "INFO" if verbosity > 0 else "WARNING"
     config.set("logging", "workflow_level", level)

@@ -66,8 +66,9 @@ def _classic_columns() -> list[Column]:
                "mask (RegQCNET baseline).", "classic"),
     ]
     for s in STRUCTURES:
-        cols.append(Column(f"vol_{s.name}", "float", "mm^3", f"Volume of {s.name.replace('_', ' ')}"
-                           " in the segmentation (voxel count x voxel volume).", "classic"))
+        what = s.name.replace("_", " ")
+        cols.append(Column(f"vol_{s.name}", "float", "mm^3", f"Volume of {what} in the "
+                           "segmentation (voxel count x voxel volume).", "classic"))
     return cols
 
 
@@ -114,7 +115,8 @@ def render_markdown() -> str:
         "",
         "| file | what |",
         "|---|---|",
-        "| `dataset_description.json` | BIDS derivative description (GeneratedBy, SourceDatasets) |",
+        "| `dataset_description.json` | BIDS derivative description (GeneratedBy, "
+        "SourceDatasets) |",
         "| `.bidsignore` | keeps BIDS validators away from the non-BIDS files below |",
         "| `logs/` | the settings of each run, nipype crash files |",
         "| `sub-XX/[ses-YY/]anat/<bids_name>.json` | every metric of one T1w image, with "

@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 
 #: ``../shared/data`` beside the repository (present for developers and CI).
-SHARED_DATA = Path(
-    os.environ.get("BIDS_QC_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data")
-)
+_DEFAULT_SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_DATA = Path(os.environ.get("BIDS_QC_SHARED_DATA", _DEFAULT_SHARED))
 
 
 @pytest.fixture(scope="session")

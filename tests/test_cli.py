@@ -13,7 +13,6 @@ from bids_qc.cli import parse_settings, run
 from tests.fakebids import add_freesurfer, make_raw, tiny_t1w
 
 
-
 @pytest.fixture
 def linear_config(tmp_path) -> str:
     """A --plugin-config running nipype in-process (fast for unit tests)."""

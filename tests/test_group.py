@@ -35,12 +35,15 @@ def test_outlier_rules():
     flags = outlier_flags(few)
     assert flags.tolist()[:6] == [0, 0, 0, 0, 0, 1]
     assert pd.isna(flags.iloc[6])
-    # With 10+ images the 2 SD rule applies too: 3.5 is within 1.5 IQR but beyond 2 SD.
-    many = pd.Series([0.0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 3.5])
-    q1, q3 = np.percentile(many, [25, 75])
-    assert 3.5 <= q3 + 1.5 * (q3 - q1)
-    assert outlier_flags(many).tolist()[-1] == 1
-    assert outlier_flags(many.iloc[:9]).sum() == 0
+    # 2.4 lies inside 1.5 IQR (fence 2.5) but beyond 2 SD: flagged only with 10+ images.
+    nine = pd.Series([0.0, 0, 0, 0, 1, 1, 1, 1, 2.4])
+    ten = pd.Series([0.0, 0, 0, 0, 1, 1, 1, 1, 1, 2.4])
+    for values in (nine, ten):
+        q1, q3 = np.percentile(values, [25, 75])
+        assert values.iloc[-1] < q3 + 1.5 * (q3 - q1)
+        assert values.iloc[-1] - values.mean() > 2 * values.std(ddof=1)
+    assert outlier_flags(nine).sum() == 0
+    assert outlier_flags(ten).tolist()[-1] == 1 and outlier_flags(ten).sum() == 1
 
 
 def test_group_table_order_and_missing_values(tmp_path):

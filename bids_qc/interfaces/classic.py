@@ -10,7 +10,6 @@ from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
     SimpleInterface,
     TraitedSpec,
-    isdefined,
     traits,
 )
 
@@ -19,8 +18,8 @@ from ..io import check_freesurfer_codes, load_labels
 from ..models.classic import registration_metrics, structure_volumes
 from ..results import error_record, stage_result
 from ..spatial import load_template, to_template_space
-from ..templates_data import get_template
 from ..structures import STRUCTURE_NAMES
+from ..templates_data import get_template
 
 
 class _ClassicMetricsInputSpec(BaseInterfaceInputSpec):

@@ -1,0 +1,123 @@
+"""End to end: participant then group level on generated and real datasets."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from bids_qc.cli import run
+from bids_qc.demo import SUBJECTS, build_dataset
+from bids_qc.schema import column_names
+from bids_qc.structures import STRUCTURE_NAMES
+from tests.conftest import shared_path
+
+
+def _read_tsv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh, delimiter="\t"))
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """The demo dataset (2 mm for speed) through participant (MultiProc) and group level."""
+    root = tmp_path_factory.mktemp("demo")
+    bids, truth = build_dataset(root, seed=3, zoom=2.0)
+    out = bids / "derivatives" / "bids_qc"
+    assert run([str(bids), str(out), "participant", "--nprocs", "2"]) == 0
+    assert run([str(bids), str(out), "group"]) == 0
+    return bids, out, {t["bids_name"]: t for t in truth}
+
+
+def test_demo_outputs_files_and_keys(demo_run):
+    bids, out, truth = demo_run
+    assert json.loads((out / "dataset_description.json").read_text())["DatasetType"] == (
+        "derivative"
+    )
+    for name in truth:
+        sub = name.split("_")[0]
+        res = json.loads((out / sub / "anat" / f"{name}.json").read_text())
+        assert set(res) >= {"bids_name", "entities", "reg_source", "seg_source", "qc_error",
+                            "metrics", "errors", "warnings", "skipped", "provenance"}
+        prov = res["provenance"]
+        assert set(prov) >= {"bids_qc_version", "timestamp", "device", "fingerprint", "inputs"}
+        assert all(len(md5) == 32 for md5 in prov["fingerprint"]["inputs"].values())
+        assert prov["stages"]["classic"]["template"]["sha256"]
+        assert (out / f"{name}.html").is_file()
+    rows = _read_tsv(out / "group_T1w.tsv")
+    assert list(rows[0]) == column_names()
+    assert [r["bids_name"] for r in rows] == sorted(truth)
+    assert (out / "group_T1w.html").is_file()
+
+
+def test_demo_values_match_what_was_planted(demo_run):
+    _, out, truth = demo_run
+    rows = {r["bids_name"]: r for r in _read_tsv(out / "group_T1w.tsv")}
+    for name, planted in truth.items():
+        row = rows[name]
+        assert row["qc_error"] == ""
+        assert row["reg_source"] == planted["derivative"]
+        assert row["seg_source"] == planted["derivative"]
+        for s in STRUCTURE_NAMES:
+            assert float(row[f"vol_{s}"]) == pytest.approx(planted[f"seg_vol_{s}"], rel=1e-6), (
+                name, s)
+    # Registration baselines order the planted misregistrations.
+    good = [float(rows[n]["reg_cc"]) for n, t in truth.items() if t["true_rmse_mm"] == 0]
+    bad = [float(rows[n]["reg_cc"]) for n, t in truth.items() if t["true_rmse_mm"] >= 20]
+    assert min(good) > max(bad)
+    # A structure the damage removed has zero volume.
+    missing = [n for n, t in truth.items() if t["damage"] == "missing"]
+    for name in missing:
+        gone = [s for s in STRUCTURE_NAMES if truth[name][f"true_dice_{s}"] == 0.0]
+        assert gone and all(float(rows[name][f"vol_{s}"]) == 0.0 for s in gone)
+
+
+def test_demo_subjects_cover_both_derivatives():
+    assert {s.derivative for s in SUBJECTS} == {"fmriprep", "freesurfer"}
+
+
+@pytest.mark.realdata
+def test_real_ds002748_raw_only(tmp_path):
+    ds = shared_path("ds002748")
+    out = tmp_path / "out"
+    code = run([str(ds), str(out), "participant", "--participant-label", "01", "02",
+                "--nprocs", "2"])
+    assert code == 0
+    assert run([str(ds), str(out), "group"]) == 0
+    rows = _read_tsv(out / "group_T1w.tsv")
+    assert [r["bids_name"] for r in rows] == ["sub-01_T1w", "sub-02_T1w"]
+    res = json.loads((out / "sub-01" / "anat" / "sub-01_T1w.json").read_text())
+    stages = {s.get("stage") for s in res["skipped"]}
+    assert {"registration", "segmentation"} <= stages  # raw only: said why, not crashed
+
+
+@pytest.mark.realdata
+def test_real_freesurfer_bert(tmp_path):
+    mri = shared_path("freesurfer_bert", "mri")
+    stats = shared_path("freesurfer_bert", "stats", "aseg.stats")
+    bids = tmp_path / "bert"
+    (bids / "sub-bert" / "anat").mkdir(parents=True)
+    (bids / "dataset_description.json").write_text('{"Name": "bert", "BIDSVersion": "1.9.0"}')
+    norm = nib.load(str(mri / "norm.mgz"))
+    nib.save(nib.Nifti1Image(np.asanyarray(norm.dataobj).astype(np.float32), norm.affine),
+             str(bids / "sub-bert" / "anat" / "sub-bert_T1w.nii.gz"))
+    fs = bids / "derivatives" / "freesurfer" / "sub-bert"
+    fs.mkdir(parents=True)
+    (fs / "mri").symlink_to(mri)
+    out = tmp_path / "out"
+    assert run([str(bids), str(out), "participant", "--nprocs", "1"]) == 0
+    res = json.loads((out / "sub-bert" / "anat" / "sub-bert_T1w.json").read_text())
+    assert res["reg_source"] == "freesurfer" and res["seg_source"] == "freesurfer"
+    # FreeSurfer's own voxel counts (aseg.stats NVoxels, 1 mm voxels) are our volumes.
+    counts = {}
+    for line in stats.read_text().splitlines():
+        if not line.startswith("#"):
+            parts = line.split()
+            counts[parts[4]] = float(parts[2])
+    assert res["metrics"]["vol_left_hippocampus"] == counts["Left-Hippocampus"]
+    assert res["metrics"]["vol_right_thalamus"] == counts["Right-Thalamus"]
+    assert 0.3 < res["metrics"]["reg_cc"] < 1.0
