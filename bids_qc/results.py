@@ -21,6 +21,10 @@ from .schema import column_names
 #: Version of the participant JSON layout (bumped when keys move).
 RESULT_FORMAT = "1"
 
+#: Stage provenance keys that hand files between nodes inside the work directory; they are
+#: not written to the JSON (a work-dir path would make reruns differ byte for byte).
+INTERNAL_KEYS = frozenset({"template_space_t1w"})
+
 
 def stage_result(
     stage: str,
@@ -83,7 +87,9 @@ def assemble(
         errors.extend(res["errors"])
         warnings.extend(w for w in res["warnings"] if w not in warnings)
         skipped.extend(res["skipped"])
-        stages[res["stage"]] = res["provenance"]
+        stages[res["stage"]] = {
+            k: v for k, v in res["provenance"].items() if k not in INTERNAL_KEYS
+        }
     ordered = {c: metrics[c] for c in column_names("participant") if c in metrics}
     ordered.update({k: v for k, v in metrics.items() if k not in ordered})
     return {
