@@ -4,19 +4,16 @@ Protocol (the backbone issue): 2 CPU cores, 2 torch threads, median of ``repeats
 after ``warmup`` runs; on a GPU the same with batch sizes 1 and 16. Results are written
 as JSON and as a markdown table, and the table is printed.
 
-Peak memory is measured per stage in a forked child process (``ru_maxrss`` of a fresh
-process), so one stage's peak does not hide the next one's.
+Peak memory is measured per stage by resetting the kernel's high-water mark before it.
 """
 
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import os
 import platform
 import resource
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -51,21 +48,26 @@ def setup_threads(n_threads: int = 2) -> None:
         pass
 
 
-def _child(fn: Callable[[], Any], repeats: int, warmup: int, conn: Any) -> None:
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter of this process (Linux ``clear_refs``)."""
     try:
-        for _ in range(warmup):
-            fn()
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        conn.send(("ok", times, rss_kb / 1024.0))
-    except BaseException as exc:  # report any failure to the parent
-        conn.send(("error", repr(exc), 0.0))
-    finally:
-        conn.close()
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mb() -> float:
+    """Peak RSS since the last reset (``VmHWM``), or since start where it cannot be read."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def measure(
@@ -76,7 +78,6 @@ def measure(
     repeats: int = 10,
     warmup: int = 1,
     note: str = "",
-    isolate: bool = True,
 ) -> StageResult:
     """Run ``fn`` ``warmup`` + ``repeats`` times and return its median wall time and peak RSS.
 
@@ -88,28 +89,24 @@ def measure(
         Zero-argument callable doing the work of one repeat (``n`` items).
     n : int
         Number of items one call processes (for the per-item column).
-    isolate : bool
-        Run in a forked child so that the peak RSS is this stage's alone.
+
+    Notes
+    -----
+    The peak RSS is this stage's own: the kernel's high-water mark is reset before the
+    stage (``/proc/self/clear_refs``), so no fork is needed (forking after torch has run
+    parallel work can deadlock). It includes what earlier stages left allocated.
     """
-    if isolate and sys.platform.startswith("linux"):
-        ctx = mp.get_context("fork")
-        parent, child = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=_child, args=(fn, repeats, warmup, child))
-        proc.start()
-        child.close()
-        status, times, peak = parent.recv()
-        proc.join()
-        if status != "ok":
-            raise RuntimeError(f"benchmark stage {stage!r} failed: {times}")
-    else:
-        for _ in range(warmup):
-            fn()
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    for _ in range(warmup):
+        fn()
+    reset = _reset_peak_rss()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    peak = _peak_rss_mb()
+    if not reset:
+        note = (note + "; " if note else "") + "peak RSS since process start"
     med = statistics.median(times)
     return StageResult(
         stage=stage,
