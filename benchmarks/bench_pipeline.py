@@ -30,6 +30,7 @@ def main() -> None:
     import numpy as np
 
     from bids_qc.bids import collect_inputs
+    from bids_qc.cli import run
     from bids_qc.demo import SUBJECTS, DemoSubject, build_dataset
     from bids_qc.group import write_group_outputs
     from bids_qc.inputs import qc_input_to_dict
@@ -68,14 +69,15 @@ def main() -> None:
             node = ClassicMetrics(qc_input=qc_input_to_dict(row))
             results.append(node.run(cwd=str(tmp / "work")).outputs.result)
 
+    (tmp / "work").mkdir(parents=True, exist_ok=True)
     interface_all()
     out.mkdir(parents=True, exist_ok=True)
     jsons = [assemble(qc_input_to_dict(r), [res], {"inputs": {}, "models": {}}, "cpu")
              for r, res in zip(rows, results, strict=True)]
 
-    def reports_all():
-        for res in jsons:
-            write_participant_report(res, out)
+    def reports_all():  # with figures, as the WriteResults node draws them
+        for res, stage, row in zip(jsons, results, rows, strict=True):
+            write_participant_report(res, out, stages=[stage], qc_input=qc_input_to_dict(row))
 
     def write_jsons():
         import json
@@ -94,6 +96,10 @@ def main() -> None:
         measure("classic node (load+conform+maths)", interface_all, n=n, repeats=ns.repeats),
         measure("participant reports", reports_all, n=n, repeats=ns.repeats),
         measure("group level", lambda: write_group_outputs(out), n=n, repeats=ns.repeats),
+        measure("bids_qc participant end to end (nipype, all installed models)",
+                lambda: run([str(bids), str(tmp / "e2e"), "participant", "--force", "-q",
+                             "--nprocs", "2"]),
+                n=n, repeats=max(1, ns.repeats // 3), note="includes nipype start-up"),
     ]
     write_report("pipeline", stages, ns.out)
 

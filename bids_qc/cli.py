@@ -97,6 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
     mod.add_argument("--regqc-threshold-mm", type=_positive_float, default=10.0, metavar="MM",
                      help="RegQC flags a registration whose predicted RMSE exceeds this "
                      "(default 10 mm, RegQCNET's threshold)")
+    mod.add_argument("--segqc-threshold", type=_positive_float, default=0.7, metavar="DICE",
+                     help="SegQC flags a segmentation when any structure's predicted Dice is "
+                     "below this (default 0.7)")
+    mod.add_argument("--thresholds", type=Path, metavar="FILE",
+                     help="JSON of per-check thresholds (from bids_qc-calibrate, or shipped "
+                     "with ShapeQC); wins over the per-model threshold options")
+    mod.add_argument("--verbose-reports", action="store_true",
+                     help="participant reports embed every Grad-CAM rendering, not only "
+                     "those of flagged structures")
 
     run = p.add_argument_group("execution")
     run.add_argument("-w", "--work-dir", type=Path, metavar="DIR",
@@ -161,6 +170,17 @@ def _read_plugin(path: Path | None, nprocs: int, mem_gb: float | None) -> tuple[
     return plugin, args
 
 
+def _read_thresholds(path: Path | None) -> dict[str, float]:
+    if path is None:
+        return {}
+    from .calibrate import read_thresholds
+
+    try:
+        return read_thresholds(path)
+    except ValueError as exc:
+        raise UsageError(f"--thresholds {exc}") from None
+
+
 def _check_output_dir(bids_dir: Path, output_dir: Path) -> None:
     bids = bids_dir.resolve()
     out = output_dir.resolve()
@@ -214,7 +234,10 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         skip_bids_validation=ns.skip_bids_validation,
         bids_database_dir=ns.bids_database_dir.absolute() if ns.bids_database_dir else None,
         force=ns.force,
-        thresholds={"regqc_rmse_mm": ns.regqc_threshold_mm},
+        # A thresholds file wins over the per-model threshold options.
+        thresholds={"regqc_rmse_mm": ns.regqc_threshold_mm, "segqc_dice": ns.segqc_threshold,
+                    **_read_thresholds(ns.thresholds)},
+        verbose_reports=ns.verbose_reports,
         verbosity=ns.verbose - ns.quiet,
     )
 

@@ -175,11 +175,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     ns = parser.parse_args(argv)
     print(f"bids_qc-demo: building a synthetic BIDS dataset in {ns.outdir / 'bids'} ...",
           file=sys.stderr)
-    bids, _ = build_dataset(ns.outdir, seed=ns.seed)
+    bids, truth = build_dataset(ns.outdir, seed=ns.seed)
     out = bids / "derivatives" / "bids_qc"
     code = run([str(bids), str(out), "participant", "--nprocs", str(ns.nprocs)])
     if code not in (0, 1):
         sys.exit(code)
+    # The planted truth as ratings, so the group report shows the share to review for 80%
+    # and 90% recall (a failing image: true RMSE > 10 mm or any true Dice < 0.7).
+    from .ratings import RATINGS_FILE, ratings_from_truth
+    from .ratings import to_tsv as ratings_tsv
+
+    atomic_write_text(out / RATINGS_FILE, ratings_tsv(ratings_from_truth(truth)))
     code = run([str(bids), str(out), "group"]) or code
     print(f"bids_qc-demo: planted truth: {ns.outdir / 'truth.tsv'}\n"
           f"bids_qc-demo: results: {out / 'group_T1w.tsv'}, reports: {out}/*.html",

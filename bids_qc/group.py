@@ -1,6 +1,9 @@
-"""Group level: ``group_T1w.tsv`` and ``group_T1w.html`` from the participant JSONs.
+"""Group level: ``group_T1w.tsv``, ``group_T1w_flagged.tsv`` and ``group_T1w.html``.
 
-The group level reads what participant level wrote; it never recomputes a metric.
+The group level reads what participant level wrote; it never recomputes a metric. This
+module builds the table; the review queue and the flags table are :mod:`bids_qc.review`'s,
+the report :mod:`bids_qc.reports.group`'s. Ratings (``OUTPUT_DIR/ratings_T1w.tsv``, written
+by ``bids_qc-ratings`` or the demo) are read when present, as the truth of the review queue.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from .io import atomic_write_text
-from .reports.render import fmt, render
+from .ratings import RATINGS_FILE, failing_images, read_rating_file
+from .review import build_review, flagged_table
 from .schema import COLUMNS, column_names
 from .structures import STRUCTURE_NAMES
 
@@ -46,24 +50,45 @@ def load_results(files: list[Path]) -> tuple[list[dict[str, Any]], list[str]]:
     return results, problems
 
 
-def outlier_flags(values: pd.Series) -> pd.Series:
-    """1 beyond 1.5 IQR of the group (or beyond 2 SD with 10+ images), 0 inside, NA if missing.
+def outlier_bounds(values: pd.Series) -> tuple[float, float] | None:
+    """The (lower, upper) bounds outside which a value is an outlier, None without values.
 
-    Both rules use only the images that have a value.
+    1.5 IQR beyond the quartiles; with 10+ images also 2 SD from the mean, whichever bound
+    is tighter. Both rules use only the images that have a value.
     """
     present = values.dropna().astype(float)
-    flags = pd.Series(pd.NA, index=values.index, dtype="Int64")
     if present.empty:
-        return flags
+        return None
     q1, q3 = np.percentile(present, [25, 75])
     iqr = q3 - q1
-    out = (present < q1 - 1.5 * iqr) | (present > q3 + 1.5 * iqr)
+    low, high = q1 - 1.5 * iqr, q3 + 1.5 * iqr
     if len(present) >= SD_RULE_MIN_IMAGES:
         mean, sd = present.mean(), present.std(ddof=1)
         if sd > 0:
-            out |= (present - mean).abs() > 2 * sd
+            low, high = max(low, mean - 2 * sd), min(high, mean + 2 * sd)
+    return float(low), float(high)
+
+
+def outlier_flags(values: pd.Series) -> pd.Series:
+    """1 beyond :func:`outlier_bounds`, 0 inside, NA if missing."""
+    flags = pd.Series(pd.NA, index=values.index, dtype="Int64")
+    bounds = outlier_bounds(values)
+    if bounds is None:
+        return flags
+    present = values.dropna().astype(float)
+    out = (present < bounds[0]) | (present > bounds[1])
     flags.loc[present.index] = out.astype(int)
     return flags
+
+
+def volume_bounds(frame: pd.DataFrame) -> dict[str, tuple[float, float]]:
+    """Volume column -> its outlier bounds in this group."""
+    out = {}
+    for name in STRUCTURE_NAMES:
+        bounds = outlier_bounds(pd.to_numeric(frame[f"vol_{name}"], errors="coerce"))
+        if bounds is not None:
+            out[f"vol_{name}"] = bounds
+    return out
 
 
 def group_table(results: list[dict[str, Any]]) -> pd.DataFrame:
@@ -95,18 +120,50 @@ def group_table(results: list[dict[str, Any]]) -> pd.DataFrame:
 
 def to_tsv(frame: pd.DataFrame) -> str:
     """The TSV text: ``n/a`` for missing values, flags as 0/1, floats to 10 significant digits."""
-    return frame.to_csv(sep="\t", index=False, na_rep="n/a", float_format="%.10g",
-                        lineterminator="\n")
+    return frame.to_csv(
+        sep="\t", index=False, na_rep="n/a", float_format="%.10g", lineterminator="\n"
+    )
+
+
+def _ensure_participant_reports(results: list[dict[str, Any]], output_dir: Path) -> None:
+    """Render the report of any JSON that has none (an image whose workflow was killed gets
+    its JSON from the runner only), so that every link of the group report opens."""
+    from .reports.participant import write_participant_report
+
+    for res in results:
+        if not (output_dir / f"{res['bids_name']}.html").is_file():
+            try:
+                write_participant_report(res, output_dir)
+            except Exception as exc:  # the group tables must not depend on a report
+                LOGGER.warning("could not render the report of %s: %s", res["bids_name"], exc)
+
+
+def read_truth(output_dir: Path) -> tuple[dict[str, bool], Path | None, str | None]:
+    """bids_name -> truly failing, from ``OUTPUT_DIR/ratings_T1w.tsv`` when present.
+
+    A malformed ratings file does not stop the group level (the tables do not need it):
+    its problem is returned, logged and shown in the report.
+    """
+    path = Path(output_dir) / RATINGS_FILE
+    if not path.is_file():
+        return {}, None, None
+    try:
+        return failing_images(read_rating_file(path)), path, None
+    except ValueError as exc:
+        LOGGER.warning("ratings ignored: %s", exc)
+        return {}, None, str(exc)
 
 
 def write_group_outputs(output_dir: Path) -> tuple[Path, Path, pd.DataFrame, list[str]]:
-    """Write ``group_T1w.tsv`` and ``group_T1w.html``.
+    """Write ``group_T1w.tsv``, ``group_T1w_flagged.tsv`` and ``group_T1w.html``.
 
     Raises
     ------
     FileNotFoundError
         If ``output_dir`` holds no participant results.
     """
+    from .reports.group import render_group_report
+
     files = find_result_files(output_dir)
     results, problems = load_results(files)
     if not results:
@@ -115,35 +172,13 @@ def write_group_outputs(output_dir: Path) -> tuple[Path, Path, pd.DataFrame, lis
             "level first."
         )
     frame = group_table(results)
-    tsv = Path(output_dir) / "group_T1w.tsv"
+    _ensure_participant_reports(results, Path(output_dir))
+    truth, truth_file, truth_problem = read_truth(output_dir)
+    review = build_review(results, frame, volume_bounds(frame), truth)
+    out = Path(output_dir)
+    tsv = out / "group_T1w.tsv"
     atomic_write_text(tsv, to_tsv(frame))
-    html = Path(output_dir) / "group_T1w.html"
-    atomic_write_text(html, render_group_report(frame))
+    atomic_write_text(out / "group_T1w_flagged.tsv", to_tsv(flagged_table(review.checks)))
+    html = out / "group_T1w.html"
+    atomic_write_text(html, render_group_report(frame, review, truth_file, truth_problem))
     return tsv, html, frame, problems
-
-
-def render_group_report(frame: pd.DataFrame) -> str:
-    """The group report's HTML."""
-    metric_cols = [c.name for c in COLUMNS if c.level == "participant" and c.kind == "float"]
-    summary = []
-    for col in metric_cols:
-        values = pd.to_numeric(frame[col], errors="coerce").dropna()
-        if values.empty:
-            continue
-        summary.append({
-            "name": col,
-            "n": len(values),
-            "median": fmt(float(values.median())),
-            "q1": fmt(float(values.quantile(0.25))),
-            "q3": fmt(float(values.quantile(0.75))),
-            "outliers": int(frame[f"{col}_outlier"].fillna(0).sum())
-            if f"{col}_outlier" in frame else None,
-        })
-    rows = [
-        {"bids_name": r["bids_name"], "qc_error": r["qc_error"],
-         "n_outliers": int(sum(int(r[c]) for c in frame.columns
-                               if c.endswith("_outlier") and not pd.isna(r[c])))}
-        for _, r in frame.iterrows()
-    ]
-    return render("group.html.j2", n_images=len(frame), summary=summary, rows=rows,
-                  n_failed=sum(1 for r in rows if r["qc_error"]))

@@ -12,7 +12,9 @@ from .inputs import QCInput
 from .io import atomic_write_json, atomic_write_text, md5sum
 from .models.registry import ModelSpec
 
-BIDSIGNORE = "\n".join(["*.html", "logs/", "figures/", "group_*.tsv", "ratings_*.tsv", ""])
+BIDSIGNORE = "\n".join(
+    ["*.html", "logs/", "figures/", "group_*.tsv", "ratings_*.tsv", "thresholds_*.json", ""]
+)
 
 
 def container_info() -> dict[str, str] | None:
@@ -92,13 +94,18 @@ def fingerprint(
 
 
 def is_up_to_date(path: Path, current: dict[str, Any]) -> bool:
-    """Whether the stored result at ``path`` was computed from the same fingerprint, cleanly."""
+    """Whether the stored result at ``path`` was computed from the same fingerprint, cleanly.
+
+    An input that could not be read (``None``, e.g. an annexed raw T1w not fetched) was
+    either needed, and then the stored result failed and is retried, or not needed, and
+    then an equal fingerprint means nothing changed: recomputing it on every rerun would
+    give the same result. Fetching the file changes its checksum and so the fingerprint.
+    """
     try:
         stored = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return False
-    if stored.get("qc_error"):
+    if not isinstance(stored, dict) or stored.get("qc_error"):
         return False  # failed images are always retried
-    if None in current["inputs"].values():
-        return False
-    return stored.get("provenance", {}).get("fingerprint") == current
+    provenance = stored.get("provenance")
+    return isinstance(provenance, dict) and provenance.get("fingerprint") == current

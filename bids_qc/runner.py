@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 import signal
@@ -11,6 +12,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from .io import atomic_write_json
 from .models.registry import KNOWN_MODELS, REGISTRY, ModelSpec, installed_models
 from .outputs import fingerprint, init_output_dir, is_up_to_date, result_path
 from .results import failed_result
+from .scheduling import make_plugin, stop_workers
 from .settings import Settings
 
 LOGGER = logging.getLogger("bids_qc")
@@ -66,11 +69,47 @@ def _check_writable(output_dir: Path) -> None:
         ) from None
 
 
-def _sigterm_as_interrupt() -> None:
+def _sigterm_as_interrupt() -> Any:
+    """Make SIGTERM (schedulers, ``docker stop``) stop the run as Ctrl-C does.
+
+    Returns the previous handler (to restore), or None where none can be set (a thread).
+    """
+    main_pid = os.getpid()
+
     def handler(signum: int, frame: Any) -> None:
+        if os.getpid() != main_pid:
+            # A forked MultiProc worker inherits this handler; raising there could run
+            # this process's cleanup (or its whole exit path) in the child. Die instead.
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, handler)
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: signals cannot be handled here
+        return None
+
+
+def _hold_signals() -> dict[int, Any]:
+    """Ignore SIGINT and SIGTERM (a second Ctrl-C must not cut the cleanup short).
+
+    Returns the handlers to put back.
+    """
+    return {signum: signal.signal(signum, signal.SIG_IGN)
+            for signum in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _remove_temp_files(output_dir: Path, rows: list[QCInput]) -> None:
+    """Delete the atomic-write temp files (``.<bids_name>*.tmp``) of these images.
+
+    Only these images' own files: a concurrent job on other images keeps its temp files.
+    """
+    for row in rows:
+        pattern = f".{glob_escape(row.bids_name)}*.tmp"
+        for folder in {result_path(output_dir, row).parent, output_dir}:
+            for tmp in folder.glob(pattern):
+                tmp.unlink(missing_ok=True)
 
 
 class _Progress:
@@ -152,21 +191,39 @@ def _run_workflow(settings: Settings, rows: list[QCInput], prints: dict, selecti
         models=selection.models, device=device,
         crashdump_dir=settings.output_dir / "logs",
         skipped_models=selection.skipped, thresholds=settings.thresholds,
+        verbose_reports=settings.verbose_reports,
     )
+    # nipype's scheduler sleeps 2 s between polls: most of the run when nodes take
+    # about a second (the classical stage); 0.5 s costs nothing while nodes run.
+    wf.config["execution"]["poll_sleep_duration"] = 0.5
     plugin_args = dict(settings.plugin_args)
     if settings.plugin in ("MultiProc", "Linear"):
         plugin_args["status_callback"] = _Progress(
             {workflow_name(r.bids_name): r.bids_name for r in rows}, settings.output_dir
         )
-    _sigterm_as_interrupt()
+    previous = _sigterm_as_interrupt()
     LOGGER.info("processing %d image(s) with %s (%s)", len(rows), settings.plugin,
                 ", ".join(f"{k}={v}" for k, v in plugin_args.items() if k != "status_callback"))
+    plugin = None
     try:
-        wf.run(plugin=settings.plugin, plugin_args=plugin_args)
+        plugin = make_plugin(settings.plugin, plugin_args)
+        wf.run(plugin=plugin, plugin_args=plugin_args)
     except RuntimeError as exc:
         # nipype raises once some node crashed; each image's failure is collected below.
         LOGGER.debug("nipype reported: %s", exc)
+    except BaseException:  # interrupted (SIGINT/SIGTERM): stop workers, leave no temp files
+        held = _hold_signals() if previous is not None else {}
+        try:
+            stop_workers(plugin)
+        finally:
+            for signum, handler in held.items():
+                signal.signal(signum, handler)
+        raise
     finally:
+        # Workers killed mid-write (interrupted, or a dead worker's pool) leave temp files.
+        _remove_temp_files(settings.output_dir, rows)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         if tmp_work:
             shutil.rmtree(work_dir, ignore_errors=True)
 
@@ -236,11 +293,17 @@ def _write_run_log(settings: Settings, rows: list[QCInput], todo: list[QCInput],
 
 
 def _all_unreadable(settings: Settings, todo: list[QCInput]) -> bool:
-    """Whether every processed image failed on an input file (nothing could be read)."""
+    """Whether every processed image failed on its input files (nothing could be read).
+
+    An image with any metric computed had a readable input (e.g. an all-zero norm.mgz
+    beside a good aseg.mgz), so it is an image failure (1), not bad data (65).
+    """
     for row in todo:
         data = json.loads(result_path(settings.output_dir, row).read_text())
         errors = data.get("errors", [])
         if not errors or not all(e.get("file") for e in errors):
+            return False
+        if any(v is not None for v in data.get("metrics", {}).values()):
             return False
     return True
 
@@ -256,9 +319,12 @@ def _summary(settings: Settings, rows: list[QCInput], todo: list[QCInput],
     lines.append(f"  outputs: {settings.output_dir} (run group level next: bids_qc "
                  f"{settings.bids_dir} {settings.output_dir} group)")
     print("\n".join(lines), file=sys.stderr)
-    if todo and len(failures) == len(todo) and _all_unreadable(settings, todo):
-        print("bids_qc: error: no selected image could be read; see the FAILED lines above",
-              file=sys.stderr)
+    # Up-to-date images were read in an earlier run: 65 only when no selected image was.
+    if todo and len(failures) == len(rows) and _all_unreadable(settings, todo):
+        print(
+            "bids_qc: error: no selected image could be read; see the FAILED lines above",
+            file=sys.stderr,
+        )
         return exitcodes.DATA_ERROR
     if failures:
         print(f"bids_qc: error: {len(failures)} image(s) failed (listed above); fix their "

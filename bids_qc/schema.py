@@ -64,11 +64,32 @@ def _classic_columns() -> list[Column]:
         Column("reg_mi", "float", "nats", "Mutual information of the template-space T1w and the "
                "template (32-bin joint histogram, natural log), inside the template's brain "
                "mask (RegQCNET baseline).", "classic"),
+        Column("regqc_rmse_mm", "float", "mm", "Residual misregistration to the template "
+               "predicted by RegQC: mean displacement over the template's field of view "
+               "(RegQCNET Eq. 1).", "regqc"),
+        Column("regqc_flag", "flag", "", "1 when regqc_rmse_mm exceeds the RegQC threshold "
+               "(`--regqc-threshold-mm`, default 10).", "regqc"),
     ]
     for s in STRUCTURES:
         what = s.name.replace("_", " ")
         cols.append(Column(f"vol_{s.name}", "float", "mm^3", f"Volume of {what} in the "
                            "segmentation (voxel count x voxel volume).", "classic"))
+    return cols
+
+
+def _segqc_columns() -> list[Column]:
+    cols = [
+        Column(f"segqc_dice_{s.name}", "float", "", f"Dice of {s.name.replace('_', ' ')} "
+               "against the true segmentation, as predicted by SegQC from the image and the "
+               "segmentation.", "segqc")
+        for s in STRUCTURES
+    ]
+    cols += [
+        Column("segqc_dice_mean", "float", "", "Mean of the 20 predicted Dice values "
+               "(SegQC).", "segqc"),
+        Column("segqc_flag", "flag", "", "1 when any predicted Dice is below the SegQC "
+               "threshold (`--segqc-threshold`, default 0.7).", "segqc"),
+    ]
     return cols
 
 
@@ -81,7 +102,9 @@ def _group_columns() -> list[Column]:
 
 
 #: Every column, in the stable order of ``group_T1w.tsv``.
-COLUMNS: tuple[Column, ...] = tuple(_identity_columns() + _classic_columns() + _group_columns())
+COLUMNS: tuple[Column, ...] = tuple(
+    _identity_columns() + _classic_columns() + _segqc_columns() + _group_columns()
+)
 
 _BY_NAME = {c.name: c for c in COLUMNS}
 
@@ -124,7 +147,13 @@ def render_markdown() -> str:
         "| `sub-XX/figures/` | figures of the reports |",
         "| `<bids_name>.html` | participant report |",
         "| `group_T1w.tsv` | one row per image, columns below, `n/a` for missing values |",
-        "| `group_T1w.html` | group report |",
+        "| `group_T1w.html` | group report: plots per metric, the review queue |",
+        "| `group_T1w_flagged.tsv` | one row per flagged image and check (`bids_name`, `check`, "
+        "`value`, `threshold`) |",
+        "| `ratings_T1w.tsv` | human ratings merged by `bids_qc-ratings` (`bids_name`, `check`, "
+        "`rating`) |",
+        "| `thresholds_T1w.json` | per-check thresholds from `bids_qc-calibrate`; use with "
+        "`--thresholds` |",
         "",
         "## Columns of `group_T1w.tsv`",
         "",

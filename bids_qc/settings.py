@@ -34,6 +34,7 @@ class Settings:
     bids_database_dir: Path | None = None
     force: bool = False
     thresholds: dict[str, float] = field(default_factory=dict)
+    verbose_reports: bool = False
     verbosity: int = 0
 
     def to_json(self) -> dict[str, Any]:

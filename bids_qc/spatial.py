@@ -41,6 +41,43 @@ def load_template(template: Template) -> TemplateGrid:
     return TemplateGrid(data=data, mask=mask, affine=img.affine)
 
 
+def _resample_footprint(
+    data: np.ndarray,
+    affine: np.ndarray,
+    grid: TemplateGrid,
+    world_transform: np.ndarray | None = None,
+) -> np.ndarray:
+    """Trilinear :func:`resample_to_grid` onto the template grid, sampling only where
+    the source grid lands.
+
+    Target voxels more than half a source voxel outside the source grid are 0 in
+    :func:`resample_to_grid`, so only the bounding box of the source's footprint (plus
+    a voxel of margin) is interpolated; a small field of view (a slab, a tiny test image)
+    then costs its own size, not the template's 8.5 million voxels.
+    """
+    shape = np.asarray(grid.data.shape)
+    world = np.eye(4) if world_transform is None else np.asarray(world_transform, float)
+    to_target = np.linalg.inv(grid.affine) @ world @ np.asarray(affine, dtype=np.float64)
+    edges = [(-0.5, n - 0.5) for n in data.shape[:3]]
+    corners = np.array([[i, j, k, 1.0] for i in edges[0] for j in edges[1] for k in edges[2]])
+    points = (to_target @ corners.T)[:3]
+    if not np.all(np.isfinite(points)):
+        return resample_to_grid(
+            data, affine, grid.data.shape, grid.affine, order=1, world_transform=world_transform
+        )
+    lo = np.clip(np.floor(points.min(axis=1)).astype(int) - 1, 0, shape)
+    hi = np.clip(np.ceil(points.max(axis=1)).astype(int) + 2, 0, shape)
+    out = np.zeros(grid.data.shape, dtype=np.float32)
+    if np.any(hi <= lo):
+        return out  # the image lies wholly outside the template's box
+    box_affine = grid.affine.copy()
+    box_affine[:3, 3] = grid.affine[:3, :3] @ lo + grid.affine[:3, 3]
+    out[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = resample_to_grid(
+        data, affine, tuple(hi - lo), box_affine, order=1, world_transform=world_transform
+    )
+    return out
+
+
 def _native_source(qc_input: QCInput) -> tuple[str, str] | None:
     """The native image and transform to use, as (image path, how)."""
     if qc_input.xfm is None:
@@ -78,7 +115,7 @@ def to_template_space(
         img = loaded.img
         data = np.asanyarray(img.dataobj, dtype=np.float32)
         if data.shape != grid.data.shape or not np.allclose(img.affine, grid.affine, atol=1e-3):
-            data = resample_to_grid(data, img.affine, grid.data.shape, grid.affine, order=1)
+            data = _resample_footprint(data, img.affine, grid)
         return data, "template_t1w", list(loaded.warnings)
     native = _native_source(qc_input)
     if native is None:
@@ -99,8 +136,7 @@ def to_template_space(
         world = read_talairach_xfm(qc_input.xfm)
     else:
         world = read_itk_affine(qc_input.xfm)
-    data = resample_to_grid(
-        np.asanyarray(img.dataobj, dtype=np.float32), img.affine, grid.data.shape, grid.affine,
-        order=1, world_transform=world,
+    data = _resample_footprint(
+        np.asanyarray(img.dataobj, dtype=np.float32), img.affine, grid, world_transform=world
     )
     return data, how, list(loaded.warnings)

@@ -1,16 +1,26 @@
-"""Group table: column order, n/a, outlier flags, reading JSONs only."""
+"""Group level: table, outlier flags, flags table, review queue, group report."""
 
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from bids_qc.group import group_table, outlier_flags, to_tsv, write_group_outputs
+from bids_qc.group import (
+    group_table,
+    outlier_bounds,
+    outlier_flags,
+    to_tsv,
+    write_group_outputs,
+)
+from bids_qc.ratings import RATINGS_FILE
 from bids_qc.results import assemble, stage_result
+from bids_qc.review import share_to_review
 from bids_qc.schema import column_names
+from tests.test_reports_helpers import synthetic_result, write_results
 
 
 def _result(name: str, hippo: float | None, error: str = "") -> dict:
@@ -73,3 +83,81 @@ def test_group_reads_only_jsons_and_needs_some(tmp_path):
     assert len(frame) == 5 and len(problems) == 1 and "sub-09" in problems[0]
     assert tsv.read_text().count("\n") == 6
     assert "sub-05_T1w.html" in html.read_text()
+
+
+def test_outlier_bounds_match_the_flags():
+    values = pd.Series([0.0, 0, 0, 0, 1, 1, 1, 1, 1, 2.4])
+    low, high = outlier_bounds(values)
+    flags = outlier_flags(values)
+    assert ((values < low) | (values > high)).astype(int).tolist() == flags.tolist()
+    assert outlier_bounds(pd.Series([None, None], dtype=float)) is None
+
+
+def _model_group(tmp_path):
+    results = [
+        synthetic_result("sub-01_T1w", rmse=25.0),  # registration ratio 2.5
+        synthetic_result("sub-02_T1w", dice=0.40),  # lowest Dice 0.35: ratio 2.0
+        synthetic_result("sub-03_T1w"),
+        synthetic_result("sub-04_T1w", error="bad codes"),  # failed: first in the queue
+        synthetic_result("sub-05_T1w", rmse=8.0),
+    ]
+    write_results(tmp_path, results)
+
+
+def test_flagged_table_and_review_queue(tmp_path):
+    _model_group(tmp_path)
+    _, html, _, _ = write_group_outputs(tmp_path)
+    flagged = pd.read_csv(tmp_path / "group_T1w_flagged.tsv", sep="\t")
+    assert list(flagged.columns) == ["bids_name", "check", "value", "threshold"]
+    reg = flagged[flagged["check"] == "regqc_flag"]
+    assert reg[["bids_name", "value", "threshold"]].values.tolist() == [["sub-01_T1w", 25.0,
+                                                                          10.0]]
+    seg = flagged[(flagged["bids_name"] == "sub-02_T1w") & (flagged["check"] == "segqc_flag")]
+    assert seg["value"].tolist() == [pytest.approx(0.35)] and seg["threshold"].tolist() == [0.7]
+    text = html.read_text()
+    order = re.findall(r'<tr><td class="num">\d+</td><td><a href="(sub-\d+_T1w)\.html"', text)
+    assert order[:3] == ["sub-04_T1w", "sub-01_T1w", "sub-02_T1w"]
+    assert "No ratings yet" in text
+    data = json.loads(re.search(r'id="plot-data" type="application/json">(.*?)</script>',
+                                text).group(1))
+    rmse = next(m for m in data["metrics"] if m["name"] == "regqc_rmse_mm")
+    assert [data["names"][i] for i in rmse["own"]] == ["sub-01_T1w"]
+
+
+def test_share_to_review_reads_ties_together():
+    risk = pd.Series({"a": 5.0, "b": 3.0, "c": 3.0, "d": 1.0, "e": np.nan})
+    truth = {"a": True, "b": False, "c": True, "d": False, "e": True}
+    # 80% of 3 failing = 3 images: e has no risk, so everything is read.
+    assert share_to_review(risk, truth, 0.8) == 1.0
+    truth["e"] = False
+    # 2 failing, both needed: a, then the tie b/c is read whole.
+    assert share_to_review(risk, truth, 0.8) == pytest.approx(3 / 5)
+    assert share_to_review(risk, {"a": False}, 0.8) is None
+
+
+def test_group_report_shows_share_to_review_with_ratings(tmp_path):
+    _model_group(tmp_path)
+    (tmp_path / RATINGS_FILE).write_text(
+        "bids_name\tcheck\trating\n"
+        "sub-01_T1w\tregqc_flag\tFAIL\nsub-02_T1w\tsegqc_flag\tFAIL\n"
+        "sub-03_T1w\tregqc_flag\tPASS\nsub-04_T1w\tregqc_flag\tPASS\n"
+        "sub-05_T1w\tregqc_flag\tPASS\n")
+    _, html, _, _ = write_group_outputs(tmp_path)
+    shares = re.findall(r'<td class="num">([\d.]+%)</td></tr>', html.read_text().split(
+        'id="review-shares"')[1].split("</table>")[0])
+    assert shares == ["60.0%", "60.0%"]  # the failed sub-04, then sub-01 and sub-02
+
+
+def test_malformed_ratings_do_not_stop_the_group_level(tmp_path):
+    _model_group(tmp_path)
+    (tmp_path / RATINGS_FILE).write_text("bids_name\tcheck\trating\nsub-01_T1w\treg_cc\tOK\n")
+    _, html, frame, _ = write_group_outputs(tmp_path)
+    assert len(frame) == 5
+    assert "Ratings not used" in html.read_text() and RATINGS_FILE in html.read_text()
+
+
+def test_group_level_renders_missing_participant_reports(tmp_path):
+    _model_group(tmp_path)
+    assert not (tmp_path / "sub-03_T1w.html").exists()
+    write_group_outputs(tmp_path)
+    assert all((tmp_path / f"sub-0{i}_T1w.html").is_file() for i in range(1, 6))

@@ -63,8 +63,11 @@ class ClassicMetrics(SimpleInterface):
     def _registration(self, row, metrics, errors, warnings, skipped, cwd: Path) -> None:
         space = row.template_space
         if row.template_t1w is None and row.xfm is None:
-            skipped.append({"stage": "registration", "reason": "no template-space T1w and no "
-                            "transform to a template in the derivatives"})
+            reason = "no template-space T1w and no transform to a template in the derivatives"
+            if row.sources.get("t1w_preproc") in ("freesurfer", "fastsurfer"):
+                reason += (" (the FreeSurfer/FastSurfer folder has no mri/transforms/"
+                           "talairach.xfm: did recon-all stop before -talairach?)")
+            skipped.append({"stage": "registration", "reason": reason})
             return
         template = get_template(space or "")
         if template is None:
@@ -90,8 +93,11 @@ class ClassicMetrics(SimpleInterface):
 
     def _segmentation(self, row, metrics, errors, warnings, skipped) -> None:
         if row.seg is None:
-            skipped.append({"stage": "segmentation", "reason": "no segmentation in the "
-                            "derivatives"})
+            reason = "no segmentation in the derivatives"
+            if row.sources.get("t1w_preproc") == "freesurfer":
+                reason += (" (the FreeSurfer folder has no mri/aseg.mgz: did recon-all stop "
+                           "before -autorecon2?)")
+            skipped.append({"stage": "segmentation", "reason": reason})
             return
         if row.seg_kind == "tissue":
             skipped.append({"stage": "segmentation", "reason": "fMRIPrep's 3-class tissue dseg "

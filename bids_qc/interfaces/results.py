@@ -21,6 +21,9 @@ class _WriteResultsInputSpec(BaseInterfaceInputSpec):
     device = traits.Str(mandatory=True, desc="torch device the models ran on")
     output_dir = traits.Str(mandatory=True, desc="the output dataset")
     skipped_models = traits.List(traits.Dict, desc="models skipped for the whole run")
+    verbose_reports = traits.Bool(
+        False, usedefault=True, desc="embed every Grad-CAM rendering, not only flagged ones"
+    )
 
 
 class _WriteResultsOutputSpec(TraitedSpec):
@@ -46,8 +49,16 @@ class WriteResults(SimpleInterface):
         output_dir = Path(self.inputs.output_dir)
         out_json = result_path(output_dir, row)
         out_json.parent.mkdir(parents=True, exist_ok=True)
-        # The report first: the JSON is what marks an image as done for a rerun.
-        report = write_participant_report(result, output_dir)
+        # The report first: the JSON is what marks an image as done for a rerun. It gets the
+        # stage results with their internal keys (work-dir files such as the template-space
+        # T1w) and the row's inputs, to draw figures; the JSON (assemble) drops those keys.
+        report = write_participant_report(
+            result,
+            output_dir,
+            stages=stages,
+            qc_input=json.loads(json.dumps(dict(self.inputs.qc_input))),
+            verbose=bool(self.inputs.verbose_reports),
+        )
         atomic_write_json(out_json, result)
         self._results["out_json"] = str(out_json)
         self._results["out_report"] = str(report)

@@ -1,13 +1,40 @@
-"""The participant report: ``OUTPUT_DIR/<bids_name>.html``, one self-contained file."""
+"""The participant report: ``OUTPUT_DIR/<bids_name>.html``, one self-contained file.
+
+Sections: summary (each check's verdict, value and threshold; what was skipped and why),
+registration, segmentation, shape, provenance and errors, and a rating form whose
+"download ratings" button saves a JSON locally (``bids_qc-ratings`` merges them).
+
+Figures need files that only the running workflow has (the template-space T1w lives in the
+classic stage's work dir): :class:`~bids_qc.interfaces.results.WriteResults` passes the
+stage results with their internal keys (``stages``) and the row's inputs (``qc_input``).
+Without them (a report re-rendered from the JSON alone) the report says which figure is
+missing and why.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+from .. import __version__
 from ..io import atomic_write_text
 from ..schema import column
+from .checks import Outcome, check_spec, evaluate
+from .figures import Figure, embed_file, registration_mosaic, safe_figure, segmentation_mosaic
 from .render import fmt, render
+
+#: Artefacts a rater may tick beside a verdict (the optional checklist of the rating form).
+ARTEFACTS = (
+    "motion",
+    "ringing / Gibbs",
+    "low SNR / noise",
+    "intensity inhomogeneity",
+    "wrap-around / field of view",
+    "registration misalignment",
+    "segmentation leak",
+    "missing or truncated structure",
+    "other",
+)
 
 
 def _metric_rows(metrics: dict[str, Any]) -> list[dict[str, str]]:
@@ -22,13 +49,219 @@ def _metric_rows(metrics: dict[str, Any]) -> list[dict[str, str]]:
     return rows
 
 
-def write_participant_report(result: dict[str, Any], output_dir: Path) -> Path:
-    """Write the HTML report of one participant JSON and return its path."""
+def _verdict(o: Outcome) -> dict[str, Any]:
+    sign = ">" if o.spec.direction == "above" else "<"
+    state = {1: "fail", 0: "pass"}.get(o.flag, "na") if o.flag is not None else "na"
+    return {
+        "check": o.spec.flag,
+        "label": o.spec.label,
+        "value": fmt(o.value),
+        "threshold": fmt(o.threshold),
+        "rule": f"FAIL when {sign} {fmt(o.threshold)}",
+        "state": state,
+        "verdict": {"fail": "FAIL", "pass": "PASS"}.get(state, "n/a"),
+    }
+
+
+def _inputs(result: dict[str, Any], qc_input: dict[str, Any] | None) -> dict[str, str | None]:
+    """Input role -> path, from the workflow's row or else from the JSON's provenance."""
+    if qc_input:
+        return {
+            k: (str(v) if v else None)
+            for k, v in qc_input.items()
+            if k in ("t1w", "t1w_preproc", "seg", "seg_reference", "template_t1w")
+        }
+    inputs = (result.get("provenance") or {}).get("inputs") or {}
+    return {role: (info or {}).get("path") for role, info in inputs.items()}
+
+
+def _stage_prov(
+    result: dict[str, Any], stages: list[dict[str, Any]] | None, name: str
+) -> dict[str, Any]:
+    for stage in stages or []:
+        if stage.get("stage") == name:
+            return stage.get("provenance") or {}
+    return ((result.get("provenance") or {}).get("stages") or {}).get(name) or {}
+
+
+def _registration(
+    result: dict[str, Any], stages: list[dict[str, Any]] | None, outcomes: list[Outcome]
+) -> dict[str, Any]:
+    metrics = result.get("metrics") or {}
+    classic = _stage_prov(result, stages, "classic")
+    image, template = classic.get("template_space_t1w"), (classic.get("template") or {})
+    if image and template.get("file"):
+        figure = safe_figure("registration", registration_mosaic, image, template["file"])
+    elif result.get("reg_source") is None:
+        figure = Figure("registration", note="no registration input: nothing to draw")
+    else:
+        figure = Figure(
+            "registration",
+            note="the template-space T1w is only available while "
+            "the workflow runs; this report was rendered without it",
+        )
+    return {
+        "figure": figure,
+        "template": template,
+        "baselines": [{"name": n, "value": fmt(metrics.get(n))} for n in ("reg_cc", "reg_mi")],
+        "verdicts": [_verdict(o) for o in outcomes if o.spec.flag == "regqc_flag"],
+    }
+
+
+def _dice_table(metrics: dict[str, Any], outcomes: list[Outcome]) -> dict[str, Any]:
+    models = [o for o in outcomes if o.spec.flag in ("segqc_flag", "manifoldqc_flag")]
+    names: list[str] = []
+    for o in models:
+        prefix = o.spec.metric[:-1]
+        names += [
+            k.removeprefix(prefix)
+            for k in metrics
+            if k.startswith(prefix) and k.removeprefix(prefix) not in names
+        ]
+    rows = []
+    for s in names:
+        cells = []
+        for o in models:
+            value = metrics.get(o.spec.metric[:-1] + s)
+            bad = value is not None and o.spec.fails(float(value), o.threshold)
+            cells.append({"value": fmt(value), "flag": bad})
+        rows.append({"structure": s.replace("_", " "), "cells": cells})
+    return {
+        "models": [
+            {"name": o.spec.flag.removesuffix("_flag"), "threshold": fmt(o.threshold)}
+            for o in models
+        ],
+        "rows": rows,
+    }
+
+
+def _segmentation(
+    result: dict[str, Any],
+    stages: list[dict[str, Any]] | None,
+    paths: dict[str, str | None],
+    outcomes: list[Outcome],
+) -> dict[str, Any]:
+    seg = paths.get("seg")
+    base = paths.get("seg_reference") or paths.get("t1w_preproc") or paths.get("t1w")
+    figures = []
+    if seg and result.get("seg_source"):
+        figures.append(safe_figure("segmentation", segmentation_mosaic, base, seg))
+        surrogate = _stage_prov(result, stages, "manifoldqc").get("surrogate_seg")
+        if surrogate:
+            figures.append(
+                safe_figure(
+                    "surrogate",
+                    segmentation_mosaic,
+                    base,
+                    surrogate,
+                    title="ManifoldQC surrogate contours",
+                    layout_from=seg,
+                )
+            )
+    else:
+        figures.append(
+            Figure("segmentation", note="no FreeSurfer-coded segmentation: nothing to draw")
+        )
+    return {
+        "figures": figures,
+        "dice": _dice_table(result.get("metrics") or {}, outcomes),
+        "verdicts": [
+            _verdict(o) for o in outcomes if o.spec.flag in ("segqc_flag", "manifoldqc_flag")
+        ],
+    }
+
+
+def _gradcam_paths(result: dict[str, Any], stages: list[dict[str, Any]] | None) -> dict[str, str]:
+    prov = _stage_prov(result, stages, "shapeqc")
+    found = prov.get("gradcam") or prov.get("figures") or {}
+    return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
+
+
+def _shape(
+    result: dict[str, Any],
+    stages: list[dict[str, Any]] | None,
+    outcomes: list[Outcome],
+    output_dir: Path,
+    verbose: bool,
+) -> list[dict[str, Any]]:
+    renders = _gradcam_paths(result, stages)
+    rows = []
+    for o in outcomes:
+        if not o.spec.flag.startswith("shapeqc_flag_"):
+            continue
+        s = o.spec.flag.removeprefix("shapeqc_flag_")
+        row = {**_verdict(o), "structure": s.replace("_", " "), "figure": None}
+        if (o.flag == 1 or verbose) and s in renders:
+            row["figure"] = safe_figure(s, embed_file, renders[s], f"Grad-CAM: {s}", output_dir)
+        rows.append(row)
+    return rows
+
+
+def _rating_checks(result: dict[str, Any], outcomes: list[Outcome]) -> list[dict[str, str]]:
+    """The checks a rater can judge: every model check, and the registration and
+    segmentation checks whenever their inputs exist (so ratings can calibrate those models
+    before they run on this dataset)."""
+    names = [o.spec.flag for o in outcomes]
+    if result.get("reg_source") and "regqc_flag" not in names:
+        names.insert(0, "regqc_flag")
+    if result.get("seg_source") and "segqc_flag" not in names:
+        names.insert(1 if "regqc_flag" in names else 0, "segqc_flag")
+    return [{"check": n, "label": check_spec(n).label} for n in names]
+
+
+def participant_context(
+    result: dict[str, Any],
+    output_dir: Path,
+    stages: list[dict[str, Any]] | None = None,
+    qc_input: dict[str, Any] | None = None,
+    verbose: bool = False,
+) -> dict[str, Any]:
+    """Everything the participant template shows (figures drawn here)."""
+    outcomes = evaluate(result)
+    paths = _inputs(result, qc_input)
+    return {
+        "result": result,
+        "status": "failed" if result.get("qc_error") else "ok",
+        "verdicts": [_verdict(o) for o in outcomes],
+        "metric_rows": _metric_rows(result.get("metrics") or {}),
+        "registration": _registration(result, stages, outcomes),
+        "segmentation": _segmentation(result, stages, paths, outcomes),
+        "shape": _shape(result, stages, outcomes, Path(output_dir), verbose),
+        "rating_checks": _rating_checks(result, outcomes),
+        "artefacts": ARTEFACTS,
+        "rating_meta": {
+            "format": "bids_qc-ratings",
+            "version": 1,
+            "bids_name": result["bids_name"],
+            "bids_qc_version": __version__,
+        },
+    }
+
+
+def write_participant_report(
+    result: dict[str, Any],
+    output_dir: Path,
+    stages: list[dict[str, Any]] | None = None,
+    qc_input: dict[str, Any] | None = None,
+    verbose: bool = False,
+) -> Path:
+    """Write the HTML report of one participant JSON and return its path.
+
+    Parameters
+    ----------
+    result : dict
+        The participant JSON (:func:`bids_qc.results.assemble`).
+    output_dir : Path
+        The output dataset; the report is ``<output_dir>/<bids_name>.html``.
+    stages : list of dict, optional
+        The stage results with their internal keys (work-dir files for the figures).
+    qc_input : dict, optional
+        The row's inputs (``t1w``, ``t1w_preproc``, ``seg``, ``seg_reference``).
+    verbose : bool
+        Embed every Grad-CAM rendering, not only those of flagged structures.
+    """
     html = render(
-        "participant.html.j2",
-        result=result,
-        metric_rows=_metric_rows(result["metrics"]),
-        status="failed" if result["qc_error"] else "ok",
+        "participant.html.j2", **participant_context(result, output_dir, stages, qc_input, verbose)
     )
     out = Path(output_dir) / f"{result['bids_name']}.html"
     atomic_write_text(out, html)

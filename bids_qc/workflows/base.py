@@ -12,7 +12,9 @@ from nipype.pipeline import engine as pe
 
 from ..inputs import QCInput, qc_input_to_dict
 from ..interfaces.classic import ClassicMetrics
+from ..interfaces.regqc import RegQC
 from ..interfaces.results import WriteResults
+from ..interfaces.segqc import SegQC
 from ..models.registry import ModelSpec, missing_needs
 
 #: Model name -> its nipype interface class. Every interface takes ``qc_input`` (the row as
@@ -24,6 +26,13 @@ MODEL_INTERFACES: dict[str, type] = {}
 
 #: Memory (GB) and CPU threads each model node declares to the scheduler.
 MODEL_RESOURCES: dict[str, tuple[float, int]] = {}
+
+# SegQC: a 256^3 image and segmentation plus the 2 mm model input stay under 1 GB.
+MODEL_INTERFACES["segqc"] = SegQC
+MODEL_RESOURCES["segqc"] = (1.0, 2)
+# RegQC: the 1 mm template-space T1w, its 4 mm input and a 1.3 M-parameter CNN.
+MODEL_INTERFACES["regqc"] = RegQC
+MODEL_RESOURCES["regqc"] = (1.0, 2)
 
 
 def available_inputs(row: QCInput) -> set[str]:
@@ -74,6 +83,7 @@ def init_image_qc_wf(
     device: str,
     skipped_models: list[dict[str, str]] | None = None,
     thresholds: dict[str, float] | None = None,
+    verbose_reports: bool = False,
 ) -> pe.Workflow:
     """The QC workflow of one T1w image.
 
@@ -93,6 +103,8 @@ def init_image_qc_wf(
         Models not run for the whole dataset, with reasons (recorded in the JSON).
     thresholds : dict
         Flag thresholds by name (``regqc_rmse_mm``, ``segqc_dice``, ...).
+    verbose_reports : bool
+        Show every figure (all Grad-CAM maps), not only those of flagged checks.
 
     Notes
     -----
@@ -129,11 +141,13 @@ def init_image_qc_wf(
         stages.append(node)
 
     merge = pe.Node(Merge(len(stages)), name="merge_results")
-    write = pe.Node(WriteResults(), name="write_results", mem_gb=0.2)
+    # The report's figures load the row's full-resolution images.
+    write = pe.Node(WriteResults(), name="write_results", mem_gb=mem_gb)
     write.inputs.fingerprint = fingerprint
     write.inputs.device = device
     write.inputs.output_dir = str(output_dir)
     write.inputs.skipped_models = skipped
+    write.inputs.verbose_reports = verbose_reports
 
     wf.connect([(inputnode, classic, [("qc_input", "qc_input")])])
     for i, node in enumerate(stages, start=1):
@@ -157,6 +171,7 @@ def init_bids_qc_wf(
     crashdump_dir: Path,
     skipped_models: list[dict[str, str]] | None = None,
     thresholds: dict[str, float] | None = None,
+    verbose_reports: bool = False,
 ) -> pe.Workflow:
     """The run's workflow: one sub-workflow per image, independent of each other."""
     wf = pe.Workflow(name="bids_qc_wf", base_dir=str(work_dir))
@@ -172,7 +187,7 @@ def init_bids_qc_wf(
             init_image_qc_wf(
                 row, output_dir=output_dir, fingerprint=fingerprints[row.bids_name],
                 models=models, device=device, skipped_models=skipped_models,
-                thresholds=thresholds,
+                thresholds=thresholds, verbose_reports=verbose_reports,
             )
         ])
     return wf

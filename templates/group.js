@@ -1,0 +1,77 @@
+// Strip + box plot per metric, drawn as inline SVG from the JSON above; every point links
+// to its participant report. Strings are built once per plot (fast at 5,000 images).
+(function () {
+  "use strict";
+  var data = JSON.parse(document.getElementById("plot-data").textContent);
+  var W = 760, H = 86, L = 10, R = 10, MID = 34, BAND = 26;
+  var flagged = {};
+  data.flagged.forEach(function (i) { flagged[i] = true; });
+  var links = data.names.map(function (n) { return encodeURIComponent(n) + ".html"; });
+  function esc(s) {
+    return String(s).replace(/[&<>"']/g, function (c) { return "&#" + c.charCodeAt(0) + ";"; });
+  }
+  function jitter(i) {  // deterministic, in [-1, 1]
+    var x = Math.sin(i * 12.9898 + 78.233) * 43758.5453;
+    return 2 * (x - Math.floor(x)) - 1;
+  }
+  function fmt(v) { return Math.abs(v) >= 1000 ? v.toFixed(0) : v.toPrecision(4); }
+  function plot(m) {
+    var vals = m.values, lo = Infinity, hi = -Infinity, own = {};
+    m.own.forEach(function (i) { own[i] = true; });
+    vals.forEach(function (v) { if (v !== null) { lo = Math.min(lo, v); hi = Math.max(hi, v); } });
+    if (hi === lo) { hi = lo + 1; lo = lo - 1; }
+    function x(v) { return (L + (v - lo) / (hi - lo) * (W - L - R)).toFixed(1); }
+    var b = m.box, parts = [];
+    parts.push('<svg class="strip" width="' + W + '" height="' + H + '" viewBox="0 0 ' + W + " " + H + '" role="img">');
+    parts.push('<line x1="' + x(b[0]) + '" x2="' + x(b[4]) + '" y1="' + MID + '" y2="' + MID + '" stroke="#555"/>');
+    parts.push('<rect x="' + x(b[1]) + '" y="' + (MID - BAND / 2) + '" width="' + Math.max(1, x(b[3]) - x(b[1])).toFixed(1) + '" height="' + BAND + '" fill="#e8eef7" stroke="#555"/>');
+    parts.push('<line x1="' + x(b[2]) + '" x2="' + x(b[2]) + '" y1="' + (MID - BAND / 2) + '" y2="' + (MID + BAND / 2) + '" stroke="#222" stroke-width="2"/>');
+    var later = [];
+    for (var i = 0; i < vals.length; i++) {
+      if (vals[i] === null) { continue; }
+      var cls = own[i] ? "own" : (flagged[i] ? "other" : "ok");
+      var pt = '<a class="pt" href="' + links[i] + '" data-i="' + i + '" data-v="' + vals[i] + '"><circle cx="' + x(vals[i]) + '" cy="' + (MID + jitter(i) * BAND / 2).toFixed(1) + '" r="' + (cls === "ok" ? 2.5 : 3.5) + '" class="' + cls + '"/></a>';
+      if (cls === "ok") { parts.push(pt); } else { later.push(pt); }  // flagged drawn on top
+    }
+    parts = parts.concat(later);
+    parts.push('<text x="' + L + '" y="' + (H - 4) + '" font-size="11" fill="#555">' + esc(fmt(lo)) + "</text>");
+    parts.push('<text x="' + (W - R) + '" y="' + (H - 4) + '" font-size="11" fill="#555" text-anchor="end">' + esc(fmt(hi)) + "</text>");
+    parts.push("</svg>");
+    return '<div class="metric"><h3><code>' + esc(m.name) + "</code> " + (m.unit ? '<span class="muted">(' + esc(m.unit) + ")</span> " : "") +
+      '<span class="muted">n=' + m.n + ", " + m.own.length + " flagged</span></h3>" + parts.join("") + "</div>";
+  }
+  var style = document.createElement("style");
+  style.textContent = "circle.ok{fill:#4a78b5;fill-opacity:.55}circle.own{fill:#c62828}circle.other{fill:#ef8f00}a.pt:hover circle{stroke:#000;stroke-width:1.5}.metric h3{margin:.6em 0 0}";
+  document.head.appendChild(style);
+  var container = document.getElementById("plots");
+  // Eager for small groups; for large ones each plot is drawn as it nears the viewport
+  // (5,000 images x 60 metrics would otherwise build 300,000 SVG nodes up front).
+  var total = data.names.length * data.metrics.length;
+  container.innerHTML = data.metrics.map(function (m, k) {
+    return '<div class="slot" data-k="' + k + '" style="min-height:' + (H + 30) + 'px"></div>';
+  }).join("");
+  function draw(slot) {
+    if (slot.dataset.done) { return; }
+    slot.dataset.done = "1";
+    slot.innerHTML = plot(data.metrics[+slot.dataset.k]);
+  }
+  var slots = Array.prototype.slice.call(container.querySelectorAll("div.slot"));
+  window.bidsQcDrawAll = function () { slots.forEach(draw); };
+  if (total <= 50000 || !("IntersectionObserver" in window)) {
+    window.bidsQcDrawAll();
+  } else {
+    var seen = new IntersectionObserver(function (entries) {
+      entries.forEach(function (e) { if (e.isIntersecting) { draw(e.target); seen.unobserve(e.target); } });
+    }, {rootMargin: "800px 0px"});
+    slots.forEach(function (slot) { seen.observe(slot); });
+  }
+  var tip = document.getElementById("tooltip");
+  container.addEventListener("mouseover", function (ev) {
+    var a = ev.target.closest ? ev.target.closest("a.pt") : null;
+    if (!a) { tip.style.display = "none"; return; }
+    tip.textContent = data.names[+a.dataset.i] + ": " + a.dataset.v;
+    tip.style.left = (ev.clientX + 12) + "px";
+    tip.style.top = (ev.clientY + 12) + "px";
+    tip.style.display = "block";
+  });
+}());

@@ -1,0 +1,111 @@
+"""Interrupting a MultiProc run (SIGTERM from a scheduler, SIGINT from Ctrl-C) loses nothing.
+
+A run is started in a subprocess and signalled once its first participant JSON appears;
+every JSON left must be complete, no temp file may remain, the exit code is non-zero,
+and a rerun finishes the rest without recomputing the finished images. A worker killed
+by the system (out of memory) fails its own image only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bids_qc import exitcodes
+from bids_qc.cli import run
+from tests.fakebids import add_freesurfer, make_raw
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+SUBJECTS = [f"{i:02d}" for i in range(1, 7)]
+
+
+def _dataset(root: Path) -> Path:
+    """Six FreeSurfer subjects (each image takes a few scheduler polls, about 2 s)."""
+    make_raw(root, SUBJECTS)
+    for subject in SUBJECTS:
+        add_freesurfer(root, subject, volumes=("norm",))
+    return root
+
+
+def _results(out: Path) -> dict[str, int]:
+    """Participant JSON -> mtime (ns); each must parse completely."""
+    found = {}
+    for path in sorted(out.glob("sub-*/anat/*.json")):
+        data = json.loads(path.read_text())  # a partial file would raise here
+        assert data["bids_name"] == path.stem and "provenance" in data
+        found[path.name] = path.stat().st_mtime_ns
+    return found
+
+
+def _leftovers(out: Path) -> list[Path]:
+    """Temp files (``*.tmp``, hidden files other than .bidsignore) under ``out``."""
+    return [p for p in out.rglob("*")
+            if p.name.endswith(".tmp") or (p.name.startswith(".") and p.name != ".bidsignore")]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+def test_interrupted_run_leaves_complete_results_and_resumes(tmp_path, signum):
+    bids = _dataset(tmp_path / "ds")
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bids_qc.cli", str(bids), str(out), "participant",
+         "--nprocs", "2"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any(out.glob("sub-*/anat/*.json")):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"no result appeared before the run ended:\n{proc.communicate()[1]}")
+        time.sleep(0.05)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=60)
+
+    assert proc.returncode not in (0, None), err
+    assert "interrupted" in err, err
+    done = _results(out)
+    assert 0 < len(done) < len(SUBJECTS), "the signal must land while images remain"
+    assert _leftovers(out) == []
+
+    assert run([str(bids), str(out), "participant", "--nprocs", "2"]) == exitcodes.OK
+    after = _results(out)
+    assert len(after) == len(SUBJECTS)
+    assert {name: after[name] for name in done} == done, "finished images were recomputed"
+    assert _leftovers(out) == []
+
+
+def test_a_killed_worker_fails_only_its_image(tmp_path, monkeypatch):
+    # The out-of-memory killer ends a MultiProc worker (SIGKILL): nipype's pool breaks.
+    # That image must fail with a reason, the others must still be processed.
+    from bids_qc.interfaces import classic
+
+    original = classic.ClassicMetrics._run_interface
+
+    def dies_on_02(self, runtime):
+        if self.inputs.qc_input["bids_name"] == "sub-02_T1w":
+            os.kill(os.getpid(), signal.SIGKILL)  # runs in the forked worker
+        return original(self, runtime)
+
+    monkeypatch.setattr(classic.ClassicMetrics, "_run_interface", dies_on_02)
+    bids = tmp_path / "ds"
+    make_raw(bids, ["01", "02", "03"])
+    for subject in ("01", "02", "03"):
+        add_freesurfer(bids, subject, volumes=("norm",))
+    out = tmp_path / "out"
+    code = run([str(bids), str(out), "participant", "--nprocs", "1"])
+    assert code == exitcodes.IMAGE_FAILED
+    results = {n: json.loads((out / f"sub-{n}" / "anat" / f"sub-{n}_T1w.json").read_text())
+               for n in ("01", "02", "03")}
+    assert "ended abruptly" in results["02"]["qc_error"]
+    assert "out of memory" in results["02"]["errors"][0]["problem"]
+    assert results["01"]["qc_error"] == "" and results["03"]["qc_error"] == ""
+    assert _leftovers(out) == []

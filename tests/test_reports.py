@@ -1,0 +1,151 @@
+"""Participant reports: sections, escaping, figures, self-containment, WriteResults."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+
+import pytest
+
+from bids_qc.interfaces.results import WriteResults
+from bids_qc.reports.checks import check_spec, evaluate
+from bids_qc.reports.figures import registration_mosaic, segmentation_mosaic
+from bids_qc.reports.participant import write_participant_report
+from bids_qc.reports.render import render
+from bids_qc.results import stage_result
+from tests.test_reports_helpers import synthetic_result, tiny_png, tiny_volumes
+
+EVIL = '<script>alert("x")</script>'
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def external_references(html: str) -> list[str]:
+    """Every src/href that would make the browser load something from outside the file."""
+    refs = re.findall(r'(?:src|href)\s*=\s*"([^"]*)"', html)
+    return [r for r in refs if not (r.startswith(("data:", "#")) or re.fullmatch(
+        r"[\w.-]+\.html", r))]
+
+
+def test_autoescape_is_on_for_every_template():
+    html = render("participant.html.j2", **_minimal_context(EVIL))
+    assert EVIL not in html and "&lt;script&gt;alert(" in html
+
+
+def _minimal_context(text):
+    from bids_qc.reports.participant import participant_context
+
+    res = synthetic_result("sub-01_T1w", error=text)
+    res["provenance"]["inputs"] = {"t1w": {"path": f"/data/{text}.nii.gz", "source": "raw"}}
+    res["provenance"]["fingerprint"]["inputs"] = {"t1w": None}
+    return participant_context(res, output_dir=".")
+
+
+def test_file_names_and_error_text_are_escaped(tmp_path):
+    res = synthetic_result("sub-01_T1w", error=f"bad codes {EVIL}")
+    res["errors"][0]["traceback"] = f"Traceback ... {EVIL}"
+    res["warnings"] = [f"warn {EVIL}"]
+    res["provenance"]["inputs"] = {"seg": {"path": f"/x/{EVIL}/aseg.mgz", "source": "fmriprep"}}
+    res["provenance"]["fingerprint"]["inputs"] = {"seg": "0" * 32}
+    html = write_participant_report(res, tmp_path).read_text()
+    assert "<script>alert" not in html
+    assert html.count("&lt;script&gt;alert(") >= 4  # error, traceback, warning, path
+    assert "Traceback ..." in html  # the node error in full
+
+
+def test_summary_verdicts_values_thresholds_and_skipped(tmp_path):
+    res = synthetic_result("sub-02_T1w", rmse=25.0, dice=0.5, pfail=0.6,
+                           thresholds={"regqc_rmse_mm": 12.0, "segqc_dice": 0.6})
+    res["skipped"] = [{"model": "vinn", "reason": "its weights are missing"}]
+    html = write_participant_report(res, tmp_path).read_text()
+    summary = html.split('id="registration"')[0]
+    assert "regqc_flag" in summary and "25.000" in summary and "&gt; 12.000" in summary
+    assert "segqc_flag" in summary and "&lt; 0.600" in summary
+    assert 'class="badge fail"' in summary and "vinn: its weights are missing" in summary
+    assert "Predicted Dice per structure" in html and "manifoldqc" in html
+    assert "P(FAIL)" in html
+    assert "sha256" in html and "ab" * 32 in html  # weights sha256 in the provenance
+
+
+def test_checks_take_run_thresholds_and_orient_ratios():
+    res = synthetic_result("sub-03_T1w", rmse=20.0, dice=0.35, pfail=None,
+                           thresholds={"regqc_rmse_mm": 10.0, "segqc_dice": 0.7})
+    out = {o.spec.flag: o for o in evaluate(res)}
+    assert out["regqc_flag"].ratio == pytest.approx(2.0)
+    assert out["segqc_flag"].value == pytest.approx(0.30)  # lowest structure Dice
+    assert out["segqc_flag"].ratio == pytest.approx(0.7 / 0.30)
+    assert out["manifoldqc_flag"].threshold == 0.7  # the default
+    # What a model stage recorded it used wins over the run's option.
+    res["provenance"]["stages"]["segqc"] = {"threshold": 0.5}
+    assert {o.spec.flag: o for o in evaluate(res)}["segqc_flag"].threshold == 0.5
+    with pytest.raises(ValueError, match="not a check"):
+        check_spec("reg_cc")
+
+
+def test_gradcam_flagged_only_unless_verbose(tmp_path):
+    png = tiny_png(tmp_path / "cam.png")
+    renders = {s: str(png) for s in ("left_hippocampus", "right_hippocampus", "left_putamen")}
+    shape = stage_result("shapeqc", {}, [], [], [], {"gradcam": renders})
+    # pfail 0.1, 0.4, 0.7: only left_putamen is flagged.
+    res = synthetic_result("sub-04_T1w", pfail=0.1, stages=[shape])
+    quiet = write_participant_report(res, tmp_path).read_text()
+    loud = write_participant_report(res, tmp_path, verbose=True).read_text()
+    assert quiet.count('alt="Grad-CAM: ') == 1 and 'alt="Grad-CAM: left_putamen"' in quiet
+    assert loud.count('alt="Grad-CAM: ') == 3
+
+
+def test_figures_are_png_data_uris(tmp_path):
+    vols = tiny_volumes(tmp_path / "v")
+    reg = registration_mosaic(vols["t1w_tpl"], vols["template"])
+    seg = segmentation_mosaic(vols["t1w_tpl"], vols["seg"])
+    for fig in (reg, seg):
+        assert fig.note is None and fig.uri.startswith("data:image/png;base64,")
+        assert base64.b64decode(fig.uri.split(",", 1)[1])[:8] == PNG_MAGIC
+    assert {name for name, _ in seg.legend} >= {"left hippocampus", "right hippocampus"}
+
+
+def test_broken_figure_inputs_leave_a_note_not_a_failure(tmp_path):
+    classic = stage_result("classic", {}, [], [], [], {
+        "template_space_t1w": str(tmp_path / "gone.nii.gz"),
+        "template": {"file": str(tmp_path / "also_gone.nii.gz")}})
+    res = synthetic_result("sub-05_T1w")
+    html = write_participant_report(res, tmp_path, stages=[classic],
+                                    qc_input={"seg": str(tmp_path / "no_seg.nii.gz")}).read_text()
+    assert html.count("could not draw this figure") == 2
+
+
+def test_report_is_self_contained(tmp_path):
+    vols = tiny_volumes(tmp_path / "v")
+    classic = stage_result("classic", {}, [], [], [], {
+        "template_space_t1w": str(vols["t1w_tpl"]), "template": {"file": str(vols["template"])}})
+    manifold = stage_result("manifoldqc", {}, [], [], [],
+                            {"surrogate_seg": str(vols["surrogate"])})
+    res = synthetic_result("sub-06_T1w")
+    html = write_participant_report(res, tmp_path, stages=[classic, manifold], qc_input={
+        "seg": str(vols["seg"]), "seg_reference": str(vols["t1w_tpl"])}).read_text()
+    assert html.count('src="data:image/png;base64,') == 3  # registration, input, surrogate
+    assert "ManifoldQC surrogate contours" in html
+    assert external_references(html) == []
+    assert "Content-Security-Policy" in html and "default-src 'none'" in html
+    assert 'id="download-ratings"' in html
+    meta = json.loads(re.search(r'id="rating-meta" type="application/json">(.*?)</script>',
+                                html).group(1))
+    assert meta["bids_name"] == "sub-06_T1w" and meta["format"] == "bids_qc-ratings"
+
+
+def test_write_results_keeps_internal_keys_out_of_the_json(tmp_path):
+    vols = tiny_volumes(tmp_path / "v")
+    classic = stage_result("classic", {"reg_cc": 0.5}, [], [], [], {
+        "template_space_t1w": str(vols["t1w_tpl"]),
+        "template": {"file": str(vols["template"]), "space": "MNI", "sha256": "0" * 64}})
+    row = {"bids_name": "sub-07_T1w", "entities": {"subject": "07"}, "reg_source": "fmriprep",
+           "sources": {}, "candidates": {}, "seg": str(vols["seg"]), "seg_kind": "aseg",
+           "seg_source": "fmriprep", "seg_reference": str(vols["t1w_tpl"])}
+    node = WriteResults(qc_input=row, stage_results=[classic], device="cpu",
+                        fingerprint={"inputs": {}, "models": {}}, output_dir=str(tmp_path))
+    (tmp_path / "work").mkdir()
+    node.run(cwd=str(tmp_path / "work"))
+    data = json.loads((tmp_path / "sub-07" / "anat" / "sub-07_T1w.json").read_text())
+    assert "template_space_t1w" not in data["provenance"]["stages"]["classic"]
+    html = (tmp_path / "sub-07_T1w.html").read_text()
+    assert html.count('src="data:image/png;base64,') == 2  # registration and segmentation
