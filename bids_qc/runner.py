@@ -41,14 +41,24 @@ class Selection:
 
 
 def select_models(requested: tuple[str, ...] | None) -> Selection:
-    """The installed models among those requested; the rest are skipped with a reason."""
+    """The installed models among those requested; the rest are skipped with a reason.
+
+    Without ``--models``, experimental models (see :class:`ModelSpec`) are skipped too.
+    """
     installed = {m.name: m for m in installed_models()}
     registered = {m.name for m in REGISTRY}
     names = requested or KNOWN_MODELS
     chosen, skipped = [], []
     for name in names:
-        if name in installed:
-            chosen.append(installed[name])
+        spec = installed.get(name)
+        if spec is not None and spec.experimental and not requested:
+            skipped.append({"model": name, "reason": "experimental in this release (its model "
+                            f"card misses its accuracy targets); run it with --models {name}"})
+        elif spec is not None:
+            if spec.experimental:
+                LOGGER.warning("model %s is experimental: read its model card before trusting "
+                               "its flags", name)
+            chosen.append(spec)
         elif name in registered:
             skipped.append({"model": name, "reason": "its weights are missing from this "
                             "installation: reinstall bids_qc"})

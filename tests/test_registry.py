@@ -62,3 +62,17 @@ def test_every_registered_model_ships_matching_weights():
     for spec in registry.REGISTRY:
         assert spec.is_installed(), f"{spec.name}: weights file {spec.weights} missing"
         assert registry.sha256sum(spec.weights_path()) == spec.sha256
+
+
+def test_experimental_models_run_only_when_named():
+    from bids_qc.runner import select_models
+
+    experimental = [s.name for s in registry.installed_models() if s.experimental]
+    stable = [s.name for s in registry.installed_models() if not s.experimental]
+    default = select_models(None)
+    assert [m.name for m in default.models] == stable
+    reasons = {s["model"]: s["reason"] for s in default.skipped}
+    for name in experimental:
+        assert "experimental" in reasons[name] and f"--models {name}" in reasons[name]
+        assert [m.name for m in select_models((name,)).models] == [name]
+    assert "not available" in {s["model"]: s["reason"] for s in default.skipped}["vinn"]

@@ -37,6 +37,9 @@ class ModelSpec:
         Inputs the model needs; a row lacking one skips the model with that reason.
     description : str
         One line for ``--help`` and the reports.
+    experimental : bool
+        Runs only when named in ``--models``: its model card misses its accuracy targets
+        so badly that its flags would mislead (the card says by how much).
     """
 
     name: str
@@ -45,6 +48,7 @@ class ModelSpec:
     sha256: str
     needs: tuple[Need, ...]
     description: str = ""
+    experimental: bool = False
 
     def weights_path(self) -> Path:
         """The installed weights file."""
@@ -58,7 +62,17 @@ class ModelSpec:
 #: Every QC model bids_qc knows. A model is *installed* when its weights file ships.
 #: Entries are added by the issues that train each model (RegQC, SegQC, ManifoldQC,
 #: ShapeQC, VINN); each carries the sha256 that its model card is stamped with.
-REGISTRY: tuple[ModelSpec, ...] = ()
+REGISTRY: tuple[ModelSpec, ...] = (
+    ModelSpec("regqc", "1.0.0", "regqc.pt",
+              "2d35708e9c9ee43f4a090196dfacea6aee8b7f744278adda30f0ee86eb5ba987",
+              ("template_t1w",),
+              "Residual misregistration to the template (mm), RegQCNET-style CNN",
+              experimental=True),
+    ModelSpec("segqc", "1.0.0", "segqc.pt",
+              "cff3e20167615fea5611f3ea9d1c4eb975a4864ea29e2690c341866a7532e921",
+              ("seg", "t1w"),
+              "Dice of each structure of a FreeSurfer-coded segmentation (3D ResNet, SegQC)"),
+)
 
 #: Names the CLI accepts for ``--models`` (models of later releases included, so a
 #: pipeline written today keeps parsing; a known but uninstalled model is skipped with a reason).

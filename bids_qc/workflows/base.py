@@ -22,17 +22,15 @@ from ..models.registry import ModelSpec, missing_needs
 #: template-space T1w it wrote, so no model resamples it again), ``device`` and
 #: ``thresholds`` (dict), and returns ``result``, a stage result
 #: (:func:`bids_qc.results.stage_result`). A model enters here when its weights ship.
-MODEL_INTERFACES: dict[str, type] = {}
+MODEL_INTERFACES: dict[str, type] = {"regqc": RegQC, "segqc": SegQC}
 
 #: Memory (GB) and CPU threads each model node declares to the scheduler.
-MODEL_RESOURCES: dict[str, tuple[float, int]] = {}
-
-# SegQC: a 256^3 image and segmentation plus the 2 mm model input stay under 1 GB.
-MODEL_INTERFACES["segqc"] = SegQC
-MODEL_RESOURCES["segqc"] = (1.0, 2)
-# RegQC: the 1 mm template-space T1w, its 4 mm input and a 1.3 M-parameter CNN.
-MODEL_INTERFACES["regqc"] = RegQC
-MODEL_RESOURCES["regqc"] = (1.0, 2)
+MODEL_RESOURCES: dict[str, tuple[float, int]] = {
+    # The 1 mm template-space T1w, its 4 mm input and a 1.3 M-parameter CNN.
+    "regqc": (1.0, 2),
+    # A 256^3 image and segmentation plus the 2 mm model input stay under 1 GB.
+    "segqc": (1.0, 2),
+}
 
 
 def available_inputs(row: QCInput) -> set[str]:

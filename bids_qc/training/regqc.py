@@ -1,0 +1,254 @@
+"""Training recipe of RegQC (seeded, resumable, time-budgeted, CPU-friendly).
+
+``python -m bids_qc.training.regqc --minutes N --out DIR [--resume]``
+
+1. A pool of template-space anatomies at 2 mm is built once and cached on disk
+   (``--cache``): SynthSeg label maps 1-16 synthesised by :mod:`bids_qc.synth.synthesize`
+   (random contrast, random smooth deformation, whole-head and skull-stripped in turn) and
+   brought to the template through the engine's per-map affines, plus the real ds002748
+   T1w of sub-01..sub-08 registered affinely (:func:`bids_qc.synth.register.register_affine`).
+   Evaluation anatomies (maps 17-20, sub-09/10) are refused by the loaders' train split.
+2. Each training case pulls one pool volume through a misregistration affine drawn by the
+   engine's sampler straight onto the 4 mm model grid (``grid_sample``), no bias field.
+   The RMSE target is uniform on [0, 100] mm for half of the cases and on [0, 20] mm for the
+   other half, which densifies the range where QC decisions are made. Pool volumes are
+   box-averaged to 4 mm once and warped at 4 mm, for CPU speed (see :func:`make_batch`).
+3. Adam (cosine decay of the rate over the time budget), MSE on RMSE / 100; a checkpoint
+   every 3 minutes and at the end; ``--resume`` continues from ``DIR/checkpoint.pt``
+   (random streams reseeded from the step count, so a resumed run is reproducible too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..models.regqc import (
+    RegQCNet,
+    _box_average,
+    model_grid,
+    normalise,
+    sampling_grid,
+    template_channels,
+)
+from ..spatial import TemplateGrid, load_template
+from ..synth.metrics import affine_rmse
+from ..synth.misregistration import sample_affine
+from ..templates_data import get_template
+
+SEED = 20260521
+#: Spacing of the cached anatomy pool, mm.
+POOL_MM = 2.0
+SYNTH_PER_MAP = 4
+TRAIN_MAPS = tuple(range(1, 17))
+TRAIN_SUBJECTS = tuple(f"{i:02d}" for i in range(1, 9))
+#: Coarse grid (every 16 mm) on which the sampler solves for the target RMSE (speed).
+_SOLVE_MM = 16.0
+
+
+def template() -> TemplateGrid:
+    """The ICBM 2009c asymmetric template, as the app loads it."""
+    return load_template(get_template("MNI152NLin2009cAsym"))
+
+
+def coarse_grid(grid: TemplateGrid, spacing: float) -> tuple[tuple[int, int, int], np.ndarray]:
+    """The template's field of view every ``spacing`` mm (corner voxel kept)."""
+    vox = np.linalg.norm(grid.affine[:3, :3], axis=0)
+    shape = tuple(int(np.floor((n - 1) * v / spacing)) + 1 for n, v in zip(grid.data.shape, vox))
+    affine = grid.affine.copy()
+    affine[:3, :3] = affine[:3, :3] / vox * spacing
+    return shape, affine  # type: ignore[return-value]
+
+
+def _to_pool(data: np.ndarray, affine: np.ndarray, world: np.ndarray,
+             shape: tuple[int, int, int], pool_affine: np.ndarray) -> np.ndarray:
+    """Resample an image to the pool grid; ``world`` maps image world to template world."""
+    from ..synth.template import to_template
+
+    out, _ = to_template(data, affine, world, resolution=POOL_MM)
+    if out.shape != shape:
+        raise ValueError(f"pool grid mismatch: {out.shape} vs {shape}")
+    return out.astype(np.float32)
+
+
+def build_pool(cache: Path, grid: TemplateGrid, log: callable = print) -> np.ndarray:
+    """Template-space training anatomies at 2 mm, ``(N, X, Y, Z)`` float16, cached on disk."""
+    import nibabel as nib
+
+    from ..synth.labelmaps import load_label_map, load_subject_t1
+    from ..synth.register import register_affine
+    from ..synth.synthesize import synthesize
+    from ..synth.template import label_map_to_template
+
+    cache.mkdir(parents=True, exist_ok=True)
+    path = cache / "pool.npy"
+    if path.is_file():
+        return np.load(path)
+    shape, affine = coarse_grid(grid, POOL_MM)
+    vols: list[np.ndarray] = []
+    meta: list[dict] = []
+    for i in TRAIN_MAPS:
+        lm = load_label_map(i, "train")
+        to_mni = label_map_to_template(i)
+        for k in range(SYNTH_PER_MAP):
+            seed = SEED + 100 * i + k
+            case = synthesize(lm.labels, lm.affine, seed, ("t1", "t1_wide")[k % 2],
+                              deform=True, affine_aug=False, skull_strip=bool(k % 2),
+                              split="train")  # fmt: skip
+            vols.append(_to_pool(case.image, case.affine, to_mni, shape, affine))
+            meta.append({"source": f"synthseg:{i}", "seed": seed,
+                         "skull_strip": case.params["skull_strip"]})  # fmt: skip
+        log(f"pool: map {i} done ({len(vols)} volumes)")
+    fixed = nib.Nifti1Image(grid.data, grid.affine)
+    for sub in TRAIN_SUBJECTS:
+        img = load_subject_t1(sub, "train")
+        to_mni = register_affine(img, fixed, iterations=(100, 40))
+        data = np.asarray(img.dataobj, dtype=np.float32)
+        vols.append(_to_pool(data, img.affine, to_mni, shape, affine))
+        meta.append({"source": f"ds002748:sub-{sub}", "skull_strip": True})
+        log(f"pool: sub-{sub} registered")
+    pool = np.stack([v / max(float(np.percentile(v, 99.5)), 1e-6) for v in vols])
+    pool = pool.astype(np.float16)
+    np.save(path, pool)
+    (cache / "pool.json").write_text(json.dumps({"affine": affine.tolist(), "volumes": meta}))
+    return pool
+
+
+def draw_affine(rng: np.random.Generator, grid: TemplateGrid) -> tuple[np.ndarray, float]:
+    """A misregistration and its exact RMSE on the 4 mm model grid of the template's FOV."""
+    hi = 100.0 if rng.random() < 0.5 else 20.0
+    target = float(rng.uniform(0.0, hi))
+    solve_shape, solve_affine = coarse_grid(grid, _SOLVE_MM)
+    A = sample_affine(rng, target, solve_shape, solve_affine)
+    shape, affine = model_grid(grid)
+    return A, affine_rmse(A, shape, affine)
+
+
+def coarse_pool(pool: torch.Tensor, pool_affine: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+    """The pool box-averaged as :func:`bids_qc.models.regqc.conform` does (once, for speed)."""
+    vols = torch.stack([_box_average(v[None].float(), pool_affine)[0][0] for v in pool])
+    return vols.half(), _box_average(pool[:1].float()[None], pool_affine)[1]
+
+
+def make_batch(
+    pool: torch.Tensor, pool_affine: np.ndarray, grid: TemplateGrid, rng: np.random.Generator,
+    size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs ``(B, 2, ...)`` and targets (mm) of one batch, warped on the fly.
+
+    ``pool`` is box-averaged already (:func:`coarse_pool`): warping after the averaging
+    rather than before is what makes CPU training affordable; at zero error it is exactly
+    the app's path for a 2 mm input.
+    """
+    shape, m_affine = model_grid(grid)
+    tmpl, mask = template_channels(grid)
+    xs, ys = [], []
+    for _ in range(size):
+        vol = pool[int(rng.integers(len(pool)))][None, None].float()
+        A, rmse = draw_affine(rng, grid)
+        g = sampling_grid(tuple(vol.shape[2:]), pool_affine, shape, m_affine, world=A)
+        moving = F.grid_sample(vol, g, mode="bilinear", padding_mode="zeros", align_corners=True)
+        xs.append(moving ** float(np.exp(rng.normal(0, 0.2))))  # contrast jitter
+        ys.append(rmse)
+    x = normalise(torch.cat(xs), tmpl, mask)
+    return x, torch.tensor(ys, dtype=torch.float32)
+
+
+def train(minutes: float, out: Path, resume: bool, cache: Path, batch_size: int = 8) -> dict:
+    """Train for ``minutes`` of wall time (pool building excluded); returns the run's log."""
+    torch.set_num_threads(2)
+    out.mkdir(parents=True, exist_ok=True)
+    logf = open(out / "train.log", "a")  # noqa: SIM115 - closed at the end
+
+    def log(msg: str) -> None:
+        line = f"{time.strftime('%H:%M:%S')} {msg}"
+        print(line, flush=True)
+        logf.write(line + "\n")
+        logf.flush()
+
+    grid = template()
+    t0 = time.time()
+    pool_np = build_pool(cache, grid, log)
+    pool_affine = np.asarray(json.loads((cache / "pool.json").read_text())["affine"])
+    log(f"pool: {pool_np.shape} in {time.time() - t0:.0f} s")
+    pool, pool_affine = coarse_pool(torch.from_numpy(pool_np), pool_affine)
+
+    torch.manual_seed(SEED)
+    model = RegQCNet()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    state = {"step": 0, "cases": 0, "seconds": 0.0, "losses": []}
+    ckpt = out / "checkpoint.pt"
+    if resume and ckpt.is_file():
+        saved = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["opt"])
+        state = saved["state"]
+        log(f"resumed at step {state['step']}")
+    rng = np.random.default_rng(SEED + state["step"])
+
+    def save() -> None:
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "state": state}, ckpt)
+
+    start = time.time()
+    last_save = start
+    model.train()
+    while time.time() - start < minutes * 60:
+        # Cosine decay over this run's time budget: the short CPU runs end on a low rate.
+        frac = min(1.0, (time.time() - start) / (minutes * 60))
+        for group in opt.param_groups:
+            group["lr"] = 1e-3 * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * frac)))
+        x, y = make_batch(pool, pool_affine, grid, rng, batch_size)
+        pred = model(x)
+        loss = F.mse_loss(pred / 100.0, y / 100.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        state["step"] += 1
+        state["cases"] += batch_size
+        state["losses"].append(float(loss.detach()))
+        if state["step"] % 20 == 0:
+            mae = float(np.mean(np.sqrt(state["losses"][-20:]))) * 100
+            log(f"step {state['step']} cases {state['cases']} rms_err~{mae:.1f} mm")
+        if time.time() - last_save > 180:
+            state["seconds"] += time.time() - last_save
+            last_save = time.time()
+            save()
+    state["seconds"] += time.time() - last_save
+    save()
+    weights = {k: v.half() if v.is_floating_point() else v
+               for k, v in model.state_dict().items()}  # fmt: skip
+    torch.save(weights, out / "regqc.pt")
+    info = {
+        "seed": SEED, "steps": state["step"], "cases_seen": state["cases"],
+        "batch_size": batch_size, "train_minutes": state["seconds"] / 60,
+        "pool_volumes": int(len(pool_np)), "epochs": state["cases"] / len(pool_np),
+        "hardware": "CPU, 2 cores (torch.set_num_threads(2)), shared",
+    }
+    (out / "train_info.json").write_text(json.dumps(info, indent=1))
+    log(f"done: {info}")
+    logf.close()
+    return info
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, required=True, help="training wall time")
+    parser.add_argument("--out", type=Path, required=True, help="run folder")
+    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    parser.add_argument("--cache", type=Path, default=Path("/tmp/regqc_cache"))
+    parser.add_argument("--batch-size", type=int, default=8)
+    args = parser.parse_args(argv)
+    if args.minutes <= 0:
+        raise ValueError("--minutes must be positive")
+    train(args.minutes, args.out, args.resume, args.cache, args.batch_size)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,299 @@
+"""Training recipe of SegQC: ``python -m bids_qc.training.segqc --minutes N --out DIR``.
+
+Data (all from the synthetic engine, training label maps 1-16 only):
+
+1. a pool of synthesized cases (contrast families ``t1`` and ``t1_wide``, random
+   resolution, deformation and skull stripping), conformed once to a slightly larger model
+   box (:data:`POOL_SHAPE`) and cached on disk;
+2. on the fly, per sample: 0-3 damages from the training families of the frozen protocol
+   (:data:`bids_qc.training.eval_protocol.TRAINING_DAMAGE_FAMILIES`; ``kmeans`` and ``leak``
+   are held out) applied on the model grid, the exact Dice of every structure against the
+   true labels on that grid (:func:`bids_qc.synth.metrics.structure_dice`), and a random
+   crop of the model box (the box centre moves with a damaged segmentation's extent).
+
+Every sample is a pure function of ``(seed, sample index)``, so the stream is reproducible
+and a resumed run continues it. ``--minutes`` is a time budget (the learning rate follows
+the elapsed fraction of it); ``--steps`` trains a fixed number of steps instead, the exactly
+reproducible mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bids_qc.models.segqc import GRID_SHAPE, OTHER_GROUP, SegQCNet, conform, group_index
+from bids_qc.synth.damage import DAMAGE_FAMILIES
+from bids_qc.synth.labelmaps import TRAIN_MAPS, check_training_maps, load_label_map
+from bids_qc.synth.synthesize import synthesize
+from bids_qc.training.eval_protocol import HELDOUT_DAMAGE_FAMILIES, TRAINING_DAMAGE_FAMILIES
+
+#: Contrast families of the training images.
+CONTRASTS: tuple[str, ...] = ("t1", "t1_wide")
+#: The pool's box: the model box plus 4 voxels each side, for random crops.
+POOL_SHAPE: tuple[int, int, int] = tuple(n + 8 for n in GRID_SHAPE)  # type: ignore[assignment]
+#: Probabilities of 0, 1, 2 or 3 successive damages on one sample.
+N_DAMAGE_P = (0.15, 0.55, 0.22, 0.08)
+DEFAULT_SEED = 20240611
+
+
+def pool_keys(per_map: int, seed: int) -> list[tuple[int, str, int]]:
+    """(map, contrast, synthesis seed) of every pool case, in a fixed order."""
+    return [(m, c, seed * 1000 + m * 20 + j * 2 + k)
+            for j in range(per_map) for m in TRAIN_MAPS
+            for k, c in enumerate(CONTRASTS)]  # fmt: skip
+
+
+def build_pool(cache: Path, per_map: int, seed: int, log: Any = print) -> list[Path]:
+    """Synthesize (or find cached) the pool cases; returns their files."""
+    check_training_maps(TRAIN_MAPS)
+    cache.mkdir(parents=True, exist_ok=True)
+    files, maps = [], {}
+    for m, contrast, s in pool_keys(per_map, seed):
+        path = cache / f"map{m:02d}_{contrast}_{s}.npz"
+        files.append(path)
+        if path.is_file():
+            continue
+        if m not in maps:
+            maps = {m: load_label_map(m, "train")}  # one 256^3 map in memory at a time
+        lm = maps[m]
+        t0 = time.time()
+        case = synthesize(lm.labels, lm.affine, s, contrast, split="train")
+        img, lab = conform(case.image, case.affine, case.labels, case.affine, shape=POOL_SHAPE)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez_compressed(tmp, image=img.astype(np.float16), labels=lab.astype(np.int16),
+                            resolution=np.asarray(case.params["resolution"]))  # fmt: skip
+        os.replace(tmp, path)
+        log(f"pool {path.name} {time.time() - t0:.1f}s")
+    return files
+
+
+def fast_dice(true_groups: np.ndarray, seg_groups: np.ndarray) -> np.ndarray:
+    """Dice of the 20 structures from group indices (same values as ``structure_dice``).
+
+    The structure groups are disjoint sets of codes, so one joint histogram gives every
+    intersection; ``whole_brain`` is every non-zero label. NaN where a structure is absent
+    from both.
+    """
+    n = OTHER_GROUP + 1
+    joint = np.bincount(true_groups.ravel().astype(np.int64) * n + seg_groups.ravel(),
+                        minlength=n * n).reshape(n, n)  # fmt: skip
+    inter = np.diag(joint)[1:OTHER_GROUP].astype(np.float64)
+    size_t, size_s = joint.sum(1)[1:OTHER_GROUP], joint.sum(0)[1:OTHER_GROUP]
+    brain_i = joint[1:, 1:].sum()
+    inter = np.append(inter, brain_i)
+    total = np.append(size_t + size_s, joint[1:, :].sum() + joint[:, 1:].sum()).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, 2 * inter / total, np.nan).astype(np.float32)
+
+
+def make_sample(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:  # fmt: skip
+    """One training sample from a pool case.
+
+    A random crop of the pool box to the model box comes first (it moves the box centre as
+    a damaged segmentation's extent would), then 0-3 damages on that grid, whose Dice is
+    measured there (the segmentation's own grid).
+
+    Returns
+    -------
+    image : ndarray of float16 (model box)
+    groups : ndarray of uint8, group indices of the damaged segmentation
+    target : ndarray of float32 (20,), exact Dice (NaN for structures absent from both)
+    applied : list of str, ``family:severity`` of every damage
+    """
+    off = rng.integers(0, np.asarray(POOL_SHAPE) - np.asarray(GRID_SHAPE) + 1)
+    crop = tuple(slice(int(o), int(o) + n) for o, n in zip(off, GRID_SHAPE))
+    image = np.ascontiguousarray(image[crop], dtype=np.float32)
+    true = np.ascontiguousarray(labels[crop], dtype=np.int32)
+    seg = true
+    applied = []
+    for _ in range(int(rng.choice(len(N_DAMAGE_P), p=N_DAMAGE_P))):
+        family = str(rng.choice(TRAINING_DAMAGE_FAMILIES))
+        severity = float(rng.uniform(0.05, 1.0))
+        # The family itself, as damage() runs it, without its per-call Dice.
+        seg = DAMAGE_FAMILIES[family](seg, np.random.default_rng(int(rng.integers(2**31))),
+                                      severity, image=image)  # fmt: skip
+        applied.append(f"{family}:{severity:.2f}")
+    groups = group_index(seg)
+    target = fast_dice(group_index(true), groups)
+    return image.astype(np.float16), groups, target, applied
+
+
+def expand(image: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """Batched network input from (B, X, Y, Z) images and group indices (one-hot here)."""
+    # Scatter into a buffer whose last channel takes the background (faster than one_hot).
+    b = image.shape[0]
+    x = torch.zeros((b, OTHER_GROUP + 2, *image.shape[1:]), dtype=torch.float32)
+    x[:, 0] = image.float()
+    idx = groups.long()
+    idx = torch.where(idx == 0, OTHER_GROUP + 1, idx)
+    x.scatter_(1, idx[:, None], 1.0)
+    return x[:, : OTHER_GROUP + 1]
+
+
+class SampleStream(torch.utils.data.Dataset):
+    """Sample ``i`` of the stream: a pure function of ``(seed, i)``."""
+
+    def __init__(self, files: list[Path], seed: int, length: int) -> None:
+        self.files, self.seed, self.length = files, seed, length
+        self._cases: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _case(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if k not in self._cases:
+            with np.load(self.files[k]) as z:
+                self._cases[k] = (z["image"].astype(np.float32), z["labels"].astype(np.int32))
+        return self._cases[k]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, int(i)])
+        image, labels = self._case(int(rng.integers(len(self.files))))
+        img, groups, target, _ = make_sample(image, labels, rng)
+        return torch.from_numpy(img), torch.from_numpy(groups), torch.from_numpy(target)
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+def learning_rate(progress: float, base: float, warmup: float = 0.03) -> float:
+    """Linear warm-up then cosine decay to 2% of ``base`` over ``progress`` in [0, 1]."""
+    if progress < warmup:
+        return base * (0.1 + 0.9 * progress / warmup)
+    frac = min(1.0, (progress - warmup) / (1 - warmup))
+    return base * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def export_weights(net: SegQCNet, path: Path) -> None:
+    """Save the state dict in fp16 (floating tensors), as shipped."""
+    state = {k: v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu()
+             for k, v in net.state_dict().items()}  # fmt: skip
+    torch.save(state, path)
+
+
+def train(args: argparse.Namespace) -> dict[str, Any]:
+    """Run (or resume) training; returns the summary written to ``summary.json``."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    logf = open(out / "train.log", "a", buffering=1)
+
+    def log(msg: str) -> None:
+        logf.write(f"{time.strftime('%H:%M:%S')} {msg}\n")
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    files = build_pool(Path(args.cache), args.per_map, args.seed, log)
+    if args.pool_only:
+        return {"pool": len(files)}
+    net = SegQCNet()
+    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
+    ckpt = out / "checkpoint.pt"
+    state = {"step": 0, "elapsed": 0.0, "losses": []}
+    if args.resume and ckpt.is_file():
+        saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+        net.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optim"])
+        state = saved["state"]
+        log(f"resumed at step {state['step']}")
+    budget = args.minutes * 60.0
+    total = args.steps or 10**9
+    stream = SampleStream(files, args.seed, total * args.batch)
+    sampler = range(state["step"] * args.batch, total * args.batch)
+    loader = torch.utils.data.DataLoader(
+        stream, batch_size=args.batch, sampler=sampler, num_workers=args.workers,
+        worker_init_fn=_worker_init, persistent_workers=args.workers > 0,
+        prefetch_factor=4 if args.workers else None,
+    )  # fmt: skip
+    net.train()
+    t_start, t_ckpt, run_loss, run_mae = time.time(), time.time(), 0.0, 0.0
+    for img, groups, y in loader:
+        elapsed = state["elapsed"] + time.time() - t_start
+        progress = state["step"] / total if args.steps else elapsed / budget
+        if progress >= 1.0:
+            break
+        for g in opt.param_groups:
+            g["lr"] = learning_rate(progress, args.lr)
+        valid = torch.isfinite(y)
+        pred = net(expand(img, groups))
+        err = torch.where(valid, pred - torch.nan_to_num(y), torch.zeros_like(pred))
+        loss = (err**2).sum() / valid.sum().clamp(min=1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        state["step"] += 1
+        run_loss += float(loss.detach())
+        run_mae += float(err.detach().abs().sum() / valid.sum().clamp(min=1))
+        if state["step"] % 25 == 0:
+            state["losses"].append([state["step"], run_loss / 25, run_mae / 25])
+            log(
+                f"step {state['step']} t={elapsed / 60:.1f}min lr={opt.param_groups[0]['lr']:.2e}"
+                f" mse={run_loss / 25:.4f} mae={run_mae / 25:.4f}"
+            )
+            run_loss = run_mae = 0.0
+        if time.time() - t_ckpt > args.checkpoint_minutes * 60:
+            state["elapsed"], t_start = elapsed, time.time()
+            torch.save({"model": net.state_dict(), "optim": opt.state_dict(), "state": state},
+                       ckpt)  # fmt: skip
+            export_weights(net, out / "segqc.pt")
+            t_ckpt = time.time()
+    state["elapsed"] = state["elapsed"] + time.time() - t_start
+    torch.save({"model": net.state_dict(), "optim": opt.state_dict(), "state": state}, ckpt)
+    export_weights(net, out / "segqc.pt")
+    summary = {
+        "pool_cases": len(files), "per_map": args.per_map, "maps": list(TRAIN_MAPS),
+        "contrasts": list(CONTRASTS), "steps": state["step"], "batch": args.batch,
+        "samples": state["step"] * args.batch,
+        "epochs_over_pool": state["step"] * args.batch / len(files),
+        "minutes": state["elapsed"] / 60, "seed": args.seed, "lr": args.lr,
+        "threads": args.threads, "workers": args.workers,
+        "training_damage_families": list(TRAINING_DAMAGE_FAMILIES),
+        "heldout_damage_families": list(HELDOUT_DAMAGE_FAMILIES),
+        "n_damage_p": list(N_DAMAGE_P), "hardware": "2-core CPU (shared), no GPU",
+        "final_train_mse": state["losses"][-1][1] if state["losses"] else None,
+        "final_train_mae": state["losses"][-1][2] if state["losses"] else None,
+    }  # fmt: skip
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    log(f"done: {json.dumps(summary)}")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line entry point."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--minutes", type=float, default=55.0, help="training time budget")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=0,
+        help="fixed number of steps (overrides the time-based schedule)",
+    )
+    p.add_argument("--out", required=True, help="output folder (log, checkpoint, weights)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--cache", default="/tmp/segqc_cache", help="pool cache folder")
+    p.add_argument("--per-map", type=int, default=5, help="pool cases per map and contrast")
+    p.add_argument("--pool-only", action="store_true", help="build the pool and stop")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    p.add_argument("--threads", type=int, default=1, help="torch threads of the trainer")
+    p.add_argument("--workers", type=int, default=1, help="data worker processes")
+    p.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    args = p.parse_args(argv)
+    if args.minutes <= 0 or args.batch < 1 or args.per_map < 1:
+        raise ValueError("--minutes, --batch and --per-map must be positive")
+    print(json.dumps(train(args)))
+
+
+if __name__ == "__main__":
+    main()
