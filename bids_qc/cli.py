@@ -165,6 +165,9 @@ def _read_plugin(path: Path | None, nprocs: int, mem_gb: float | None) -> tuple[
         plugin, args = str(data["plugin"]), dict(data.get("plugin_args") or {})
     if plugin == "MultiProc":
         args.setdefault("n_procs", nprocs)
+        # Workers start from a clean server process: a worker forked from a process that
+        # already ran torch (a notebook, a test session) can deadlock in OpenMP.
+        args.setdefault("mp_context", "forkserver")
         if mem_gb is not None:
             args.setdefault("memory_gb", mem_gb)
     return plugin, args

@@ -202,6 +202,7 @@ def _run_workflow(settings: Settings, rows: list[QCInput], prints: dict, selecti
         crashdump_dir=settings.output_dir / "logs",
         skipped_models=selection.skipped, thresholds=settings.thresholds,
         verbose_reports=settings.verbose_reports,
+        max_threads=int(settings.plugin_args.get("n_procs", settings.nprocs)),
     )
     # nipype's scheduler sleeps 2 s between polls: most of the run when nodes take
     # about a second (the classical stage); 0.5 s costs nothing while nodes run.

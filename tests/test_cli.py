@@ -156,7 +156,7 @@ def test_plugin_config_precedence(tmp_path):
     cfg.write_text("plugin: MultiProc\nplugin_args: {n_procs: 3}\n")
     s = parse_settings([str(tmp_path), str(tmp_path / "o"), "participant", "--plugin-config",
                         str(cfg), "--nprocs", "5", "--mem-gb", "4"])
-    assert s.plugin_args == {"n_procs": 3, "memory_gb": 4.0}
+    assert s.plugin_args == {"n_procs": 3, "memory_gb": 4.0, "mp_context": "forkserver"}
 
 
 def test_version(capsys):

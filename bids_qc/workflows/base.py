@@ -82,6 +82,7 @@ def init_image_qc_wf(
     skipped_models: list[dict[str, str]] | None = None,
     thresholds: dict[str, float] | None = None,
     verbose_reports: bool = False,
+    max_threads: int = 1,
 ) -> pe.Workflow:
     """The QC workflow of one T1w image.
 
@@ -103,6 +104,8 @@ def init_image_qc_wf(
         Flag thresholds by name (``regqc_rmse_mm``, ``segqc_dice``, ...).
     verbose_reports : bool
         Show every figure (all Grad-CAM maps), not only those of flagged checks.
+    max_threads : int
+        Processors the scheduler has: no node may ask for more, or it never runs.
 
     Notes
     -----
@@ -127,7 +130,7 @@ def init_image_qc_wf(
             continue
         mem, threads = MODEL_RESOURCES.get(spec.name, (mem_gb, 1))
         node = pe.Node(MODEL_INTERFACES[spec.name](), name=spec.name, mem_gb=mem,
-                       n_procs=threads)
+                       n_procs=max(1, min(threads, max_threads)))
         node.inputs.device = device
         node.inputs.thresholds = dict(thresholds or {})
         if device.startswith("cuda"):
@@ -170,6 +173,7 @@ def init_bids_qc_wf(
     skipped_models: list[dict[str, str]] | None = None,
     thresholds: dict[str, float] | None = None,
     verbose_reports: bool = False,
+    max_threads: int = 1,
 ) -> pe.Workflow:
     """The run's workflow: one sub-workflow per image, independent of each other."""
     wf = pe.Workflow(name="bids_qc_wf", base_dir=str(work_dir))
@@ -186,6 +190,7 @@ def init_bids_qc_wf(
                 row, output_dir=output_dir, fingerprint=fingerprints[row.bids_name],
                 models=models, device=device, skipped_models=skipped_models,
                 thresholds=thresholds, verbose_reports=verbose_reports,
+                max_threads=max_threads,
             )
         ])
     return wf
