@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bids_qc import __version__, device
+from bids_qc import __version__, device, schema
 from bids_qc.cli import run
 
 from .fakebids import add_fmriprep, annex, make_raw
@@ -71,6 +71,9 @@ def test_outputs_carry_the_version(annexed_run):
     assert result["qc_error"] == ""
     assert result["provenance"]["bids_qc_version"] == __version__
     assert result["provenance"]["fingerprint"]["bids_qc_version"] == __version__
+    # docs/outputs.md documents exactly these keys, in this order.
+    assert list(result) == [k for k, _ in schema.JSON_KEYS]
+    assert list(result["provenance"]) == [k for k, _ in schema.PROVENANCE_KEYS]
 
 
 def test_unfetched_annexed_inputs_say_datalad_get(annexed_run):
