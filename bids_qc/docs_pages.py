@@ -106,9 +106,13 @@ def render_model_page(name: str, notes: str | None) -> str:
     if columns:
         shown = ", ".join(f"`{c}`" for c in columns[:4]) + (", ..." if len(columns) > 4 else "")
         rows.append(("columns", f"{len(columns)}: {shown} (see [Outputs](../outputs.md))"))
-    lines = [f"# {model_title(name)} (`{name}`)", "", "| | |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in rows]
-    lines.append("")
+    lines = [f"# {model_title(name)} (`{name}`)", ""]
+    if spec is None:  # goes away by itself once the model is registered
+        lines += ['!!! note "In development"',
+                  f"    {model_title(name)} is being built and is not in this release: runs "
+                  "skip it with that reason. The notes below describe its design; its model "
+                  "card, with measured numbers, will appear on this page once it ships.", ""]
+    lines += ["| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], ""]
     if notes:
         lines += [notes.strip(), ""]
     card = read_card(name)

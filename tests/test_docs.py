@@ -67,8 +67,9 @@ def test_model_page_carries_the_registry_entry_and_the_card():
         # The card's sections sit one level below its title, which sits below the page's.
         assert "\n### Licences\n" in page
         assert card.splitlines()[-1] in page
+        assert "In development" not in page
     page = docs_pages.render_model_page("not_a_model", None)
-    assert "no card yet" in page and "in development" in page
+    assert "no card yet" in page and '!!! note "In development"' in page
 
 
 def test_includes_and_generated_tables(tmp_path):
