@@ -1,4 +1,5 @@
-"""Group level: ``group_T1w.tsv``, ``group_T1w_flagged.tsv`` and ``group_T1w.html``.
+"""Group level: ``group_T1w.tsv``, ``group_T1w_flagged.tsv``, ``group_T1w_queue.tsv`` and
+``group_T1w.html``.
 
 The group level reads what participant level wrote; it never recomputes a metric. This
 module builds the table; the review queue and the flags table are :mod:`bids_qc.review`'s,
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ import pandas as pd
 
 from .io import atomic_write_text
 from .ratings import RATINGS_FILE, failing_images, read_rating_file
-from .review import build_review, flagged_table
+from .review import build_review, flagged_table, queue_table
 from .schema import COLUMNS, column_names
 from .structures import STRUCTURE_NAMES
 
@@ -28,23 +30,78 @@ LOGGER = logging.getLogger("bids_qc")
 SD_RULE_MIN_IMAGES = 10
 
 
+def _subdirs(folder: str, prefix: str) -> list[tuple[str, str]]:
+    """(name, path) of the sub-folders of ``folder`` whose names start with ``prefix``."""
+    try:
+        with os.scandir(folder) as entries:
+            return [(e.name, e.path) for e in entries
+                    if e.name.startswith(prefix) and e.is_dir()]
+    except OSError:
+        return []
+
+
+def _t1w_jsons(anat: str) -> list[str]:
+    try:
+        with os.scandir(anat) as entries:
+            return [e.path for e in entries if e.name.endswith("_T1w.json") and e.is_file()]
+    except OSError:
+        return []
+
+
 def find_result_files(output_dir: Path) -> list[Path]:
-    """Every participant JSON under ``output_dir`` (``sub-*/[ses-*/]anat/*_T1w.json``)."""
-    root = Path(output_dir)
-    files = list(root.glob("sub-*/anat/*_T1w.json"))
-    files += root.glob("sub-*/ses-*/anat/*_T1w.json")
-    return sorted(files)
+    """Every participant JSON under ``output_dir`` (``sub-*/[ses-*/]anat/*_T1w.json``).
+
+    One ``os.scandir`` per folder rather than globbing: at 100,000 subjects a glob's
+    pattern matching and stat calls cost tens of seconds.
+    """
+    files: list[str] = []
+    for _, sub in _subdirs(str(output_dir), "sub-"):
+        for name, path in _subdirs(sub, ""):
+            if name == "anat":
+                files += _t1w_jsons(path)
+            elif name.startswith("ses-"):
+                files += _t1w_jsons(os.path.join(path, "anat"))
+    return [Path(f) for f in sorted(files)]
+
+
+def _slim(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    """What the group level uses of a participant JSON.
+
+    The metrics, and of the provenance only the thresholds in force
+    (:func:`bids_qc.reports.checks.run_thresholds` reads them); errors, warnings and input
+    paths stay on disk, so 100,000 results fit in a few hundred MB. ``path`` is kept to
+    reread the whole JSON where a participant report must be rendered.
+    """
+    prov = data.get("provenance") or {}
+    options = (prov.get("fingerprint") or {}).get("options") or {}
+    stages = {}
+    for name, stage in (prov.get("stages") or {}).items():
+        kept = {k: stage[k] for k in ("threshold", "thresholds") if k in (stage or {})}
+        if kept:
+            stages[name] = kept
+    return {
+        "bids_name": data["bids_name"],
+        "reg_source": data.get("reg_source"),
+        "seg_source": data.get("seg_source"),
+        "qc_error": data.get("qc_error") or "",
+        "metrics": data.get("metrics") or {},
+        "provenance": {"fingerprint": {"options": {"thresholds": options.get("thresholds")}},
+                       "stages": stages},
+        "_path": str(path),
+    }
 
 
 def load_results(files: list[Path]) -> tuple[list[dict[str, Any]], list[str]]:
-    """Parse participant JSONs; unreadable ones are reported, not fatal."""
+    """Parse participant JSONs (kept slim, see :func:`_slim`); unreadable ones are reported,
+    not fatal."""
     results, problems = [], []
     for path in files:
         try:
-            data = json.loads(path.read_text())
+            with open(path, "rb") as fh:
+                data = json.loads(fh.read())
             if not isinstance(data, dict) or "bids_name" not in data:
                 raise ValueError("not a bids_qc participant JSON")
-            results.append(data)
+            results.append(_slim(data, path))
         except (OSError, ValueError) as exc:
             problems.append(f"{path}: {exc}")
     return results, problems
@@ -118,11 +175,36 @@ def group_table(results: list[dict[str, Any]]) -> pd.DataFrame:
     return frame[ordered]
 
 
+def _tsv_cell(text: str) -> str:
+    """A string cell as ``csv`` writes it (quoted only when it holds a separator or quote)."""
+    if any(c in text for c in '\t\n\r"'):
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+def _tsv_column(values: pd.Series) -> list[str]:
+    """One column's cells: floats as ``%.10g``, integers and flags as integers, ``n/a``."""
+    dtype = values.dtype
+    if pd.api.types.is_float_dtype(dtype):
+        return ["n/a" if v != v else f"{v:.10g}" for v in values.to_numpy(dtype=float).tolist()]
+    if pd.api.types.is_bool_dtype(dtype) and not isinstance(dtype, pd.BooleanDtype):
+        return [str(v) for v in values.tolist()]
+    if pd.api.types.is_integer_dtype(dtype):
+        return ["n/a" if v is pd.NA else str(int(v)) for v in values.astype(object).tolist()]
+    return ["n/a" if v is None or v is pd.NA or (isinstance(v, float) and v != v)
+            else _tsv_cell(str(v)) for v in values.tolist()]
+
+
 def to_tsv(frame: pd.DataFrame) -> str:
-    """The TSV text: ``n/a`` for missing values, flags as 0/1, floats to 10 significant digits."""
-    return frame.to_csv(
-        sep="\t", index=False, na_rep="n/a", float_format="%.10g", lineterminator="\n"
-    )
+    """The TSV text: ``n/a`` for missing values, flags as 0/1, floats to 10 significant digits.
+
+    Written column by column (what ``DataFrame.to_csv(float_format="%.10g")`` writes, at
+    a tenth of its time: 100,000 rows x 80 columns take seconds, not half a minute).
+    """
+    header = "\t".join(_tsv_cell(str(c)) for c in frame.columns)
+    columns = [_tsv_column(frame[c]) for c in frame.columns]
+    body = ["\t".join(row) for row in zip(*columns, strict=True)] if columns else []
+    return "\n".join([header, *body]) + "\n"
 
 
 def _ensure_participant_reports(results: list[dict[str, Any]], output_dir: Path) -> None:
@@ -130,12 +212,16 @@ def _ensure_participant_reports(results: list[dict[str, Any]], output_dir: Path)
     its JSON from the runner only), so that every link of the group report opens."""
     from .reports.participant import write_participant_report
 
+    with os.scandir(output_dir) as entries:  # one listing, not a stat per image
+        present = {e.name for e in entries if e.name.endswith(".html")}
     for res in results:
-        if not (output_dir / f"{res['bids_name']}.html").is_file():
-            try:
-                write_participant_report(res, output_dir)
-            except Exception as exc:  # the group tables must not depend on a report
-                LOGGER.warning("could not render the report of %s: %s", res["bids_name"], exc)
+        if f"{res['bids_name']}.html" in present:
+            continue
+        try:
+            full = json.loads(Path(res["_path"]).read_text()) if "_path" in res else res
+            write_participant_report(full, output_dir)
+        except Exception as exc:  # the group tables must not depend on a report
+            LOGGER.warning("could not render the report of %s: %s", res["bids_name"], exc)
 
 
 def read_truth(output_dir: Path) -> tuple[dict[str, bool], Path | None, str | None]:
@@ -155,7 +241,8 @@ def read_truth(output_dir: Path) -> tuple[dict[str, bool], Path | None, str | No
 
 
 def write_group_outputs(output_dir: Path) -> tuple[Path, Path, pd.DataFrame, list[str]]:
-    """Write ``group_T1w.tsv``, ``group_T1w_flagged.tsv`` and ``group_T1w.html``.
+    """Write ``group_T1w.tsv``, ``group_T1w_flagged.tsv``, ``group_T1w_queue.tsv`` and
+    ``group_T1w.html``.
 
     Raises
     ------
@@ -179,6 +266,7 @@ def write_group_outputs(output_dir: Path) -> tuple[Path, Path, pd.DataFrame, lis
     tsv = out / "group_T1w.tsv"
     atomic_write_text(tsv, to_tsv(frame))
     atomic_write_text(out / "group_T1w_flagged.tsv", to_tsv(flagged_table(review.checks)))
+    atomic_write_text(out / "group_T1w_queue.tsv", to_tsv(queue_table(review.queue)))
     html = out / "group_T1w.html"
     atomic_write_text(html, render_group_report(frame, review, truth_file, truth_problem))
     return tsv, html, frame, problems
