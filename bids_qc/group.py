@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -30,41 +31,42 @@ LOGGER = logging.getLogger("bids_qc")
 SD_RULE_MIN_IMAGES = 10
 
 
-def _subdirs(folder: str, prefix: str) -> list[tuple[str, str]]:
-    """(name, path) of the sub-folders of ``folder`` whose names start with ``prefix``."""
+def _listdir(folder: str) -> list[str]:
     try:
-        with os.scandir(folder) as entries:
-            return [(e.name, e.path) for e in entries
-                    if e.name.startswith(prefix) and e.is_dir()]
-    except OSError:
+        return os.listdir(folder)
+    except OSError:  # missing, or not a folder
         return []
 
 
-def _t1w_jsons(anat: str) -> list[str]:
-    try:
-        with os.scandir(anat) as entries:
-            return [e.path for e in entries if e.name.endswith("_T1w.json") and e.is_file()]
-    except OSError:
-        return []
+def _result_paths(output_dir: Path) -> list[str]:
+    """The participant JSONs as sorted path strings (see :func:`find_result_files`).
+
+    ``os.listdir`` per folder rather than globbing or ``Path`` objects: at 100,000
+    subjects a glob's pattern matching and stat calls cost tens of seconds.
+    """
+    root = str(output_dir)
+    files: list[str] = []
+    for sub in _listdir(root):
+        if not sub.startswith("sub-") or "." in sub:  # sub-*.html reports are files
+            continue
+        sub_dir = os.path.join(root, sub)
+        for name in _listdir(sub_dir):
+            if name == "anat":
+                anat = os.path.join(sub_dir, name)
+            elif name.startswith("ses-"):
+                anat = os.path.join(sub_dir, name, "anat")
+            else:
+                continue
+            files += [os.path.join(anat, f) for f in _listdir(anat) if f.endswith("_T1w.json")]
+    return sorted(files)
 
 
 def find_result_files(output_dir: Path) -> list[Path]:
-    """Every participant JSON under ``output_dir`` (``sub-*/[ses-*/]anat/*_T1w.json``).
-
-    One ``os.scandir`` per folder rather than globbing: at 100,000 subjects a glob's
-    pattern matching and stat calls cost tens of seconds.
-    """
-    files: list[str] = []
-    for _, sub in _subdirs(str(output_dir), "sub-"):
-        for name, path in _subdirs(sub, ""):
-            if name == "anat":
-                files += _t1w_jsons(path)
-            elif name.startswith("ses-"):
-                files += _t1w_jsons(os.path.join(path, "anat"))
-    return [Path(f) for f in sorted(files)]
+    """Every participant JSON under ``output_dir`` (``sub-*/[ses-*/]anat/*_T1w.json``)."""
+    return [Path(f) for f in _result_paths(output_dir)]
 
 
-def _slim(data: dict[str, Any], path: Path) -> dict[str, Any]:
+def _slim(data: dict[str, Any], path: Path | str) -> dict[str, Any]:
     """What the group level uses of a participant JSON.
 
     The metrics, and of the provenance only the thresholds in force
@@ -91,7 +93,7 @@ def _slim(data: dict[str, Any], path: Path) -> dict[str, Any]:
     }
 
 
-def load_results(files: list[Path]) -> tuple[list[dict[str, Any]], list[str]]:
+def load_results(files: list[Path] | list[str]) -> tuple[list[dict[str, Any]], list[str]]:
     """Parse participant JSONs (kept slim, see :func:`_slim`); unreadable ones are reported,
     not fatal."""
     results, problems = [], []
@@ -175,9 +177,12 @@ def group_table(results: list[dict[str, Any]]) -> pd.DataFrame:
     return frame[ordered]
 
 
+_SPECIAL = re.compile('[\t\n\r"]')
+
+
 def _tsv_cell(text: str) -> str:
     """A string cell as ``csv`` writes it (quoted only when it holds a separator or quote)."""
-    if any(c in text for c in '\t\n\r"'):
+    if _SPECIAL.search(text):
         return '"' + text.replace('"', '""') + '"'
     return text
 
@@ -189,10 +194,16 @@ def _tsv_column(values: pd.Series) -> list[str]:
         return ["n/a" if v != v else f"{v:.10g}" for v in values.to_numpy(dtype=float).tolist()]
     if pd.api.types.is_bool_dtype(dtype) and not isinstance(dtype, pd.BooleanDtype):
         return [str(v) for v in values.tolist()]
-    if pd.api.types.is_integer_dtype(dtype):
-        return ["n/a" if v is pd.NA else str(int(v)) for v in values.astype(object).tolist()]
+    if pd.api.types.is_integer_dtype(dtype) and isinstance(dtype, np.dtype):
+        return values.to_numpy().astype(str).tolist()  # no missing values
+    if pd.api.types.is_integer_dtype(dtype):  # nullable (flags)
+        numbers = values.to_numpy(dtype=float, na_value=np.nan)
+        missing = np.isnan(numbers)
+        text = np.where(missing, 0, numbers).astype(np.int64).astype(str).astype(object)
+        text[missing] = "n/a"
+        return text.tolist()
     return ["n/a" if v is None or v is pd.NA or (isinstance(v, float) and v != v)
-            else _tsv_cell(str(v)) for v in values.tolist()]
+            else _tsv_cell(str(v)) for v in values.to_numpy(dtype=object).tolist()]
 
 
 def to_tsv(frame: pd.DataFrame) -> str:
@@ -251,8 +262,7 @@ def write_group_outputs(output_dir: Path) -> tuple[Path, Path, pd.DataFrame, lis
     """
     from .reports.group import render_group_report
 
-    files = find_result_files(output_dir)
-    results, problems = load_results(files)
+    results, problems = load_results(_result_paths(output_dir))
     if not results:
         raise FileNotFoundError(
             f"No participant results (sub-*/anat/*_T1w.json) in {output_dir}; run participant "

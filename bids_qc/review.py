@@ -32,7 +32,8 @@ RECALLS = (0.8, 0.9)
 FLAGGED_COLUMNS = ["bids_name", "check", "value", "threshold"]
 #: Columns of ``group_T1w_queue.tsv``, the whole review queue in order.
 QUEUE_COLUMNS = ["rank", "bids_name", "risk", "flags", "qc_error"]
-_CHECK_COLUMNS = ["bids_name", "check", "value", "threshold", "flag", "ratio"]
+#: The checks table; ``row`` is the image's position in the group table (fast grouping).
+_CHECK_COLUMNS = ["bids_name", "check", "value", "threshold", "flag", "ratio", "row"]
 
 
 def _numeric(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
@@ -62,24 +63,33 @@ def _check_values(frame: pd.DataFrame, spec: CheckSpec) -> np.ndarray:
     return low
 
 
-def _check_thresholds(spec: CheckSpec, names: pd.Series,
-                      thresholds: dict[str, dict[str, float]]) -> np.ndarray:
-    """Per image, the threshold :func:`bids_qc.reports.checks.evaluate` uses."""
+def _check_thresholds(spec: CheckSpec, keys: np.ndarray,
+                      sets: list[dict[str, float]]) -> np.ndarray:
+    """Per image, the threshold :func:`bids_qc.reports.checks.evaluate` uses.
+
+    ``sets`` are the distinct threshold sets of the group and ``keys`` each image's index
+    into them (a group's images share one or a few sets).
+    """
     def one(found: dict[str, float]) -> float:
         value = found.get(spec.threshold_key)
         if value is None and spec.flag.startswith("shapeqc_"):
             value = found.get("shapeqc_pfail")
         return spec.default if value is None else value
 
-    cache: dict[tuple, float] = {}  # a group's images share one or a few threshold sets
-    out = np.empty(len(names))
-    for i, name in enumerate(names):
-        found = thresholds.get(name, {})
-        key = tuple(sorted(found.items()))
-        if key not in cache:
-            cache[key] = one(found)
-        out[i] = cache[key]
-    return out
+    return np.array([one(found) for found in sets], dtype=float)[keys]
+
+
+def _threshold_sets(results: list[dict[str, Any]], names: list[str]
+                    ) -> tuple[np.ndarray, list[dict[str, float]]]:
+    """The distinct run thresholds of a group, and per image (in ``names`` order) its set."""
+    index: dict[tuple, int] = {}
+    by_name = {}
+    for res in results:
+        found = run_thresholds(res)
+        by_name[res["bids_name"]] = index.setdefault(tuple(sorted(found.items())), len(index))
+    empty = index.setdefault((), len(index))
+    keys = np.array([by_name.get(n, empty) for n in names], dtype=int)
+    return keys, [dict(k) for k in index]
 
 
 def model_check_table(results: list[dict[str, Any]], frame: pd.DataFrame) -> pd.DataFrame:
@@ -89,8 +99,8 @@ def model_check_table(results: list[dict[str, Any]], frame: pd.DataFrame) -> pd.
     check over the group table's columns (a loop over images costs minutes at 100,000).
     An image gets a row for a check where it has the check's value or flag.
     """
-    thresholds = {res["bids_name"]: run_thresholds(res) for res in results}
-    names = frame["bids_name"]
+    names = frame["bids_name"].to_numpy(dtype=object)
+    keys, sets = _threshold_sets(results, names.tolist())
     parts = []
     for spec in model_checks({c: 0.0 for c in frame.columns}):
         value = _check_values(frame, spec)
@@ -100,7 +110,7 @@ def model_check_table(results: list[dict[str, Any]], frame: pd.DataFrame) -> pd.
         if not keep.any():
             continue
         value, flag = value[keep], flag[keep]
-        threshold = _check_thresholds(spec, names[keep], thresholds)
+        threshold = _check_thresholds(spec, keys[keep], sets)
         fails = value > threshold if spec.direction == "above" else value < threshold
         flag = np.where(np.isnan(flag) & ~np.isnan(value), fails, flag)
         num, den = (value, threshold) if spec.direction == "above" else (threshold, value)
@@ -109,12 +119,13 @@ def model_check_table(results: list[dict[str, Any]], frame: pd.DataFrame) -> pd.
                              np.clip(num / den, 0.0, MAX_RATIO))
         ratio[np.isnan(value)] = np.nan
         parts.append(pd.DataFrame({
-            "bids_name": names.to_numpy()[keep], "check": spec.flag, "value": value,
-            "threshold": threshold, "flag": flag, "ratio": ratio}))
+            "bids_name": names[keep], "check": spec.flag, "value": value,
+            "threshold": threshold, "flag": flag, "ratio": ratio,
+            "row": np.flatnonzero(keep)}))
     if not parts:
         return pd.DataFrame(columns=_CHECK_COLUMNS)
     out = pd.concat(parts, ignore_index=True)
-    return out.sort_values("bids_name", kind="stable").reset_index(drop=True)[_CHECK_COLUMNS]
+    return out.sort_values("row", kind="stable").reset_index(drop=True)[_CHECK_COLUMNS]
 
 
 def outlier_check_table(frame: pd.DataFrame, bounds: dict[str, tuple[float, float]]
@@ -137,7 +148,8 @@ def outlier_check_table(frame: pd.DataFrame, bounds: dict[str, tuple[float, floa
             below = np.where(value > 0, low / value, MAX_RATIO if low > 0 else 0.0)
             above = value / high if high > 0 else np.zeros_like(value)
         parts.append(pd.DataFrame({
-            "bids_name": frame["bids_name"].to_numpy()[keep], "check": flag_col,
+            "row": np.flatnonzero(keep),
+            "bids_name": frame["bids_name"].to_numpy(dtype=object)[keep], "check": flag_col,
             "value": value, "threshold": np.where(below >= above, low, high),
             "flag": flag.astype(int), "ratio": np.minimum(MAX_RATIO, np.maximum(below, above)),
         }))
@@ -163,11 +175,16 @@ def queue_table(queue: pd.DataFrame) -> pd.DataFrame:
 
 def risk_scores(frame: pd.DataFrame, checks: pd.DataFrame) -> pd.Series:
     """bids_name -> risk (see the module docstring); inf for failed images, NaN without data."""
-    risk = checks.dropna(subset=["ratio"]).groupby("bids_name")["ratio"].max()
-    risk = risk.reindex(frame["bids_name"]).astype(float)
-    failed = frame.set_index("bids_name")["qc_error"].fillna("").astype(str) != ""
-    risk[failed.reindex(risk.index).to_numpy()] = math.inf
-    return risk
+    risk = np.full(len(frame), -np.inf)
+    ratio = checks["ratio"].to_numpy(dtype=float)
+    present = ~np.isnan(ratio)
+    rows = checks["row"].to_numpy(dtype=np.int64)[present]
+    np.maximum.at(risk, rows, ratio[present])
+    risk[np.isneginf(risk)] = np.nan
+    failed = frame["qc_error"].fillna("").astype(str).to_numpy(dtype=object) != ""
+    risk[failed] = math.inf
+    return pd.Series(risk, index=pd.Index(frame["bids_name"].to_numpy(dtype=object),
+                                          name="bids_name"))
 
 
 def share_to_review(risk: pd.Series, truth: dict[str, bool], recall: float) -> float | None:
@@ -192,7 +209,8 @@ class Review:
     """What the group level tells a rater: the queue, the flags, and the queue's quality."""
 
     checks: pd.DataFrame
-    queue: pd.DataFrame  # rank, bids_name, risk, flagged checks, qc_error, truth
+    queue: pd.DataFrame  # rank, bids_name, risk, row (in the group table), flags, qc_error,
+    # truth
     shares: dict[float, float | None] = field(default_factory=dict)
     n_rated: int = 0
     n_failing: int = 0
@@ -219,17 +237,24 @@ def build_review(results: list[dict[str, Any]], frame: pd.DataFrame,
     checks = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
         columns=_CHECK_COLUMNS)
     risk = risk_scores(frame, checks)
-    flagged = checks[checks["flag"] == 1].groupby("bids_name")["check"].agg(list)
-    queue = pd.DataFrame({"bids_name": risk.index, "risk": risk.to_numpy()})
+    hits = checks[checks["flag"] == 1]
+    flagged: dict[str, list[str]] = {}
+    for name, check in zip(hits["bids_name"].to_numpy(dtype=object).tolist(),
+                           hits["check"].to_numpy(dtype=object).tolist(), strict=True):
+        flagged.setdefault(name, []).append(check)
+    queue = pd.DataFrame({"bids_name": risk.index, "risk": risk.to_numpy(),
+                          "row": np.arange(len(risk))})
     queue["order"] = queue["risk"].fillna(-math.inf)
     queue = queue.sort_values(["order", "bids_name"], ascending=[False, True],
                               kind="stable").drop(columns="order").reset_index(drop=True)
     queue.insert(0, "rank", np.arange(1, len(queue) + 1))
-    queue["flags"] = [flagged.get(n, []) for n in queue["bids_name"]]
-    errors = frame.set_index("bids_name")["qc_error"].fillna("")
-    queue["qc_error"] = [errors.get(n, "") for n in queue["bids_name"]]
+    names = queue["bids_name"].to_numpy(dtype=object).tolist()
+    queue["flags"] = [flagged.get(n, []) for n in names]
+    errors = dict(zip(frame["bids_name"].to_numpy(dtype=object).tolist(),
+                      frame["qc_error"].fillna("").to_numpy(dtype=object).tolist(), strict=True))
+    queue["qc_error"] = [errors.get(n, "") for n in names]
     truth = truth or {}
-    queue["truth"] = [truth.get(n) for n in queue["bids_name"]]
+    queue["truth"] = [truth.get(n) for n in names]
     review = Review(checks, queue, n_rated=sum(n in truth for n in risk.index),
                     n_failing=sum(bool(truth.get(n)) for n in risk.index))
     if review.n_failing:

@@ -125,3 +125,16 @@ def test_tsv_writer_matches_pandas(tmp_path):
     for table in (frame, odd):
         assert to_tsv(table) == table.to_csv(sep="\t", index=False, na_rep="n/a",
                                              float_format="%.10g", lineterminator="\n")
+
+
+def test_result_files_are_found_with_and_without_sessions(tmp_path):
+    for rel in ("sub-01/anat/sub-01_T1w.json", "sub-02/ses-A/anat/sub-02_ses-A_T1w.json",
+                "sub-02/ses-B/anat/sub-02_ses-B_acq-fast_T1w.json",
+                "sub-03/anat/sub-03_T2w.json", "sub-03/figures/sub-03_T1w.json",
+                "derivatives/sub-04/anat/sub-04_T1w.json"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("{}")
+    (tmp_path / "sub-01_T1w.html").write_text("report")  # a file named sub-*
+    found = [p.relative_to(tmp_path).as_posix() for p in find_result_files(tmp_path)]
+    assert found == ["sub-01/anat/sub-01_T1w.json", "sub-02/ses-A/anat/sub-02_ses-A_T1w.json",
+                     "sub-02/ses-B/anat/sub-02_ses-B_acq-fast_T1w.json"]

@@ -82,17 +82,18 @@ def _own_flags(col: str, frame: pd.DataFrame, by_check: dict[str, pd.DataFrame]
     if f"{col}_outlier" in frame:
         return frame[f"{col}_outlier"].to_numpy(dtype=float, na_value=0) == 1
     spec = _check_of(col, list(by_check))
+    out = np.zeros(len(frame), dtype=bool)
     if spec is None:
-        return np.zeros(len(frame), dtype=bool)
+        return out
     rows = by_check[spec.flag]
     if spec.metric.endswith("*"):
-        thresholds = rows.drop_duplicates("bids_name").set_index("bids_name")["threshold"]
-        limit = frame["bids_name"].map(thresholds).to_numpy(dtype=float, na_value=np.nan)
+        limit = np.full(len(frame), np.nan)
+        limit[rows["row"].to_numpy(dtype=np.int64)] = rows["threshold"].to_numpy(dtype=float)
         values = pd.to_numeric(frame[col], errors="coerce").to_numpy(dtype=float)
         with np.errstate(invalid="ignore"):
             return (values > limit) if spec.direction == "above" else (values < limit)
-    hit = rows.loc[rows["flag"] == 1, "bids_name"]
-    return frame["bids_name"].isin(hit).to_numpy(dtype=bool)
+    out[rows.loc[rows["flag"] == 1, "row"].to_numpy(dtype=np.int64)] = True
+    return out
 
 
 def _round(value: float) -> float | None:
@@ -107,8 +108,7 @@ def shown_images(frame: pd.DataFrame, review: Review) -> np.ndarray | None:
     """
     if len(frame) <= STRIP_MAX_IMAGES:
         return None
-    position = pd.Series(np.arange(len(frame)), index=frame["bids_name"])
-    riskiest = position.reindex(review.queue["bids_name"].head(SHOWN_RISKIEST)).to_numpy()
+    riskiest = review.queue["row"].head(SHOWN_RISKIEST).to_numpy(dtype=np.int64)
     others = np.setdiff1d(np.arange(len(frame)), riskiest)
     take = np.unique(np.linspace(0, len(others) - 1, min(SHOWN_SAMPLE, len(others)))
                      .round().astype(int)) if len(others) else np.array([], dtype=int)
@@ -120,16 +120,27 @@ def _histogram(present: np.ndarray) -> dict[str, Any]:
     return {"lo": _round(edges[0]), "hi": _round(edges[-1]), "counts": counts.tolist()}
 
 
-def plot_data(frame: pd.DataFrame, review: Review) -> dict[str, Any]:
+def split_checks(checks: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The checks table split by check, in order of the check names (one factorisation of
+    the names: at 100,000 images the table has millions of rows)."""
+    codes, names = pd.factorize(checks["check"], sort=True)
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
+    return {str(name): checks.iloc[order[bounds[k]:bounds[k + 1]]]
+            for k, name in enumerate(names)}
+
+
+def plot_data(frame: pd.DataFrame, review: Review,
+              by_check: dict[str, pd.DataFrame] | None = None) -> dict[str, Any]:
     """The JSON the page draws from: names once, then per metric values, box and flags.
 
     Boxes, counts and histograms describe every image; ``values``, ``own`` and ``flagged``
     refer to the drawn images (``names``), every image below :data:`STRIP_MAX_IMAGES`.
     """
     checks = review.checks
-    by_check = {str(name): rows for name, rows in checks.groupby("check", sort=False)}
-    any_flag = frame["bids_name"].isin(checks.loc[checks["flag"] == 1, "bids_name"]
-                                       ).to_numpy(dtype=bool)
+    by_check = split_checks(checks) if by_check is None else by_check
+    any_flag = np.zeros(len(frame), dtype=bool)
+    any_flag[checks.loc[checks["flag"] == 1, "row"].to_numpy(dtype=np.int64)] = True
     shown = shown_images(frame, review)
     pick = slice(None) if shown is None else shown
     metrics = []
@@ -153,7 +164,7 @@ def plot_data(frame: pd.DataFrame, review: Review) -> dict[str, Any]:
         if shown is not None:
             metric["hist"] = _histogram(present)
         metrics.append(metric)
-    names = frame["bids_name"].to_numpy()[pick].tolist()
+    names = frame["bids_name"].to_numpy(dtype=object)[pick].tolist()
     return {"names": names, "n_images": len(frame), "sampled": shown is not None,
             "flagged": np.flatnonzero(any_flag[pick]).tolist(),
             "metrics": metrics}
@@ -173,10 +184,9 @@ def _queue_rows(review: Review, limit: int = QUEUE_MAX_ROWS) -> list[dict[str, A
     return rows
 
 
-def _check_summary(review: Review) -> list[dict[str, Any]]:
+def _check_summary(by_check: dict[str, pd.DataFrame]) -> list[dict[str, Any]]:
     out = []
-    checks = review.checks
-    for name, rows in checks.groupby("check", sort=True):
+    for name, rows in by_check.items():
         label = check_spec(name).label if is_check(name) else "volume outlier (group)"
         out.append({"check": name, "label": label, "n": int(rows["value"].notna().sum()),
                     "flagged": int((rows["flag"] == 1).sum())})
@@ -186,7 +196,8 @@ def _check_summary(review: Review) -> list[dict[str, Any]]:
 def render_group_report(frame: pd.DataFrame, review: Review, truth_file: Path | None = None,
                         truth_problem: str | None = None) -> str:
     """The group report's HTML."""
-    data = plot_data(frame, review)
+    by_check = split_checks(review.checks)
+    data = plot_data(frame, review, by_check)
     shares = [{"recall": f"{100 * r:.0f}%",
                "share": "n/a" if review.shares.get(r) is None
                else f"{100 * review.shares[r]:.1f}%"} for r in RECALLS]
@@ -198,7 +209,7 @@ def render_group_report(frame: pd.DataFrame, review: Review, truth_file: Path | 
         queue=_queue_rows(review),
         n_queue=len(review.queue),
         n_shown=len(data["names"]),
-        check_summary=_check_summary(review),
+        check_summary=_check_summary(by_check),
         shares=shares if review.n_failing else [],
         n_rated=review.n_rated,
         n_failing=review.n_failing,
