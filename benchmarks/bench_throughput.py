@@ -51,11 +51,12 @@ def _dataset(cache: Path, n: int, zoom: float) -> Path:
 
 
 def _job(bids: Path, plugin: str, nprocs: int, models: list[str], tmp: Path) -> dict:
-    out = tmp / f"out_{plugin}_{nprocs}"
-    log = tmp / f"loads_{plugin}_{nprocs}_{bids.parent.name}.txt"
-    log.unlink(missing_ok=True)
+    # A fresh output and work folder per job: nipype would reuse a work folder's results.
+    job = tmp / f"{bids.parent.name}_{plugin}_{nprocs}"
+    out, log = job / "out", job / "loads.txt"
+    job.mkdir(parents=True)
     args = [sys.executable, str(CHILD), str(bids), str(out), "participant", "--force", "-q",
-            "--nprocs", str(nprocs), "-w", str(tmp / "work"), "--models", *models]
+            "--nprocs", str(nprocs), "-w", str(job / "work"), "--models", *models]
     if plugin != "MultiProc":
         config = tmp / f"{plugin}.yml"
         config.write_text(f"plugin: {plugin}\nplugin_args: {{}}\n")

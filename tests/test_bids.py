@@ -470,6 +470,18 @@ def test_database_reuse_indexes_nothing_and_detects_a_changed_dataset(tmp_path, 
     assert collect_inputs(_settings(root, bids_database_dir=database)) == first
     assert seen[0] == database and seen[1].parent == database / "derivatives"
     assert len(seen) == 2 and (seen[1] / "layout_index.sqlite").is_file()
+    # A job with a participant label asks pybids for its subject only.
+    asked = []
+    real_get = bids.layout.BIDSLayout.get
+
+    def get_spy(self, *args, **kwargs):
+        asked.append(kwargs.get("subject"))
+        return real_get(self, *args, **kwargs)
+
+    monkeypatch.setattr(bids.layout.BIDSLayout, "get", get_spy)
+    one = collect_inputs(_settings(root, bids_database_dir=database, participant_label=("02",)))
+    assert one == [r for r in first if r.bids_name == "sub-02_T1w"]
+    assert asked == [["02"], ["02"]]
     # A new subject changes the tree: the stale database is left alone (the jobs of an
     # array share it), this job indexes in memory and finds the new image.
     monkeypatch.undo()
