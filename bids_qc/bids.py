@@ -20,8 +20,11 @@ session-less one of a subject with sessions.
 With ``--bids-database-dir``, the raw layout's pybids database is the folder itself
 (as with fMRIPrep's option) and each fMRIPrep-family derivative gets
 ``derivatives/<folder>-<hash of its path>`` inside it. An existing database is loaded
-without reindexing, so it is not refreshed when the dataset changes: delete the folder
-then. FreeSurfer/FastSurfer folders are not indexed and are always read afresh.
+without reindexing. Beside each, ``bids_qc_signature.json`` records the indexed folder
+tree (:func:`tree_signature`); when the dataset has changed since, the job warns and
+indexes in memory without touching the shared database: delete the folder and run one
+job to index again. FreeSurfer/FastSurfer folders are not indexed and are always read
+afresh.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -37,14 +41,20 @@ from pathlib import Path
 from typing import Any
 
 from bids.layout import BIDSLayout, BIDSLayoutIndexer, Query
+from bids.layout.models import Tag, type_map
 
 from . import exitcodes
 from .derivatives_fs import TALAIRACH_SPACE, FSSubject, find_subjects
 from .errors import DatasetError
 from .inputs import QCInput
+from .io import atomic_write_json
 from .settings import Settings
 
 LOGGER = logging.getLogger("bids_qc.bids")
+#: Written beside a pybids database: the :func:`tree_signature` of the indexed dataset.
+SIGNATURE_FILE = "bids_qc_signature.json"
+#: Paths per SQL query when reading entities in bulk (below SQLite's variable limit).
+_SQL_CHUNK = 900
 
 #: Entities that tell one T1w image from another (pybids names, BIDS file-name order).
 IDENTITY = (
@@ -220,9 +230,27 @@ def collect_inputs(settings: Settings) -> list[QCInput]:
                            "--skip-bids-validation. Fix the file or remove it.",
                            exitcodes.INVALID_BIDS)
     root_is_derivative = (description or {}).get("DatasetType") == "derivative"
+    # With --participant-label, pybids is asked for those subjects only (a job of an array
+    # need not build 30,000 file objects to find its own); the whole listing is read only to
+    # word an error (labels that select nothing).
+    subjects = normalise_labels(settings.participant_label, "sub")
+    try:
+        return _collect(settings, bids_dir, database, filters, root_is_derivative, subjects)
+    except DatasetError as err:
+        if not subjects or err.exit_code not in (exitcodes.NOTHING_SELECTED,
+                                                 exitcodes.NO_INPUT):
+            raise
+    return _collect(settings, bids_dir, database, filters, root_is_derivative, ())
+
+
+def _collect(settings: Settings, bids_dir: Path, database: Path | None,
+             filters: dict[str, Any], root_is_derivative: bool,
+             subjects: tuple[str, ...]) -> list[QCInput]:
+    """:func:`collect_inputs` with pybids asked for ``subjects`` only (all when empty)."""
     raw, selected = ([], set()) if root_is_derivative else _raw_images(bids_dir, database,
-                                                                       filters)
-    bundles = _find_derivatives(bids_dir, settings.derivatives, database, root_is_derivative)
+                                                                       filters, subjects)
+    bundles = _find_derivatives(bids_dir, settings.derivatives, database, root_is_derivative,
+                                subjects)
     rows = _rows(raw, bundles)
     if not rows:
         raise DatasetError(
@@ -250,7 +278,12 @@ def collect_inputs(settings: Settings) -> list[QCInput]:
 # --- raw images ------------------------------------------------------------------------
 
 def _layout(root: Path, database: Path | None, derivative: bool) -> BIDSLayout:
-    """A pybids layout of ``root``, loaded from ``database`` when that already holds one."""
+    """A pybids layout of ``root``, loaded from ``database`` when that already holds one.
+
+    A database whose dataset changed since it was indexed (:func:`tree_signature`) is not
+    used, and not rewritten either (the jobs of an array share it): this job indexes in
+    memory and a warning says to delete the folder.
+    """
     # Sidecar metadata is never needed, and pybids stops at the first sidecar that is
     # not valid JSON, so it is not indexed at all.
     indexer = BIDSLayoutIndexer(validate=False, ignore=_IGNORE, index_metadata=False)
@@ -259,6 +292,18 @@ def _layout(root: Path, database: Path | None, derivative: bool) -> BIDSLayout:
     if database is None:
         return BIDSLayout(root, **kwargs)
     database.mkdir(parents=True, exist_ok=True)
+    signature = tree_signature(root)
+    stored = _read_json(database / SIGNATURE_FILE)
+    if not (database / "layout_index.sqlite").is_file():
+        layout = BIDSLayout(root, database_path=database, **kwargs)
+        atomic_write_json(database / SIGNATURE_FILE, signature)
+        return layout
+    if stored is not None and stored != signature:
+        LOGGER.warning("The pybids database in %s is out of date: %s changed since it was "
+                       "indexed. This job indexes without it; delete %s (or give a new "
+                       "--bids-database-dir) and run one job to index again.",
+                       database, root, database)
+        return BIDSLayout(root, **kwargs)
     layout = BIDSLayout(root, database_path=database, **kwargs)
     if Path(layout.root) == root:
         return layout
@@ -266,21 +311,88 @@ def _layout(root: Path, database: Path | None, derivative: bool) -> BIDSLayout:
     # would silently answer for it.
     LOGGER.warning("The pybids database in %s indexes %s, not %s: reindexing.",
                    database, layout.root, root)
-    return BIDSLayout(root, database_path=database, reset_database=True, **kwargs)
+    layout = BIDSLayout(root, database_path=database, reset_database=True, **kwargs)
+    atomic_write_json(database / SIGNATURE_FILE, signature)
+    return layout
 
 
-def _raw_images(bids_dir: Path, database: Path | None,
-                filters: dict[str, Any]) -> tuple[list[_Row], set[str]]:
-    """Every raw T1w image as a row, and the paths the filter file selects."""
+def tree_signature(root: Path) -> dict[str, Any]:
+    """What a pybids index of ``root`` depends on: its ``sub-*`` folders and their times.
+
+    The names of the ``sub-*`` folders, and the modification time of every folder down to
+    ``sub-*/ses-*/anat`` (a file added, removed or renamed changes its folder's time;
+    a file rewritten in place does not change its name, so not the index either). About
+    three ``stat`` calls per subject: a fraction of a second at 5,000 subjects.
+    """
+    times: list[list[Any]] = []
+
+    def walk(folder: str, rel: str, depth: int) -> None:
+        try:
+            with os.scandir(folder) as entries:
+                subdirs = sorted((e.name, e.path) for e in entries
+                                 if e.is_dir() and (depth or e.name.startswith("sub-")))
+        except OSError:
+            return
+        for name, path in subdirs:
+            child = f"{rel}/{name}" if rel else name
+            try:
+                times.append([child, os.stat(path).st_mtime_ns])
+            except OSError:
+                continue
+            if depth < 2:
+                walk(path, child, depth + 1)
+
+    walk(str(root), "", 0)
+    digest = hashlib.sha256(json.dumps(times).encode()).hexdigest()
+    return {"root": str(root), "folders": len(times), "sha256": digest}
+
+
+def _tag_value(raw: str, dtype: str) -> Any:
+    """A tag's value as pybids' ``Tag`` gives it (``_init_on_load``)."""
+    if dtype == "json":
+        return json.loads(raw)
+    if dtype == "bool":
+        return raw == "True"
+    return type_map[dtype](raw)
+
+
+def _entities(layout: BIDSLayout, files: list[Any]) -> list[dict[str, Any]]:
+    """``f.get_entities()`` of every file, read in a few SQL queries.
+
+    ``get_entities`` runs one query per file, and ``Tag`` objects cost as much again: a
+    minute at 5,000 subjects, where these bulk reads of the ``tags`` columns take a second.
+    """
+    paths = [f.path for f in files]
+    found: dict[str, dict[str, Any]] = {p: {} for p in paths}
+    try:
+        columns = (Tag.file_path, Tag.entity_name, Tag._value, Tag._dtype)
+        for start in range(0, len(paths), _SQL_CHUNK):
+            query = layout.session.query(*columns).filter(
+                Tag.file_path.in_(paths[start:start + _SQL_CHUNK]),
+                Tag.is_metadata.is_(False))
+            for path, name, raw, dtype in query:
+                found[path][name] = _tag_value(raw, dtype)
+    except Exception as err:  # another pybids layout of its tables: ask file by file
+        LOGGER.debug("bulk entity query failed (%s); reading entities per file", err)
+        return [f.get_entities() for f in files]
+    return [found[p] for p in paths]
+
+
+def _raw_images(bids_dir: Path, database: Path | None, filters: dict[str, Any],
+                subjects: tuple[str, ...] = ()) -> tuple[list[_Row], set[str]]:
+    """Every raw T1w image (of ``subjects``, when given) as a row, and the paths the filter
+    file selects."""
     try:
         layout = _layout(bids_dir, database, derivative=False)
-        files = layout.get(return_type="object", scope="self", **_T1W_QUERY)
+        files = layout.get(return_type="object", scope="self", **_T1W_QUERY,
+                           **_subject_query(subjects))
     except Exception as err:  # pybids raises many types; all mean "cannot index"
         raise DatasetError(f"pybids could not index {bids_dir}: {err}. Check the dataset "
                            "(e.g. with the BIDS validator).", exitcodes.INVALID_BIDS) from err
     rows: dict[str, _Row] = {}
-    for bids_file in sorted(files, key=lambda f: f.path):
-        row = _Row(_identity(bids_file.get_entities()), Path(bids_file.path))
+    files = sorted(files, key=lambda f: f.path)
+    for bids_file, entities in zip(files, _entities(layout, files), strict=True):
+        row = _Row(_identity(entities), Path(bids_file.path))
         if row.name in rows:  # .nii beside .nii.gz, or an entity bids_qc does not track
             LOGGER.warning("%s and %s are both %s; using the first.",
                            rows[row.name].t1w, row.t1w, row.name)
@@ -390,8 +502,13 @@ def _is_fmriprep_family(root: Path) -> bool:
     return any(tool in name.lower() for name in names for tool in FMRIPREP_FAMILY)
 
 
+def _subject_query(subjects: tuple[str, ...]) -> dict[str, Any]:
+    return {"subject": list(subjects)} if subjects else {}
+
+
 def _find_derivatives(bids_dir: Path, given: Iterable[Path] | None, database: Path | None,
-                      root_is_derivative: bool) -> list[_Bundle]:
+                      root_is_derivative: bool, subjects: tuple[str, ...] = ()
+                      ) -> list[_Bundle]:
     """Every derivative bundle, in discovery order."""
     roots: list[tuple[Path, bool]] = []  # (folder, named by the user)
     if root_is_derivative:
@@ -414,11 +531,12 @@ def _find_derivatives(bids_dir: Path, given: Iterable[Path] | None, database: Pa
     for root, explicit in roots:
         if root not in seen:  # the same folder twice would pair twice
             seen.add(root)
-            _scan(root, explicit, database, bundles)
+            _scan(root, explicit, database, bundles, subjects)
     return bundles
 
 
-def _scan(root: Path, explicit: bool, database: Path | None, bundles: list[_Bundle]) -> None:
+def _scan(root: Path, explicit: bool, database: Path | None, bundles: list[_Bundle],
+          subjects: tuple[str, ...] = ()) -> None:
     """Add the bundles of one derivative folder.
 
     FreeSurfer/FastSurfer subject folders are used wherever they are found. A folder
@@ -432,14 +550,14 @@ def _scan(root: Path, explicit: bool, database: Path | None, bundles: list[_Bund
     fmriprep_like = ((root / "dataset_description.json").exists()
                      or any(root.glob("sub-*/anat")) or any(root.glob("sub-*/ses-*/anat")))
     if fmriprep_like and (explicit or _is_fmriprep_family(root)):
-        bundles.extend(_fmriprep_bundles(root, database, len(bundles)))
+        bundles.extend(_fmriprep_bundles(root, database, len(bundles), subjects))
     elif fmriprep_like and len(bundles) == before:
         LOGGER.info("%s is not an fMRIPrep/sMRIPrep output; not used (name it with "
                     "--derivatives to use it).", root)
     elif explicit and len(bundles) == before:
         for child in sorted(root.iterdir()):
             if child.is_dir() and not child.name.startswith("."):
-                _scan(child, False, database, bundles)
+                _scan(child, False, database, bundles, subjects)
 
 
 def _fs_bundle(subject: FSSubject, order: int) -> _Bundle:
@@ -452,10 +570,11 @@ def _fs_bundle(subject: FSSubject, order: int) -> _Bundle:
     return bundle
 
 
-def _fmriprep_bundles(root: Path, database: Path | None, order: int) -> list[_Bundle]:
+def _fmriprep_bundles(root: Path, database: Path | None, order: int,
+                      subjects: tuple[str, ...] = ()) -> list[_Bundle]:
     """fMRIPrep's anatomical outputs, grouped by identity entities."""
     groups: dict[tuple, _Bundle] = {}
-    for entities, path in _fmriprep_files(root, database):
+    for entities, path in _fmriprep_files(root, database, subjects):
         identity = _identity(entities)
         if "subject" not in identity:
             continue
@@ -466,7 +585,8 @@ def _fmriprep_bundles(root: Path, database: Path | None, order: int) -> list[_Bu
     return [b for b in groups.values() if b.is_anchor or b.brain_mask or b.xfms]
 
 
-def _fmriprep_files(root: Path, database: Path | None) -> list[tuple[dict[str, Any], Path]]:
+def _fmriprep_files(root: Path, database: Path | None, subjects: tuple[str, ...] = ()
+                    ) -> list[tuple[dict[str, Any], Path]]:
     """(entities, path) of the files in ``anat`` folders; pybids, else file-name parsing."""
     db = None
     if database is not None:  # one database per derivative folder, named after its path
@@ -475,8 +595,8 @@ def _fmriprep_files(root: Path, database: Path | None) -> list[tuple[dict[str, A
     try:
         layout = _layout(root, db, derivative=True)
         files = layout.get(return_type="object", scope="self", datatype="anat",
-                           suffix=["T1w", "mask", "dseg", "xfm"])
-        return [(f.get_entities(), Path(f.path)) for f in files]
+                           suffix=["T1w", "mask", "dseg", "xfm"], **_subject_query(subjects))
+        return list(zip(_entities(layout, files), [Path(f.path) for f in files], strict=True))
     except Exception as err:  # e.g. dataset_description.json that is not JSON
         LOGGER.warning("pybids could not index %s (%s); reading its file names instead.",
                        root, err)

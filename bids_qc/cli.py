@@ -87,7 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--skip-bids-validation", action="store_true",
                      help="do not require a valid dataset_description.json")
     sel.add_argument("--bids-database-dir", type=Path, metavar="DIR",
-                     help="save (or reuse) the pybids index there, so cluster jobs skip indexing")
+                     help="save (or reuse) the pybids index there, so cluster jobs skip indexing "
+                     "(run one job first to build it; when the dataset has changed since, "
+                     "jobs warn and index without it: delete DIR to rebuild)")
 
     mod = p.add_argument_group("models")
     mod.add_argument("--models", nargs="+", metavar="NAME",

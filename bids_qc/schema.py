@@ -183,6 +183,8 @@ def render_markdown() -> str:
         "| `group_T1w.html` | group report: plots per metric, the review queue |",
         "| `group_T1w_flagged.tsv` | one row per flagged image and check (`bids_name`, `check`, "
         "`value`, `threshold`) |",
+        "| `group_T1w_queue.tsv` | the whole review queue, riskiest first (`rank`, `bids_name`, "
+        "`risk`, `flags`, `qc_error`); the HTML shows its top rows only in large groups |",
         "| `ratings_T1w.tsv` | human ratings merged by `bids_qc-ratings` (`bids_name`, `check`, "
         "`rating`) |",
         "| `thresholds_T1w.json` | per-check thresholds from `bids_qc-calibrate`; use with "

@@ -21,8 +21,17 @@
     vals.forEach(function (v) { if (v !== null) { lo = Math.min(lo, v); hi = Math.max(hi, v); } });
     if (hi === lo) { hi = lo + 1; lo = lo - 1; }
     function x(v) { return (L + (v - lo) / (hi - lo) * (W - L - R)).toFixed(1); }
-    var b = m.box, parts = [];
+    var b = m.box, parts = [], hist = m.hist;
+    if (hist) { lo = Math.min(lo, hist.lo); hi = Math.max(hi, hist.hi); }
     parts.push('<svg class="strip" width="' + W + '" height="' + H + '" viewBox="0 0 ' + W + " " + H + '" role="img">');
+    if (hist) {  // large groups: every image's distribution behind the sampled points
+      var top = Math.max.apply(null, hist.counts) || 1, step = (hist.hi - hist.lo) / hist.counts.length;
+      hist.counts.forEach(function (c, k) {
+        if (!c) { return; }
+        var x0 = +x(hist.lo + k * step), x1 = +x(hist.lo + (k + 1) * step), h = Math.max(1, c / top * (H - 18));
+        parts.push('<rect class="bin" x="' + x0.toFixed(1) + '" y="' + (H - 16 - h).toFixed(1) + '" width="' + Math.max(0.5, x1 - x0 - 0.5).toFixed(1) + '" height="' + h.toFixed(1) + '"><title>' + c + " image(s)</title></rect>");
+      });
+    }
     parts.push('<line x1="' + x(b[0]) + '" x2="' + x(b[4]) + '" y1="' + MID + '" y2="' + MID + '" stroke="#555"/>');
     parts.push('<rect x="' + x(b[1]) + '" y="' + (MID - BAND / 2) + '" width="' + Math.max(1, x(b[3]) - x(b[1])).toFixed(1) + '" height="' + BAND + '" fill="#e8eef7" stroke="#555"/>');
     parts.push('<line x1="' + x(b[2]) + '" x2="' + x(b[2]) + '" y1="' + (MID - BAND / 2) + '" y2="' + (MID + BAND / 2) + '" stroke="#222" stroke-width="2"/>');
@@ -38,10 +47,10 @@
     parts.push('<text x="' + (W - R) + '" y="' + (H - 4) + '" font-size="11" fill="#555" text-anchor="end">' + esc(fmt(hi)) + "</text>");
     parts.push("</svg>");
     return '<div class="metric"><h3><code>' + esc(m.name) + "</code> " + (m.unit ? '<span class="muted">(' + esc(m.unit) + ")</span> " : "") +
-      '<span class="muted">n=' + m.n + ", " + m.own.length + " flagged</span></h3>" + parts.join("") + "</div>";
+      '<span class="muted">n=' + m.n + ", " + m.n_flagged + " flagged" + (data.sampled ? ", " + vals.length + " drawn" : "") + "</span></h3>" + parts.join("") + "</div>";
   }
   var style = document.createElement("style");
-  style.textContent = "circle.ok{fill:#4a78b5;fill-opacity:.55}circle.own{fill:#c62828}circle.other{fill:#ef8f00}a.pt:hover circle{stroke:#000;stroke-width:1.5}.metric h3{margin:.6em 0 0}";
+  style.textContent = "circle.ok{fill:#4a78b5;fill-opacity:.55}circle.own{fill:#c62828}circle.other{fill:#ef8f00}a.pt:hover circle{stroke:#000;stroke-width:1.5}rect.bin{fill:#c9d6e8}.metric h3{margin:.6em 0 0}";
   document.head.appendChild(style);
   var container = document.getElementById("plots");
   // Eager for small groups; for large ones each plot is drawn as it nears the viewport

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import shutil
 from pathlib import Path
 
 import bids.layout
 import pytest
 
+from bids_qc import bids as bidsmod
 from bids_qc import exitcodes
 from bids_qc.bids import bids_name, check_dataset, collect_inputs, normalise_labels
 from bids_qc.errors import DatasetError
@@ -440,6 +444,58 @@ def test_database_dir_is_reused(tmp_path, monkeypatch):
     other = fb.make_raw(tmp_path / "other", ["09"])
     assert [r.bids_name for r in collect_inputs(_settings(other, bids_database_dir=database))
             ] == ["sub-09_T1w"]
+
+
+def test_database_reuse_indexes_nothing_and_detects_a_changed_dataset(tmp_path, monkeypatch,
+                                                                        caplog):
+    root = fb.make_raw(tmp_path / "ds", ["01", "02"])
+    fb.add_fmriprep(root, ["01", "02"])
+    database = tmp_path / "db"
+    first = collect_inputs(_settings(root, bids_database_dir=database))
+    signature = json.loads((database / bidsmod.SIGNATURE_FILE).read_text())
+    assert signature == bidsmod.tree_signature(root) and signature["folders"] == 4
+    # Reuse: pybids is handed the database and indexes nothing.
+    seen = []
+    real_layout = bids.layout.BIDSLayout.__init__
+
+    def spy(self, root_, *args, **kwargs):
+        seen.append(kwargs.get("database_path"))
+        return real_layout(self, root_, *args, **kwargs)
+
+    def no_indexing(self, layout):
+        raise AssertionError("reindexed although the database exists")
+
+    monkeypatch.setattr(bids.layout.BIDSLayout, "__init__", spy)
+    monkeypatch.setattr(bids.layout.BIDSLayoutIndexer, "__call__", no_indexing)
+    assert collect_inputs(_settings(root, bids_database_dir=database)) == first
+    assert seen[0] == database and seen[1].parent == database / "derivatives"
+    assert len(seen) == 2 and (seen[1] / "layout_index.sqlite").is_file()
+    # A job with a participant label asks pybids for its subject only.
+    asked = []
+    real_get = bids.layout.BIDSLayout.get
+
+    def get_spy(self, *args, **kwargs):
+        asked.append(kwargs.get("subject"))
+        return real_get(self, *args, **kwargs)
+
+    monkeypatch.setattr(bids.layout.BIDSLayout, "get", get_spy)
+    one = collect_inputs(_settings(root, bids_database_dir=database, participant_label=("02",)))
+    assert one == [r for r in first if r.bids_name == "sub-02_T1w"]
+    assert asked == [["02"], ["02"]]
+    # A new subject changes the tree: the stale database is left alone (the jobs of an
+    # array share it), this job indexes in memory and finds the new image.
+    monkeypatch.undo()
+    fb.make_raw(root, ["03"])
+    stamp = (database / "layout_index.sqlite").stat().st_mtime_ns
+    with caplog.at_level(logging.WARNING, logger="bids_qc.bids"):
+        rows = collect_inputs(_settings(root, bids_database_dir=database))
+    assert [r.bids_name for r in rows] == ["sub-01_T1w", "sub-02_T1w", "sub-03_T1w"]
+    assert "out of date" in caplog.text and str(database) in caplog.text
+    assert (database / "layout_index.sqlite").stat().st_mtime_ns == stamp
+    # Deleting the folder indexes afresh, with the new signature.
+    shutil.rmtree(database)
+    assert len(collect_inputs(_settings(root, bids_database_dir=database))) == 3
+    assert json.loads((database / bidsmod.SIGNATURE_FILE).read_text())["folders"] == 6
 
 
 # --- real data ------------------------------------------------------------------------

@@ -8,6 +8,7 @@ sha256 matches the registry (``torch.load(..., weights_only=True)``).
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -108,6 +109,17 @@ def installed_models(registry: tuple[ModelSpec, ...] = REGISTRY) -> tuple[ModelS
     return tuple(s for s in registry if s.is_installed())
 
 
+#: How many times this process has read each model's weights (``load_state_dict`` calls,
+#: by model name). Models cache their network per process, so each count stays at 1 however
+#: many images a process runs; benchmarks and tests read it through :func:`weights_loads`.
+_LOADS: Counter[str] = Counter()
+
+
+def weights_loads() -> dict[str, int]:
+    """Model name -> how many times this process has loaded its weights."""
+    return dict(_LOADS)
+
+
 def load_state_dict(spec: ModelSpec, path: Path | None = None) -> dict[str, Any]:
     """Load a model's weights after checking their sha256 against the registry.
 
@@ -138,6 +150,7 @@ def load_state_dict(spec: ModelSpec, path: Path | None = None) -> dict[str, Any]
             f"expects {spec.sha256}; the file is corrupt or was replaced: reinstall bids_qc."
         )
     state = torch.load(path, map_location="cpu", weights_only=True)
+    _LOADS[spec.name] += 1
     if not isinstance(state, dict):
         raise ValueError(f"Weights {path} of model {spec.name!r} do not hold a state dict.")
     return state

@@ -5,6 +5,13 @@ The plots are drawn in the page from compact JSON (an inline SVG per metric, bui
 weigh tens of MB. Each point links to its participant report (``<bids_name>.html`` beside
 the group report); points flagged by the metric's own check are red, points of images
 flagged by another check orange.
+
+Large groups (more than :data:`STRIP_MAX_IMAGES` images) switch to an aggregate view, so
+that the page stays a few MB at 100,000 images: each metric gets a histogram and a box of
+*every* image, and points only for the :data:`SHOWN_RISKIEST` riskiest images of the review
+queue (failed and flagged first) and an even, deterministic sample of
+:data:`SHOWN_SAMPLE` others; the queue table shows its first :data:`QUEUE_MAX_ROWS` rows.
+The TSVs always hold every image and every flag.
 """
 
 from __future__ import annotations
@@ -18,8 +25,18 @@ import pandas as pd
 
 from ..review import RECALLS, Review
 from ..schema import COLUMNS
-from .checks import check_spec, is_check
+from .checks import CheckSpec, check_spec, is_check
 from .render import fmt, render
+
+#: Above this many images the plots switch to histograms with a sample of points.
+STRIP_MAX_IMAGES = 2000
+#: In the aggregate view: the riskiest images always drawn, and how many others are sampled.
+SHOWN_RISKIEST = 1000
+SHOWN_SAMPLE = 1000
+#: Bins of each metric's histogram in the aggregate view.
+HIST_BINS = 40
+#: Rows of the review queue in the page (``group_T1w_flagged.tsv`` and the group TSV hold all).
+QUEUE_MAX_ROWS = 1000
 
 
 def metric_columns(frame: pd.DataFrame) -> list[str]:
@@ -39,33 +56,93 @@ def _is_flag(col: str) -> bool:
     return col.endswith(("_flag", "_outlier")) or "_flag_" in col
 
 
-def _own_flags(col: str, frame: pd.DataFrame, checks: pd.DataFrame) -> pd.Series:
-    """Per image, whether this metric's own check flags it."""
-    false = pd.Series(False, index=frame.index)
+def _check_of(col: str, check_names: list[str]) -> CheckSpec | None:
+    """The model check whose value is ``col`` (or one of whose ``prefix*`` columns it is)."""
+    for name in check_names:
+        if not is_check(name):
+            continue
+        spec = check_spec(name)
+        if spec.metric == col:
+            return spec
+        prefix = spec.metric[:-1] if spec.metric.endswith("*") else None
+        if prefix and col.startswith(prefix) and col != prefix + "mean":
+            return spec
+    return None
+
+
+def _own_flags(col: str, frame: pd.DataFrame, by_check: dict[str, pd.DataFrame]
+               ) -> np.ndarray:
+    """Per image, whether this metric's own check flags it.
+
+    A volume's own check is its group outlier flag; a column a model check reads directly
+    is flagged where that check flagged the image; a per-structure column of a ``prefix*``
+    check (the lowest of them is the check's value) is flagged where it alone fails the
+    image's threshold.
+    """
     if f"{col}_outlier" in frame:
-        return frame[f"{col}_outlier"].fillna(0).astype(int) == 1
-    for prefix in ("segqc_dice_", "manifoldqc_dice_"):
-        if col.startswith(prefix) and not col.endswith("_mean"):
-            rows = checks[checks["check"] == prefix.replace("dice_", "flag")]
-            thresholds = rows.set_index("bids_name")["threshold"]
-            limit = frame["bids_name"].map(thresholds).astype(float)
-            return pd.to_numeric(frame[col], errors="coerce") < limit
-    flag = col.replace("shapeqc_pfail_", "shapeqc_flag_") if col.startswith(
-        "shapeqc_pfail_") else ("regqc_flag" if col == "regqc_rmse_mm" else None)
-    if flag is None:
-        return false
-    hit = set(checks.loc[(checks["check"] == flag) & (checks["flag"] == 1), "bids_name"])
-    return frame["bids_name"].isin(hit)
+        return frame[f"{col}_outlier"].to_numpy(dtype=float, na_value=0) == 1
+    spec = _check_of(col, list(by_check))
+    out = np.zeros(len(frame), dtype=bool)
+    if spec is None:
+        return out
+    rows = by_check[spec.flag]
+    if spec.metric.endswith("*"):
+        limit = np.full(len(frame), np.nan)
+        limit[rows["row"].to_numpy(dtype=np.int64)] = rows["threshold"].to_numpy(dtype=float)
+        values = pd.to_numeric(frame[col], errors="coerce").to_numpy(dtype=float)
+        with np.errstate(invalid="ignore"):
+            return (values > limit) if spec.direction == "above" else (values < limit)
+    out[rows.loc[rows["flag"] == 1, "row"].to_numpy(dtype=np.int64)] = True
+    return out
 
 
 def _round(value: float) -> float | None:
     return None if not math.isfinite(value) else float(f"{value:.6g}")
 
 
-def plot_data(frame: pd.DataFrame, review: Review) -> dict[str, Any]:
-    """The JSON the page draws from: names once, then per metric values, box and flags."""
+def shown_images(frame: pd.DataFrame, review: Review) -> np.ndarray | None:
+    """Row positions of the images drawn as points, or None for every image.
+
+    Large groups: the :data:`SHOWN_RISKIEST` first of the review queue and an even sample
+    of :data:`SHOWN_SAMPLE` of the others (the same on every run).
+    """
+    if len(frame) <= STRIP_MAX_IMAGES:
+        return None
+    riskiest = review.queue["row"].head(SHOWN_RISKIEST).to_numpy(dtype=np.int64)
+    others = np.setdiff1d(np.arange(len(frame)), riskiest)
+    take = np.unique(np.linspace(0, len(others) - 1, min(SHOWN_SAMPLE, len(others)))
+                     .round().astype(int)) if len(others) else np.array([], dtype=int)
+    return np.union1d(riskiest, others[take]).astype(int)
+
+
+def _histogram(present: np.ndarray) -> dict[str, Any]:
+    counts, edges = np.histogram(present, bins=HIST_BINS)
+    return {"lo": _round(edges[0]), "hi": _round(edges[-1]), "counts": counts.tolist()}
+
+
+def split_checks(checks: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The checks table split by check, in order of the check names (one factorisation of
+    the names: at 100,000 images the table has millions of rows)."""
+    codes, names = pd.factorize(checks["check"], sort=True)
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
+    return {str(name): checks.iloc[order[bounds[k]:bounds[k + 1]]]
+            for k, name in enumerate(names)}
+
+
+def plot_data(frame: pd.DataFrame, review: Review,
+              by_check: dict[str, pd.DataFrame] | None = None) -> dict[str, Any]:
+    """The JSON the page draws from: names once, then per metric values, box and flags.
+
+    Boxes, counts and histograms describe every image; ``values``, ``own`` and ``flagged``
+    refer to the drawn images (``names``), every image below :data:`STRIP_MAX_IMAGES`.
+    """
     checks = review.checks
-    any_flag = set(checks.loc[checks["flag"] == 1, "bids_name"])
+    by_check = split_checks(checks) if by_check is None else by_check
+    any_flag = np.zeros(len(frame), dtype=bool)
+    any_flag[checks.loc[checks["flag"] == 1, "row"].to_numpy(dtype=np.int64)] = True
+    shown = shown_images(frame, review)
+    pick = slice(None) if shown is None else shown
     metrics = []
     for col in metric_columns(frame):
         values = pd.to_numeric(frame[col], errors="coerce").to_numpy(dtype=float)
@@ -76,20 +153,26 @@ def plot_data(frame: pd.DataFrame, review: Review) -> dict[str, Any]:
         iqr = q3 - q1
         inside = present[(present >= q1 - 1.5 * iqr) & (present <= q3 + 1.5 * iqr)]
         unit = next((c.unit for c in COLUMNS if c.name == col), "")
-        metrics.append({
+        own = _own_flags(col, frame, by_check)
+        metric = {
             "name": col, "unit": unit, "n": int(present.size),
-            "values": [_round(v) for v in values],
+            "n_flagged": int(np.count_nonzero(own & np.isfinite(values))),
+            "values": [_round(v) for v in values[pick]],
             "box": [_round(v) for v in (inside.min(), q1, med, q3, inside.max())],
-            "own": np.flatnonzero(_own_flags(col, frame, checks).to_numpy(bool)).tolist(),
-        })
-    return {"names": frame["bids_name"].tolist(),
-            "flagged": [i for i, n in enumerate(frame["bids_name"]) if n in any_flag],
+            "own": np.flatnonzero(own[pick]).tolist(),
+        }
+        if shown is not None:
+            metric["hist"] = _histogram(present)
+        metrics.append(metric)
+    names = frame["bids_name"].to_numpy(dtype=object)[pick].tolist()
+    return {"names": names, "n_images": len(frame), "sampled": shown is not None,
+            "flagged": np.flatnonzero(any_flag[pick]).tolist(),
             "metrics": metrics}
 
 
-def _queue_rows(review: Review) -> list[dict[str, Any]]:
+def _queue_rows(review: Review, limit: int = QUEUE_MAX_ROWS) -> list[dict[str, Any]]:
     rows, caught = [], 0
-    for r in review.queue.itertuples(index=False):
+    for r in review.queue.head(limit).itertuples(index=False):
         caught += bool(r.truth)
         risk = "error" if r.risk == math.inf else fmt(None if pd.isna(r.risk) else r.risk)
         rows.append({"rank": r.rank, "bids_name": r.bids_name, "risk": risk,
@@ -101,10 +184,9 @@ def _queue_rows(review: Review) -> list[dict[str, Any]]:
     return rows
 
 
-def _check_summary(review: Review) -> list[dict[str, Any]]:
+def _check_summary(by_check: dict[str, pd.DataFrame]) -> list[dict[str, Any]]:
     out = []
-    checks = review.checks
-    for name, rows in checks.groupby("check", sort=True):
+    for name, rows in by_check.items():
         label = check_spec(name).label if is_check(name) else "volume outlier (group)"
         out.append({"check": name, "label": label, "n": int(rows["value"].notna().sum()),
                     "flagged": int((rows["flag"] == 1).sum())})
@@ -114,6 +196,8 @@ def _check_summary(review: Review) -> list[dict[str, Any]]:
 def render_group_report(frame: pd.DataFrame, review: Review, truth_file: Path | None = None,
                         truth_problem: str | None = None) -> str:
     """The group report's HTML."""
+    by_check = split_checks(review.checks)
+    data = plot_data(frame, review, by_check)
     shares = [{"recall": f"{100 * r:.0f}%",
                "share": "n/a" if review.shares.get(r) is None
                else f"{100 * review.shares[r]:.1f}%"} for r in RECALLS]
@@ -121,9 +205,11 @@ def render_group_report(frame: pd.DataFrame, review: Review, truth_file: Path | 
         "group.html.j2",
         n_images=len(frame),
         n_failed=int((frame["qc_error"].fillna("") != "").sum()),
-        data=plot_data(frame, review),
+        data=data,
         queue=_queue_rows(review),
-        check_summary=_check_summary(review),
+        n_queue=len(review.queue),
+        n_shown=len(data["names"]),
+        check_summary=_check_summary(by_check),
         shares=shares if review.n_failing else [],
         n_rated=review.n_rated,
         n_failing=review.n_failing,
