@@ -1,0 +1,186 @@
+"""Build and run the project's Dockerfile without a Docker engine (buildah + debootstrap).
+
+* :func:`ensure_base_image`: a Debian bookworm base (python3, python3-venv) made with
+  ``debootstrap`` and committed into buildah's local storage. The root filesystem tarball
+  is cached under :data:`CACHE_DIR`, keyed by the recipe, so later runs skip debootstrap.
+* :func:`build_image`: ``buildah build`` of the real ``Dockerfile`` with that base, the
+  host's CA bundle and pip's find-links folder (the CPU torch wheel) mounted.
+* :func:`run_image`: runs the image's ENTRYPOINT like ``docker run --read-only -u UID -v
+  data:/data:ro``: in a private mount namespace the image's root is bind-mounted read-only,
+  the given folders are bound on top, ``/proc``, ``/dev`` and a ``/dev/shm`` tmpfs are
+  added, and the entrypoint runs chrooted as the given UID with only the image's
+  environment. (``buildah run`` has no read-only root option; this is the closest thing.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE_DIR = Path(os.environ.get("BIDS_QC_CI_CACHE", "/var/tmp/bids_qc-ci-cache"))
+BUILDAH = ["buildah", "--storage-driver", "vfs"]
+MIRROR = "http://deb.debian.org/debian"
+#: The base image recipe; its hash names the image and the cached tarball.
+BASE_RECIPE = ("debootstrap", "--variant=minbase",
+               "--include=python3,python3-venv,ca-certificates", "bookworm")
+CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+
+
+def buildah(*args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run ``buildah --storage-driver vfs ARGS`` (stdout/stderr captured as text)."""
+    done = subprocess.run([*BUILDAH, *args], capture_output=True, text=True, timeout=timeout)
+    if check and done.returncode != 0:
+        raise RuntimeError(f"buildah {' '.join(args)} failed ({done.returncode}):\n"
+                           f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return done
+
+
+def base_image_name() -> str:
+    """``localhost/bids_qc-ci-base:<recipe hash>``."""
+    key = hashlib.sha256(" ".join((*BASE_RECIPE, MIRROR)).encode()).hexdigest()[:12]
+    return f"localhost/bids_qc-ci-base:{key}"
+
+
+def image_exists(name: str) -> bool:
+    return buildah("inspect", "--type", "image", name, check=False).returncode == 0
+
+
+def ensure_base_image() -> tuple[str, str]:
+    """The base image's name, and how it was obtained (store, cache or debootstrap)."""
+    name = base_image_name()
+    if image_exists(name):
+        return name, "already in buildah's storage"
+    tarball = CACHE_DIR / f"{name.rsplit(':', 1)[1]}-rootfs.tar"
+    how = f"from the cached {tarball}"
+    if not tarball.is_file():
+        _debootstrap(tarball)
+        how = f"debootstrap (rootfs cached as {tarball})"
+    ctr = buildah("from", "scratch").stdout.strip()
+    try:
+        buildah("add", ctr, str(tarball), "/")
+        buildah("config", "--cmd", "/bin/bash", "--env", "LANG=C.UTF-8", ctr)
+        buildah("commit", "-q", ctr, name)
+    finally:
+        buildah("rm", ctr, check=False)
+    return name, how
+
+
+def _debootstrap(tarball: Path) -> None:
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=CACHE_DIR) as tmp:
+        rootfs = Path(tmp) / "rootfs"
+        done = subprocess.run([*BASE_RECIPE, str(rootfs), MIRROR], capture_output=True,
+                              text=True, timeout=1200)
+        if done.returncode != 0:
+            raise RuntimeError(f"debootstrap failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+        for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
+            subprocess.run(["find", str(rootfs / junk), "-type", "f", "-delete"], check=False)
+        partial = tarball.with_suffix(".partial")
+        subprocess.run(["tar", "-C", str(rootfs), "--numeric-owner", "--one-file-system",
+                        "-cf", str(partial), "."], check=True)
+        partial.replace(tarball)  # complete or absent: a killed run leaves no bad cache
+
+
+def pip_find_links() -> list[str]:
+    """pip's configured find-links folders (``pip config``), where the CPU torch wheel lies."""
+    done = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True,
+                          text=True)
+    found: list[str] = []
+    for line in done.stdout.splitlines():
+        key, _, value = line.partition("=")
+        if key.endswith("find-links"):
+            found += [v for v in value.strip("'\"").split() if Path(v).is_dir()]
+    return list(dict.fromkeys(found))
+
+
+def image_tag(version: str, variant: str = "cpu") -> str:
+    """``bids_qc:<version>-<torch variant>``, the tag the README documents."""
+    return f"localhost/bids_qc:{version}-{variant}"
+
+
+def build_image(base: str, version: str, variant: str = "cpu",
+                timeout: float = 900) -> tuple[str, str]:
+    """``buildah build`` the repository's Dockerfile; returns the tag and buildah's output."""
+    tag = image_tag(version, variant)
+    pip_args = []
+    volumes = []
+    for i, folder in enumerate(pip_find_links()):
+        volumes += ["--volume", f"{folder}:/wheels{i}:ro"]
+        pip_args += ["--find-links", f"/wheels{i}"]
+    if CA_BUNDLE.is_file():  # a proxy's CA may be in the host's bundle only
+        volumes += ["--volume", f"{CA_BUNDLE}:{CA_BUNDLE}:ro"]
+        pip_args += ["--cert", str(CA_BUNDLE)]
+    done = buildah(
+        "build", "--isolation", "chroot", "--layers", "--pull=never", "-f",
+        str(ROOT / "Dockerfile"), "-t", tag,
+        "--build-arg", f"BASE_IMAGE={base}", "--build-arg", f"TORCH_VARIANT={variant}",
+        "--build-arg", "TORCH_INDEX_URL=", "--build-arg", f"VERSION={version}",
+        "--build-arg", f"PIP_EXTRA_ARGS={' '.join(pip_args)}", *volumes, str(ROOT),
+        timeout=timeout,
+    )
+    return tag, done.stdout + done.stderr
+
+
+def image_config(tag: str) -> dict:
+    """The image's OCI config (``config`` of ``buildah inspect``: Env, Entrypoint, Labels)."""
+    info = json.loads(buildah("inspect", "--type", "image", tag).stdout)
+    return info["OCIv1"]["config"]
+
+
+@dataclass
+class Mounted:
+    """A working container of the image and its root filesystem on the host."""
+
+    container: str
+    rootfs: Path
+
+
+def mount_image(tag: str) -> Mounted:
+    ctr = buildah("from", "--pull=never", tag).stdout.strip().splitlines()[-1]
+    return Mounted(ctr, Path(buildah("mount", ctr).stdout.strip()))
+
+
+def unmount(mounted: Mounted) -> None:
+    buildah("umount", mounted.container, check=False)
+    buildah("rm", mounted.container, check=False)
+
+
+def run_image(mounted: Mounted, config: dict, args: list[str], binds: dict[str, tuple[Path, str]],
+              uid: int, gid: int, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run the image's ENTRYPOINT with ``args``, root read-only (see the module docstring).
+
+    ``binds`` maps a path in the container to (host path, "ro" or "rw"); its mount point
+    must exist in the image (``/tmp``, ``/mnt``, ``/media``, ``/srv``, ``/opt``...).
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        new_root = Path(tmp) / "root"
+        new_root.mkdir()
+        lines = ["set -eu", f"R={shlex.quote(str(new_root))}",
+                 f'mount --rbind {shlex.quote(str(mounted.rootfs))} "$R"',
+                 'mount -o remount,bind,ro "$R"',
+                 'mount -t proc proc "$R/proc"',
+                 'mount --rbind /dev "$R/dev"',
+                 'mount -t tmpfs -o size=256m,mode=1777 tmpfs "$R/dev/shm"']
+        for inside, (host, mode) in binds.items():
+            target = f'"$R"{shlex.quote(inside)}'
+            lines.append(f"mount --bind {shlex.quote(str(host))} {target}")
+            if mode == "ro":
+                lines.append(f"mount -o remount,bind,ro {target}")
+        env = ["env", "-i", *config.get("Env", [])]
+        cmd = [*config.get("Entrypoint", []), *args]
+        workdir = config.get("WorkingDir") or "/"
+        inner = "cd " + shlex.quote(workdir) + ' && exec "$@"'
+        argv = ["sh", "-c", inner, "sh", *env, *cmd]
+        lines.append(f'cd "$R"; exec chroot --userspec={uid}:{gid} "$R" '
+                     + " ".join(shlex.quote(a) for a in argv))
+        script = "\n".join(lines)
+        return subprocess.run(["unshare", "--mount", "--fork", "sh", "-c", script],
+                              capture_output=True, text=True, timeout=timeout)
