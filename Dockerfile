@@ -52,16 +52,16 @@ FROM ${BASE_IMAGE}
 ARG VERSION=unknown
 ARG TORCH_VARIANT=cpu
 ARG SOURCE=https://example.org/bids_qc
+# Any UID may run the image (-u $(id -u)) with a read-only root: HOME points at /tmp, and at
+# start bids_qc gives matplotlib, torch and nipype a writable cache folder (in TMPDIR, /tmp,
+# or the -w work directory), whatever HOME is. Metadata comes before the big COPY: with
+# buildah's vfs driver every later step would copy the whole tree again.
+RUN useradd --uid 1000 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin bidsqc
 LABEL org.opencontainers.image.title="bids_qc" \
       org.opencontainers.image.description="BIDS-App: quality control of structural brain MRI and its derivatives" \
       org.opencontainers.image.version="${VERSION}-${TORCH_VARIANT}" \
       org.opencontainers.image.source="${SOURCE}" \
       org.opencontainers.image.licenses="Apache-2.0"
-COPY --from=build /opt/venv /opt/venv
-# Any UID may run the image (-u $(id -u)) with a read-only root: HOME points at /tmp, and at
-# start bids_qc gives matplotlib, torch and nipype a writable cache folder (in TMPDIR, /tmp,
-# or the -w work directory), whatever HOME is.
-RUN useradd --uid 1000 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin bidsqc
 ENV PATH=/opt/venv/bin:$PATH \
     HOME=/tmp \
     NIPYPE_NO_ET=1 \
@@ -69,6 +69,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     BIDS_QC_CONTAINER_TYPE=docker \
     BIDS_QC_CONTAINER_TAG="bids_qc:${VERSION}-${TORCH_VARIANT}"
-USER bidsqc
 WORKDIR /tmp
+USER bidsqc
 ENTRYPOINT ["bids_qc"]
+COPY --from=build /opt/venv /opt/venv

@@ -75,8 +75,14 @@ def _home_ok() -> bool:
 
 
 def _ensure_user_name() -> None:
-    """A UID without a passwd entry (``-u 12345``) has no name; nipype's crash files need one."""
+    """Make sure ``LOGNAME`` names the user.
+
+    nipype's SLURM plugin names jobs after ``os.environ["LOGNAME"]`` (a KeyError where it
+    is unset: containers, cron, CI) and its crash files after :func:`getpass.getuser`,
+    which fails for a UID without a passwd entry (``-u 12345``).
+    """
     try:
-        getpass.getuser()
+        name = getpass.getuser()
     except (KeyError, OSError):
-        os.environ["USER"] = f"uid{os.getuid()}"
+        name = f"uid{os.getuid()}"
+    os.environ.setdefault("LOGNAME", name)

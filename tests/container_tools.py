@@ -154,12 +154,17 @@ def unmount(mounted: Mounted) -> None:
 
 
 def run_image(mounted: Mounted, config: dict, args: list[str], binds: dict[str, tuple[Path, str]],
-              uid: int, gid: int, timeout: float = 600) -> subprocess.CompletedProcess:
+              uid: int, gid: int, env: dict[str, str] | None = None,
+              entrypoint: list[str] | None = None,
+              timeout: float = 600) -> subprocess.CompletedProcess:
     """Run the image's ENTRYPOINT with ``args``, root read-only (see the module docstring).
 
-    ``binds`` maps a path in the container to (host path, "ro" or "rw"); its mount point
-    must exist in the image (``/tmp``, ``/mnt``, ``/media``, ``/srv``, ``/opt``...).
+    ``binds`` maps a path in the container to (host path, "ro" or "rw"); missing mount
+    points are made in the working container's layer first, as docker does. ``env`` adds
+    to or overrides the image's environment; ``entrypoint`` replaces its ENTRYPOINT.
     """
+    for inside in binds:
+        (mounted.rootfs / inside.lstrip("/")).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         new_root = Path(tmp) / "root"
         new_root.mkdir()
@@ -174,11 +179,13 @@ def run_image(mounted: Mounted, config: dict, args: list[str], binds: dict[str, 
             lines.append(f"mount --bind {shlex.quote(str(host))} {target}")
             if mode == "ro":
                 lines.append(f"mount -o remount,bind,ro {target}")
-        env = ["env", "-i", *config.get("Env", [])]
-        cmd = [*config.get("Entrypoint", []), *args]
+        variables = dict(v.split("=", 1) for v in config.get("Env") or [])
+        variables.update(env or {})
+        env_cmd = ["env", "-i", *(f"{k}={v}" for k, v in variables.items())]
+        cmd = [*((config.get("Entrypoint") or []) if entrypoint is None else entrypoint), *args]
         workdir = config.get("WorkingDir") or "/"
         inner = "cd " + shlex.quote(workdir) + ' && exec "$@"'
-        argv = ["sh", "-c", inner, "sh", *env, *cmd]
+        argv = ["sh", "-c", inner, "sh", *env_cmd, *cmd]
         lines.append(f'cd "$R"; exec chroot --userspec={uid}:{gid} "$R" '
                      + " ".join(shlex.quote(a) for a in argv))
         script = "\n".join(lines)
