@@ -56,7 +56,9 @@ ARG SOURCE=https://example.org/bids_qc
 # start bids_qc gives matplotlib, torch and nipype a writable cache folder (in TMPDIR, /tmp,
 # or the -w work directory), whatever HOME is. Metadata comes before the big COPY: with
 # buildah's vfs driver every later step would copy the whole tree again.
-RUN useradd --uid 1000 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin bidsqc
+# /data, /out and /work: mount points for read-only roots (docker -v, apptainer -B).
+RUN useradd --uid 1000 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin bidsqc \
+ && mkdir -p /data /out /work
 LABEL org.opencontainers.image.title="bids_qc" \
       org.opencontainers.image.description="BIDS-App: quality control of structural brain MRI and its derivatives" \
       org.opencontainers.image.version="${VERSION}-${TORCH_VARIANT}" \

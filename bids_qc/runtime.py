@@ -50,8 +50,7 @@ def prepare_runtime(work_dir: Path | None = None) -> Path | None:
     base = writable_tmp(work_dir)
     if base is None:
         return None
-    if os.environ.get("TMPDIR") != str(base) and not _writable_dir(Path(tempfile.gettempdir())):
-        os.environ["TMPDIR"] = str(base)
+    os.environ["TMPDIR"] = str(base)  # for tempfile here and in every child process
     tempfile.tempdir = None  # re-read TMPDIR
     private: Path | None = None
     for var in CACHE_VARS:

@@ -6,10 +6,13 @@
 * :func:`build_image`: ``buildah build`` of the real ``Dockerfile`` with that base, the
   host's CA bundle and pip's find-links folder (the CPU torch wheel) mounted.
 * :func:`run_image`: runs the image's ENTRYPOINT like ``docker run --read-only -u UID -v
-  data:/data:ro``: in a private mount namespace the image's root is bind-mounted read-only,
-  the given folders are bound on top, ``/proc``, ``/dev`` and a ``/dev/shm`` tmpfs are
-  added, and the entrypoint runs chrooted as the given UID with only the image's
-  environment. (``buildah run`` has no read-only root option; this is the closest thing.)
+  data:/data:ro``: in a private mount namespace the image's root (its folder in buildah's
+  vfs storage, :func:`image_rootfs`) is bind-mounted read-only, the given folders are
+  bound on top, ``/proc``, ``/dev`` and a ``/dev/shm`` tmpfs are added, and the
+  entrypoint runs chrooted as the given UID with only the image's environment.
+  (``buildah run`` has no read-only root option, and ``buildah from`` copies the whole
+  image with the vfs driver; this is the closest thing to ``docker run --read-only``,
+  and costs no copy.)
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ import shlex
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,7 +121,7 @@ def build_image(base: str, version: str, variant: str = "cpu",
         volumes += ["--volume", f"{CA_BUNDLE}:{CA_BUNDLE}:ro"]
         pip_args += ["--cert", str(CA_BUNDLE)]
     done = buildah(
-        "build", "--isolation", "chroot", "--layers", "--pull=never", "-f",
+        "build", "--isolation", "chroot", "--pull=never", "-f",
         str(ROOT / "Dockerfile"), "-t", tag,
         "--build-arg", f"BASE_IMAGE={base}", "--build-arg", f"TORCH_VARIANT={variant}",
         "--build-arg", "TORCH_INDEX_URL=", "--build-arg", f"VERSION={version}",
@@ -135,41 +137,38 @@ def image_config(tag: str) -> dict:
     return info["OCIv1"]["config"]
 
 
-@dataclass
-class Mounted:
-    """A working container of the image and its root filesystem on the host."""
+def image_rootfs(tag: str) -> Path:
+    """The image's root filesystem in buildah's storage, read in place (no copy).
 
-    container: str
-    rootfs: Path
-
-
-def mount_image(tag: str) -> Mounted:
-    ctr = buildah("from", "--pull=never", tag).stdout.strip().splitlines()[-1]
-    return Mounted(ctr, Path(buildah("mount", ctr).stdout.strip()))
-
-
-def unmount(mounted: Mounted) -> None:
-    buildah("umount", mounted.container, check=False)
-    buildah("rm", mounted.container, check=False)
+    The vfs driver stores each layer as the complete tree of the image up to it, so the
+    top layer's folder is the image's root. Only ever mounted read-only.
+    """
+    image_id = json.loads(buildah("inspect", "--type", "image", tag).stdout)["FromImageID"]
+    graph_root = Path(json.loads(buildah("info").stdout)["store"]["GraphRoot"])
+    images = json.loads((graph_root / "vfs-images" / "images.json").read_text())
+    (layer,) = [image["layer"] for image in images if image["id"] == image_id]
+    rootfs = graph_root / "vfs" / "dir" / layer
+    if not (rootfs / "opt" / "venv").is_dir():
+        raise RuntimeError(f"{rootfs} is not the root of {tag}")
+    return rootfs
 
 
-def run_image(mounted: Mounted, config: dict, args: list[str], binds: dict[str, tuple[Path, str]],
+def run_image(rootfs: Path, config: dict, args: list[str], binds: dict[str, tuple[Path, str]],
               uid: int, gid: int, env: dict[str, str] | None = None,
               entrypoint: list[str] | None = None,
               timeout: float = 600) -> subprocess.CompletedProcess:
     """Run the image's ENTRYPOINT with ``args``, root read-only (see the module docstring).
 
-    ``binds`` maps a path in the container to (host path, "ro" or "rw"); missing mount
-    points are made in the working container's layer first, as docker does. ``env`` adds
-    to or overrides the image's environment; ``entrypoint`` replaces its ENTRYPOINT.
+    ``binds`` maps a path in the container to (host path, "ro" or "rw"); its mount point
+    must exist in the image (the Dockerfile makes ``/data``, ``/out`` and ``/work``).
+    ``env`` adds to or overrides the image's environment; ``entrypoint`` replaces its
+    ENTRYPOINT.
     """
-    for inside in binds:
-        (mounted.rootfs / inside.lstrip("/")).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         new_root = Path(tmp) / "root"
         new_root.mkdir()
         lines = ["set -eu", f"R={shlex.quote(str(new_root))}",
-                 f'mount --rbind {shlex.quote(str(mounted.rootfs))} "$R"',
+                 f'mount --rbind {shlex.quote(str(rootfs))} "$R"',
                  'mount -o remount,bind,ro "$R"',
                  'mount -t proc proc "$R/proc"',
                  'mount --rbind /dev "$R/dev"',
