@@ -193,3 +193,42 @@ def test_concurrent_participant_jobs_share_one_output_dir(dataset, tmp_path):
     assert all((out / f"sub-{s}_T1w.html").stat().st_size > 0 for s in SUBJECTS)
     _ok(_bids_qc(str(dataset), str(out), "group"))
     assert [r["bids_name"] for r in _group_rows(out)] == [f"sub-{s}_T1w" for s in SUBJECTS]
+
+
+@pytest.mark.parametrize("yaml_text, plugin_class, expected", [
+    ("plugin: Linear\n", "LinearPlugin", {}),
+    ("plugin: SLURM\nplugin_args:\n  sbatch_args: --mem=4G --cpus-per-task=2\n  max_jobs: 5\n",
+     "SLURMPlugin", {"sbatch_args": "--mem=4G --cpus-per-task=2", "max_jobs": 5}),
+    ("plugin: MultiProc\nplugin_args: {n_procs: 3}\n", "ImageFirstMultiProcPlugin",
+     {"n_procs": 3, "memory_gb": 2.0, "mp_context": "forkserver"}),
+])
+def test_plugin_config_selects_nipype_plugin_and_args(tmp_path, yaml_text, plugin_class,
+                                                       expected):
+    from bids_qc.cli import parse_settings
+    from bids_qc.scheduling import make_plugin
+
+    config = tmp_path / "plugin.yml"
+    config.write_text(yaml_text)
+    settings = parse_settings([str(tmp_path), str(tmp_path / "out"), "participant",
+                               "--plugin-config", str(config), "--nprocs", "1",
+                               "--mem-gb", "2"])
+    assert settings.plugin_args == expected  # the file wins; --nprocs/--mem-gb fill gaps
+    plugin = make_plugin(settings.plugin, settings.plugin_args)
+    assert type(plugin).__name__ == plugin_class
+    if plugin_class == "SLURMPlugin":
+        assert plugin._sbatch_args == expected["sbatch_args"]
+
+
+def test_cluster_index_step_lists_participants_and_builds_the_database(dataset, tmp_path,
+                                                                      capsys):
+    from bids_qc.cluster import main
+
+    db = tmp_path / "db"
+    assert main([str(dataset), str(tmp_path / "out"), "participant",
+                 "--bids-database-dir", str(db), "--participant-label", "03", "01"]) == 0
+    assert capsys.readouterr().out.split() == ["01", "03"]
+    assert list(db.glob("*.sqlite"))
+    assert main([str(dataset), str(tmp_path / "out"), "participant"]) == 64
+    assert "--bids-database-dir" in capsys.readouterr().err
+    assert main([str(dataset), str(tmp_path / "out"), "participant", "--bids-database-dir",
+                 str(db), "--participant-label", "99"]) == 18
