@@ -1,3 +1,3 @@
 """bids_qc: a BIDS-App that quality-checks structural brain MRI and its derivatives."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

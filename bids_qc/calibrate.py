@@ -165,10 +165,9 @@ def read_thresholds(path: str | Path) -> dict[str, float]:
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Console-script entry point (see the module docstring)."""
-    from .group import find_result_files, load_results
-    from .ratings import RATINGS_FILE, read_rating_file
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (also the source of the documented option list)."""
+    from .ratings import RATINGS_FILE
 
     parser = argparse.ArgumentParser(prog="bids_qc-calibrate",
                                      description=__doc__.split("\n\n")[0])
@@ -179,7 +178,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="share of the failing images to flag (default 0.8)")
     parser.add_argument("--out", type=Path, default=None, metavar="JSON",
                         help=f"thresholds file to write (default: OUTPUT_DIR/{THRESHOLDS_FILE})")
-    ns = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point (see the module docstring)."""
+    from .group import find_result_files, load_results
+    from .ratings import RATINGS_FILE, read_rating_file
+
+    ns = build_parser().parse_args(argv)
     ratings_path = ns.ratings or ns.output_dir / RATINGS_FILE
     if not ratings_path.exists() and not ratings_path.is_absolute():
         ratings_path = ns.output_dir / ratings_path  # a name relative to OUTPUT_DIR

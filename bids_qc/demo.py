@@ -164,15 +164,20 @@ def build_dataset(outdir: Path, subjects: Sequence[DemoSubject] = SUBJECTS, seed
     return bids, truth
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (also the source of the documented option list)."""
+    parser = argparse.ArgumentParser(prog="bids_qc-demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("outdir", type=Path, help="folder for the demo dataset and its results")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the planted failures")
+    parser.add_argument("--nprocs", type=int, default=2, help="processes for participant level")
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Build the demo dataset, run participant and group level, print where results are."""
     from .cli import run
 
-    parser = argparse.ArgumentParser(prog="bids_qc-demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("outdir", type=Path, help="folder for the demo dataset and its results")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--nprocs", type=int, default=2)
-    ns = parser.parse_args(argv)
+    ns = build_parser().parse_args(argv)
     print(f"bids_qc-demo: building a synthetic BIDS dataset in {ns.outdir / 'bids'} ...",
           file=sys.stderr)
     bids, truth = build_dataset(ns.outdir, seed=ns.seed)

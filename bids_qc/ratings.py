@@ -188,8 +188,8 @@ def ratings_from_truth(
     return rows
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """``bids_qc-ratings OUTPUT_DIR RATINGS...``: merge ratings into ``ratings_T1w.tsv``."""
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (also the source of the documented option list)."""
     parser = argparse.ArgumentParser(prog="bids_qc-ratings", description=__doc__.split("\n\n")[0])
     parser.add_argument("output_dir", type=Path, help="the bids_qc output dataset")
     parser.add_argument(
@@ -198,7 +198,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         type=Path,
         help="downloaded rating JSONs and/or TSVs (bids_name, check, rating)",
     )
-    ns = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``bids_qc-ratings OUTPUT_DIR RATINGS...``: merge ratings into ``ratings_T1w.tsv``."""
+    ns = build_parser().parse_args(argv)
     target = ns.output_dir / RATINGS_FILE
     try:
         if not ns.output_dir.is_dir():

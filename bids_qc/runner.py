@@ -328,6 +328,7 @@ def _summary(settings: Settings, rows: list[QCInput], todo: list[QCInput],
              f"{len(rows) - len(todo)} up to date, {len(failures)} failed."]
     for name, reason in sorted(failures.items()):
         lines.append(f"  FAILED {name}: {reason}")
+    lines += _failure_hints(settings, failures)
     for s in selection.skipped:
         lines.append(f"  model {s['model']} skipped: {s['reason']}")
     lines.append(f"  outputs: {settings.output_dir} (run group level next: bids_qc "
@@ -345,6 +346,18 @@ def _summary(settings: Settings, rows: list[QCInput], todo: list[QCInput],
               "inputs and rerun: finished images are kept", file=sys.stderr)
         return exitcodes.IMAGE_FAILED
     return exitcodes.OK
+
+
+def _failure_hints(settings: Settings, failures: dict[str, str]) -> list[str]:
+    """One line per common cause among the failures, saying what to do (once, not per image)."""
+    reasons = " ".join(failures.values())
+    hints = []
+    if "annexed file whose content" in reasons or "git-annex pointer" in reasons:
+        hints.append("  hint: some inputs are git-annex/DataLad files whose content is not "
+                     "fetched: run `datalad get` on the files named above (full paths in each "
+                     f"JSON's errors[].file), or `datalad get -r {settings.bids_dir}` for "
+                     "everything, then rerun; only the failed images are redone")
+    return hints
 
 
 def run_group(settings: Settings) -> int:

