@@ -28,7 +28,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE_DIR = Path(os.environ.get("BIDS_QC_CI_CACHE", "/var/tmp/bids_qc-ci-cache"))
-BUILDAH = ["buildah", "--storage-driver", "vfs"]
+#: buildah with its own storage beside the cache: CI's images never mix with others'.
+BUILDAH = ["buildah", "--storage-driver", "vfs", "--root", str(CACHE_DIR / "storage"),
+           "--runroot", str(CACHE_DIR / "run")]
 MIRROR = "http://deb.debian.org/debian"
 #: The base image recipe; its hash names the image and the cached tarball.
 BASE_RECIPE = ("debootstrap", "--variant=minbase",
@@ -37,7 +39,7 @@ CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
 
 def buildah(*args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
-    """Run ``buildah --storage-driver vfs ARGS`` (stdout/stderr captured as text)."""
+    """Run ``buildah ARGS`` with :data:`BUILDAH`'s options (stdout/stderr captured as text)."""
     done = subprocess.run([*BUILDAH, *args], capture_output=True, text=True, timeout=timeout)
     if check and done.returncode != 0:
         raise RuntimeError(f"buildah {' '.join(args)} failed ({done.returncode}):\n"

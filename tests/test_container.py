@@ -54,7 +54,7 @@ def image(pytestconfig) -> str:
     if reuse and not under_ci():
         return reuse
     started = time.perf_counter()
-    tag, _ = ct.build_image(base, __version__, "cpu")
+    tag, _ = ct.build_image(base, __version__, "cpu", timeout=1800)
     say(pytestconfig, f"buildah build of {tag}: {time.perf_counter() - started:.1f} s")
     return tag
 
