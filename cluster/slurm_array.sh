@@ -46,9 +46,11 @@ case "$mode" in
 task)  # one array task: line SLURM_ARRAY_TASK_ID of the participant list
     label="$(sed -n "${SLURM_ARRAY_TASK_ID:?not an array task}p" "$list")"
     [ -n "$label" ] || { echo "no participant on line $SLURM_ARRAY_TASK_ID of $list" >&2; exit 64; }
-    exec "${bids_qc[@]}" "$bids" "$out" participant --participant-label "$label" \
-        --bids-database-dir "$db" -w "$work_root/work/sub-$label" \
-        --nprocs "${SLURM_CPUS_PER_TASK:-1}" "$@"
+    # The options come first: for an option given twice the last wins, so this task's
+    # label, database and work directory override a --participant-label list in them.
+    exec "${bids_qc[@]}" "$bids" "$out" participant --nprocs "${SLURM_CPUS_PER_TASK:-1}" \
+        "$@" --participant-label "$label" --bids-database-dir "$db" \
+        -w "$work_root/work/sub-$label"
     ;;
 group)
     exec "${bids_qc[@]}" "$bids" "$out" group "$@"

@@ -39,8 +39,13 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def image(pytestconfig) -> str:
-    """The built image's tag (``localhost/bids_qc:<version>-cpu``)."""
+def image(pytestconfig):
+    """The built image's tag (``localhost/bids_qc:<version>-cpu``); removed afterwards.
+
+    Each run builds afresh (``--layers`` caching copies the whole tree per step with the
+    vfs driver: slower than a clean build), so a kept image would only pile up in the
+    cache's storage. Only the base image stays cached.
+    """
     require_system_tests("the container build test")
     if os.geteuid() != 0:
         unavailable("the container build test needs root (buildah with the vfs driver)")
@@ -52,11 +57,13 @@ def image(pytestconfig) -> str:
     say(pytestconfig, f"base image {base}: {how}, {time.perf_counter() - started:.1f} s")
     reuse = os.environ.get("BIDS_QC_CONTAINER_IMAGE")  # local iteration: skip the build
     if reuse and not under_ci():
-        return reuse
+        yield reuse
+        return
     started = time.perf_counter()
     tag, _ = ct.build_image(base, __version__, "cpu", timeout=1800)
     say(pytestconfig, f"buildah build of {tag}: {time.perf_counter() - started:.1f} s")
-    return tag
+    yield tag
+    ct.buildah("rmi", "-f", tag, check=False)
 
 
 @pytest.fixture(scope="module")

@@ -136,7 +136,9 @@ def test_array_script_matches_multiproc(cluster, dataset, reference, tmp_path, p
            "BIDS_QC": f"{sys.executable} -m bids_qc.cli",
            "SBATCH_ARGS": "--cpus-per-task=1"}
     started = time.perf_counter()
-    done = subprocess.run(["bash", str(ARRAY_SCRIPT), str(dataset), str(out), str(work_root)],
+    # Extra options go to every task; a label list there must not override the task's.
+    done = subprocess.run(["bash", str(ARRAY_SCRIPT), str(dataset), str(out), str(work_root),
+                           "--participant-label", "03", "01", "02"],
                           capture_output=True, text=True, env=env, timeout=300)
     _ok(done)
     array_id = re.search(r"^array job (\d+)$", done.stdout, flags=re.M).group(1)
@@ -152,6 +154,8 @@ def test_array_script_matches_multiproc(cluster, dataset, reference, tmp_path, p
     # One participant per task, each with its own work directory.
     listed = (work_root / "participants.txt").read_text().split()
     assert listed == list(SUBJECTS)
+    run_logs = [json.loads(p.read_text()) for p in (out / "logs").glob("run-*.json")]
+    assert sorted(log["images"] for log in run_logs) == [[f"sub-{s}_T1w"] for s in SUBJECTS]
     assert sorted(p.name for p in (work_root / "work").iterdir()) == [
         f"sub-{s}" for s in SUBJECTS]
     # The tasks loaded the database step 1 built (the list is written after it): none
