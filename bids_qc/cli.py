@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 from . import __version__, exitcodes
 from .errors import DatasetError
 from .models.registry import KNOWN_MODELS
+from .runtime import prepare_runtime
 from .settings import Settings
 
 LOGGER = logging.getLogger("bids_qc")
@@ -264,6 +265,10 @@ def run(argv: Sequence[str] | None = None) -> int:
         settings = parse_settings(argv)
         _setup_logging(settings.verbosity)
         _check_output_dir(settings.bids_dir, settings.output_dir)
+        # Before matplotlib/torch/nipype load: caches need a writable home (containers).
+        if prepare_runtime(settings.work_dir) is None:
+            return _fail(exitcodes.CANT_CREATE, "no writable temporary folder (TMPDIR, /tmp, "
+                         "/var/tmp): mount one (docker --tmpfs /tmp) or pass a writable -w DIR")
         if settings.analysis_level == "group":
             from .runner import run_group
 

@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -300,7 +301,9 @@ def _write_run_log(settings: Settings, rows: list[QCInput], todo: list[QCInput],
         "models": [m.name for m in selection.models],
         "models_skipped": selection.skipped,
     }
-    atomic_write_json(settings.output_dir / "logs" / f"run-{stamp}.json", record)
+    # Host and PID in the name: concurrent jobs (a SLURM array) each keep their own log.
+    name = f"run-{stamp}-{socket.gethostname()}-{os.getpid()}.json"
+    atomic_write_json(settings.output_dir / "logs" / name, record)
 
 
 def _all_unreadable(settings: Settings, todo: list[QCInput]) -> bool:

@@ -174,7 +174,8 @@ def render_markdown() -> str:
         "| `dataset_description.json` | BIDS derivative description (GeneratedBy, "
         "SourceDatasets) |",
         "| `.bidsignore` | keeps BIDS validators away from the non-BIDS files below |",
-        "| `logs/` | the settings of each run (`run-<time>.json`), nipype crash files |",
+        "| `logs/` | the settings of each run (`run-<time>-<host>-<pid>.json`), nipype "
+        "crash files |",
         "| `sub-XX/[ses-YY/]anat/<bids_name>.json` | every metric of one T1w image, with "
         "provenance, errors and skipped models |",
         "| `sub-XX/figures/` | figures of the reports |",
