@@ -40,6 +40,9 @@ class ModelSpec:
     experimental : bool
         Runs only when named in ``--models``: its model card misses its accuracy targets
         so badly that its flags would mislead (the card says by how much).
+    extra_files : tuple of (str, str)
+        Further files under ``weights/`` that ship with the model (thresholds, calibration
+        data), each with its expected sha256; read with :func:`load_extra_json`.
     """
 
     name: str
@@ -49,6 +52,7 @@ class ModelSpec:
     needs: tuple[Need, ...]
     description: str = ""
     experimental: bool = False
+    extra_files: tuple[tuple[str, str], ...] = ()
 
     def weights_path(self) -> Path:
         """The installed weights file."""
@@ -141,6 +145,30 @@ def load_state_dict(spec: ModelSpec, path: Path | None = None) -> dict[str, Any]
     if not isinstance(state, dict):
         raise ValueError(f"Weights {path} of model {spec.name!r} do not hold a state dict.")
     return state
+
+
+def load_extra_json(spec: ModelSpec, name: str) -> Any:
+    """A JSON file that ships with a model, after checking its sha256 against the registry.
+
+    Raises
+    ------
+    ValueError
+        If the model lists no such file, or the file is missing or does not match.
+    """
+    import json
+
+    expected = dict(spec.extra_files).get(name)
+    if expected is None:
+        raise ValueError(f"model {spec.name!r} ships no file {name!r}")
+    path = Path(str(resources.files("bids_qc.models") / "weights" / name))
+    if not path.is_file():
+        raise ValueError(f"{path} of model {spec.name!r} is missing; reinstall bids_qc")
+    actual = sha256sum(path)
+    if actual != expected:
+        raise ValueError(f"{path} of model {spec.name!r} has sha256 {actual}, but the registry "
+                         f"expects {expected}; the file is corrupt or was replaced: reinstall "
+                         "bids_qc.")
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def missing_needs(spec: ModelSpec, available: set[str]) -> list[str]:
