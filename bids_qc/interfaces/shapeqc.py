@@ -25,6 +25,10 @@ SHAPEQC_METRICS: tuple[str, ...] = (
 )
 
 
+#: Besides flagged structures, figures are drawn for this many of the highest P(FAIL).
+N_TOP_FIGURES = 3
+
+
 class _ShapeQCInputSpec(BaseInterfaceInputSpec):
     qc_input = traits.Dict(mandatory=True, desc="QCInput as a dict (see bids_qc.inputs)")
     classic_result = traits.Dict(desc="the classical stage's result (unused by ShapeQC)")
@@ -49,8 +53,9 @@ class ShapeQC(SimpleInterface):
 
     Thresholds: a ``shapeqc_pfail_<structure>`` entry of ``thresholds`` (from
     ``--thresholds`` or ``--shapeqc-recall``), else the shipped file's. A Grad-CAM figure
-    is written for every structure (the report shows those of flagged structures unless
-    ``--verbose-reports``); without ``output_dir`` no figure is written.
+    is written for every flagged structure and the :data:`N_TOP_FIGURES` structures of
+    highest P(FAIL) (a figure costs about as much as the model; the report shows those of
+    flagged structures unless ``--verbose-reports``); without ``output_dir``, none.
     """
 
     input_spec = _ShapeQCInputSpec
@@ -100,12 +105,13 @@ class ShapeQC(SimpleInterface):
         nflagged = 0
         gradcam = {}
         out_dir = Path(self.inputs.output_dir) if self.inputs.output_dir else None
+        top = {r.structure for r in sorted(results, key=lambda r: -r.pfail)[:N_TOP_FIGURES]}
         for r in results:
             flag = int(r.pfail > thresholds[r.structure])
             nflagged += flag
             metrics[f"shapeqc_pfail_{r.structure}"] = round(r.pfail, 4)
             metrics[f"shapeqc_flag_{r.structure}"] = flag
-            if out_dir is not None:
+            if out_dir is not None and (flag or r.structure in top):
                 from ..reports.shape_figures import gradcam_figure
 
                 name = f"{row.bids_name}_shapeqc_{r.structure}.png"

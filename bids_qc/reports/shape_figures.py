@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 #: Most triangles drawn in a mesh rendering (a random subset beyond; keeps it fast).
-MAX_FACES = 2500
+MAX_FACES = 1500
 
 
 def _faces_for_render(faces: np.ndarray) -> np.ndarray:
@@ -54,6 +54,7 @@ def gradcam_figure(result, path: str | Path, title: str | None = None) -> Path:
     mid, half = (lo + hi) / 2, float((hi - lo).max()) / 2
     for setter, m in zip((ax3.set_xlim, ax3.set_ylim, ax3.set_zlim), mid):
         setter(m - half, m + half)
+    ax3.set_box_aspect((1, 1, 1), zoom=1.35)
     ax3.set_axis_off()
     ax3.set_title("mesh, Grad-CAM", fontsize=7)
     fig.suptitle(title or f"{result.structure}: P(FAIL) {result.pfail:.2f}", fontsize=8)
