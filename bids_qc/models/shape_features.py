@@ -55,6 +55,12 @@ CHANNELS: tuple[str, ...] = ("thickness_mm", "thickness_norm", "logjac", "logjac
 N_SLABS = 16
 #: Smoothing of the area density on the map (cells).
 DENSITY_SIGMA = 3.0
+#: Whole-shape scalars beside the maps (topology and global size/shape, which a map drawn
+#: from one sphere cannot show: an inner cavity, a split, a detached piece).
+SCALARS: tuple[str, ...] = (
+    "log_volume", "log_area", "log_area_per_volume23", "extra_mesh_components", "genus",
+    "extra_mask_components", "largest_component_area_share", "elongation_2", "elongation_3",
+)
 
 
 @dataclass
@@ -98,6 +104,8 @@ class ShapeFeatures:
     volume_mm3 : float
     axis : ndarray (3,)
         The principal axis used (signed).
+    scalars : ndarray (len(SCALARS),)
+        Whole-shape scalars, see :data:`SCALARS`.
     """
 
     vertices: np.ndarray
@@ -110,6 +118,7 @@ class ShapeFeatures:
     log_area: float
     volume_mm3: float
     axis: np.ndarray
+    scalars: np.ndarray
 
     def vertex_values(self, grid_map: np.ndarray) -> np.ndarray:
         """A ``(GRID, GRID)`` map sampled at every vertex (bilinear, longitude wraps)."""
@@ -171,6 +180,27 @@ def vertex_areas(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
     for k in range(3):
         np.add.at(out, faces[:, k], area / 3)
     return out
+
+
+def shape_scalars(verts: np.ndarray, faces: np.ndarray, areas: np.ndarray, mask: np.ndarray,
+                  volume: float, local_vox: np.ndarray) -> np.ndarray:
+    """The :data:`SCALARS` of one shape."""
+    from scipy.sparse.csgraph import connected_components
+
+    n = len(verts)
+    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    edges = np.unique(np.sort(edges, axis=1), axis=0)
+    graph = sparse.csr_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n))
+    n_comp, which = connected_components(graph, directed=False)
+    euler = n - len(edges) + len(faces)
+    genus = max(0.0, (2 * n_comp - euler) / 2)
+    comp_area = np.bincount(which, areas, n_comp)
+    _, n_mask = ndi.label(mask)
+    total = float(areas.sum())
+    var = np.sort(local_vox.var(axis=0))[::-1] + 1e-6
+    return np.array([np.log(volume), np.log(total), np.log(total / volume ** (2 / 3)),
+                     n_comp - 1, genus, n_mask - 1, comp_area.max() / total,
+                     np.sqrt(var[1] / var[0]), np.sqrt(var[2] / var[0])])
 
 
 def _grid_centres() -> tuple[np.ndarray, np.ndarray]:
@@ -311,8 +341,11 @@ def structure_features(labels: np.ndarray, affine: np.ndarray, structure: str,
     d_map = _to_grid(theta, phi, thickness)
     lj, lj_norm = logjac_maps(log_dn, float(np.log(total)), template)
     maps = np.stack([d_map, d_map / volume ** (1 / 3), lj, lj_norm]).astype(np.float32)
+    lo, hi = np.argwhere(mask).min(axis=0), np.argwhere(mask).max(axis=0) + 1
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    scalars = shape_scalars(verts, faces, areas, mask[box], volume, local_vox)
     return ShapeFeatures(verts, faces, theta, phi, thickness, maps, log_dn, float(np.log(total)),
-                         volume, frame[0])
+                         volume, frame[0], scalars)
 
 
 def logjac_maps(log_density: np.ndarray, log_area: float, template: ShapeTemplate | None

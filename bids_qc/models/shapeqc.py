@@ -23,7 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bids_qc.models.shape_features import GRID, ShapeFeatures, ShapeTemplate, structure_features
+from bids_qc.models.shape_features import (
+    GRID,
+    SCALARS,
+    ShapeFeatures,
+    ShapeTemplate,
+    structure_features,
+)
 from bids_qc.structures import SUBCORTICAL_KINDS, SUBCORTICAL_NAMES
 
 N_CHANNELS = 4
@@ -65,12 +71,16 @@ class ShapeQCNet(nn.Module):
                                                                  GRID))
         self.register_buffer("template_log_area", torch.zeros(len(SUBCORTICAL_KINDS)))
         self.register_buffer("template_axis", torch.zeros(len(SUBCORTICAL_KINDS), 3))
+        # Whole-shape scalars are standardised per structure kind (good training shapes).
+        self.register_buffer("scalar_mean", torch.zeros(len(SUBCORTICAL_KINDS), len(SCALARS)))
+        self.register_buffer("scalar_std", torch.ones(len(SUBCORTICAL_KINDS), len(SCALARS)))
         w = width
         self.stem = nn.Sequential(nn.Conv2d(N_CHANNELS, w, 5, 2, 2, bias=False),
                                   nn.BatchNorm2d(w), nn.ReLU())  # 64
         self.blocks = nn.Sequential(_Block(w, w, 2), _Block(w, 2 * w, 2),  # 32, 16
                                     _Block(2 * w, 4 * w, 2))  # 8
         self.embed = nn.Embedding(len(SUBCORTICAL_KINDS), 4 * w)
+        self.scalar_fc = nn.Linear(len(SCALARS), 4 * w)
         self.head = nn.Linear(4 * w, 1)
 
     def normalise(self, maps: torch.Tensor) -> torch.Tensor:
@@ -80,12 +90,16 @@ class ShapeQCNet(nn.Module):
         """The last block's activations ``(B, 4w, 8, 8)`` (Grad-CAM's layer)."""
         return self.blocks(self.stem(self.normalise(maps)))
 
-    def classify(self, feats: torch.Tensor, kind: torch.Tensor) -> torch.Tensor:
+    def classify(self, feats: torch.Tensor, kind: torch.Tensor, scalars: torch.Tensor
+                 ) -> torch.Tensor:
+        z = (scalars - self.scalar_mean[kind]) / self.scalar_std[kind]
         pooled = feats.mean(dim=(2, 3))
-        return self.head(F.relu(pooled + self.embed(kind)))[:, 0]
+        return self.head(F.relu(pooled + self.embed(kind) + self.scalar_fc(z.clamp(-20, 20))))[
+            :, 0]
 
-    def forward(self, maps: torch.Tensor, kind: torch.Tensor) -> torch.Tensor:
-        return self.classify(self.features(maps), kind)
+    def forward(self, maps: torch.Tensor, kind: torch.Tensor, scalars: torch.Tensor
+                ) -> torch.Tensor:
+        return self.classify(self.features(maps), kind, scalars)
 
     def template(self, kind: str) -> ShapeTemplate:
         """The stored template of a structure kind."""
@@ -108,7 +122,7 @@ def load_model(state: dict[str, Any]) -> ShapeQCNet:
     return net.eval()
 
 
-def grad_cam(net: ShapeQCNet, maps: torch.Tensor, kind: torch.Tensor
+def grad_cam(net: ShapeQCNet, maps: torch.Tensor, kind: torch.Tensor, scalars: torch.Tensor
              ) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits and Grad-CAM heat maps ``(B, 128, 128)`` in ``[0, 1]`` (last residual block).
 
@@ -118,7 +132,7 @@ def grad_cam(net: ShapeQCNet, maps: torch.Tensor, kind: torch.Tensor
     """
     with torch.enable_grad():
         feats = net.features(maps).detach().requires_grad_(True)
-        logits = net.classify(feats, kind)
+        logits = net.classify(feats, kind, scalars)
         (grads,) = torch.autograd.grad(logits.sum(), feats)
     alpha = grads.mean(dim=(2, 3), keepdim=True)
     cam = F.relu((alpha * feats).sum(dim=1, keepdim=True)).detach()
@@ -154,7 +168,8 @@ def predict(net: ShapeQCNet, labels: np.ndarray, affine: np.ndarray,
     if not feats:
         return [], skipped
     maps = torch.as_tensor(np.stack([f.maps for _, f in feats]))
-    logits, cams = grad_cam(net, maps, kind_index([s for s, _ in feats]))
+    scalars = torch.as_tensor(np.stack([f.scalars for _, f in feats]), dtype=torch.float32)
+    logits, cams = grad_cam(net, maps, kind_index([s for s, _ in feats]), scalars)
     out = []
     for (s, f), logit, cam in zip(feats, logits.tolist(), cams.numpy()):
         pfail = 1.0 / (1.0 + math.exp(-logit)) if logit > -60 else 0.0

@@ -3,8 +3,9 @@
 1. Shapes (:mod:`bids_qc.training.shapeqc_data`): training maps 1-14, ``--crops`` deformed
    crops per map (the first crop of a map undeformed), each with 14 PASS shapes and
    ``--damaged`` damaged ones from the training shape families of the frozen protocol
-   (``spike`` and ``merged`` are held out); the evaluation split (thresholds) from maps 15-16
-   with more damaged shapes per crop. Maps 17-20 and ``bert`` are never seen here.
+   (``spike`` and ``merged`` are held out) except ``displaced`` (see
+   :data:`SHAPE_FAMILIES_TRAINED`); the evaluation split (thresholds) from maps 15-16 with
+   more damaged shapes per crop. Maps 17-20 and ``bert`` are never seen here.
 2. Templates: per structure kind, the mean log area density and log area of the training
    split's undamaged shapes; the LogJac channels are then computed against them.
 3. A shared :class:`bids_qc.models.shapeqc.ShapeQCNet`, trained with binary cross-entropy on
@@ -49,6 +50,11 @@ DEFAULT_SEED = 20261121
 #: Target recall of the shipped thresholds.
 RECALL = 0.8
 CALIBRATION_FORMAT = "bids_qc-shapeqc-calibration"
+#: Families trained on: the protocol's training families except ``displaced``, which moves
+#: a structure without changing its shape (invisible to a shape check; a location check's
+#: job), so its FAIL labels would only be noise here.
+SHAPE_FAMILIES_TRAINED: tuple[str, ...] = tuple(
+    f for f in TRAINING_SHAPE_FAMILIES if f != "displaced")
 
 
 def warp_maps(maps: torch.Tensor, gen: torch.Generator, large: float = 4.0,
@@ -73,7 +79,7 @@ def warp_maps(maps: torch.Tensor, gen: torch.Generator, large: float = 4.0,
                          align_corners=True)
 
 
-def scores(net: ShapeQCNet, maps: np.ndarray, structures: np.ndarray,
+def scores(net: ShapeQCNet, maps: np.ndarray, structures: np.ndarray, scalars: np.ndarray,
            batch: int = 64) -> np.ndarray:
     """P(FAIL) of cached maps (no augmentation)."""
     net.eval()
@@ -82,7 +88,8 @@ def scores(net: ShapeQCNet, maps: np.ndarray, structures: np.ndarray,
         for i in range(0, len(maps), batch):
             x = torch.as_tensor(maps[i:i + batch].astype(np.float32))
             k = kind_index([str(s) for s in structures[i:i + batch]])
-            out.append(torch.sigmoid(net(x, k)).numpy())
+            sc = torch.as_tensor(scalars[i:i + batch], dtype=torch.float32)
+            out.append(torch.sigmoid(net(x, k, sc)).numpy())
     return np.concatenate(out) if out else np.zeros(0)
 
 
@@ -95,9 +102,19 @@ def export_weights(net: ShapeQCNet, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def set_templates(net: ShapeQCNet, templates: dict, maps: np.ndarray) -> None:
-    """Store templates and per-channel scaling (from the training maps) in the network."""
+def set_templates(net: ShapeQCNet, templates: dict, maps: np.ndarray,
+                  data: dict[str, np.ndarray]) -> None:
+    """Store templates, per-channel scaling and per-kind scalar statistics (from the
+    training split's undamaged shapes) in the network."""
+    from bids_qc.models.shapeqc import kind_of
+
+    kinds = np.array([kind_of(str(s)) for s in data["structure"]])
     for i, k in enumerate(SUBCORTICAL_KINDS):
+        good = data["scalars"][(kinds == k) & (data["family"] == "none")]
+        net.scalar_mean[i] = torch.as_tensor(good.mean(axis=0), dtype=torch.float32)
+        # Topology counts are 0 on good shapes: a floor keeps their z-scores finite.
+        net.scalar_std[i] = torch.as_tensor(np.maximum(good.std(axis=0), 0.05),
+                                            dtype=torch.float32)
         t = templates[k]
         net.template_log_density[i] = torch.as_tensor(t.log_density, dtype=torch.float32)
         net.template_log_area[i] = float(t.log_area)
@@ -148,9 +165,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     t_start = time.time()
     axes = cached_axes(cache, log)
     train_files = build_split(cache, "train", list(TRAIN_SHAPE_MAPS), "train", args.crops,
-                              args.damaged, TRAINING_SHAPE_FAMILIES, axes, args.seed, log)
+                              args.damaged, SHAPE_FAMILIES_TRAINED, axes, args.seed, log)
     eval_files = build_split(cache, "eval", list(EVAL_SHAPE_MAPS), "train", args.eval_crops,
-                             args.eval_damaged, TRAINING_SHAPE_FAMILIES, axes, args.seed + 1,
+                             args.eval_damaged, SHAPE_FAMILIES_TRAINED, axes, args.seed + 1,
                              log)
     t_data = time.time() - t_start
     if args.data_only:
@@ -165,7 +182,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
     torch.manual_seed(args.seed)
     net = ShapeQCNet(args.width)
-    set_templates(net, templates, x_tr)
+    set_templates(net, templates, x_tr, tr)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
     ckpt = cache / "checkpoint.pt"
     epoch0, history = 0, []
@@ -191,12 +208,13 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             idx = np.sort(order[i:i + args.batch])
             x = warp_maps(torch.as_tensor(x_tr[idx].astype(np.float32)), gen)
             k = kind_index([str(s) for s in tr["structure"][idx]])
-            loss = F.binary_cross_entropy_with_logits(net(x, k), torch.as_tensor(y_tr[idx]))
+            sc = torch.as_tensor(tr["scalars"][idx], dtype=torch.float32)
+            loss = F.binary_cross_entropy_with_logits(net(x, k, sc), torch.as_tensor(y_tr[idx]))
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total, n = total + float(loss) * len(idx), n + len(idx)
-        p_ev = scores(net, x_ev, ev["structure"])
+            total, n = total + float(loss.detach()) * len(idx), n + len(idx)
+        p_ev = scores(net, x_ev, ev["structure"], ev["scalars"])
         from bids_qc.calibrate import roc_auc
 
         auc = roc_auc(p_ev, ev["fail"].astype(bool))
@@ -207,7 +225,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                     "history": history}, ckpt.with_suffix(".tmp"))
         os.replace(ckpt.with_suffix(".tmp"), ckpt)
 
-    p_ev = scores(net, x_ev, ev["structure"])
+    p_ev = scores(net, x_ev, ev["structure"], ev["scalars"])
     export_weights(net, out / "shapeqc.pt")
     doc = calibration(p_ev, ev["fail"], ev["structure"])
     (out / "shapeqc_thresholds.json").write_text(json.dumps(doc, indent=1) + "\n")

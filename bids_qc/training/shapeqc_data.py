@@ -76,7 +76,7 @@ def shape_record(labels: np.ndarray, affine: np.ndarray, structure: str,
     """The cached part of one shape's features (raises ``ValueError`` if it cannot mesh)."""
     f = structure_features(labels, affine, structure, template)
     return {"d": f.maps[:2].astype(np.float16), "log_density": f.log_density.astype(np.float16),
-            "log_area": f.log_area}
+            "log_area": f.log_area, "scalars": f.scalars}
 
 
 def reference_axes(maps: list[int]) -> dict[str, np.ndarray]:
@@ -132,6 +132,7 @@ def build_crop(labels: np.ndarray, affine: np.ndarray, seed: int, n_damaged: int
         "d": np.stack([r["d"] for r in rows]),
         "log_density": np.stack([r["log_density"] for r in rows]),
         "log_area": np.array([r["log_area"] for r in rows]),
+        "scalars": np.stack([r["scalars"] for r in rows]),
         "structure": np.array([r["structure"] for r in rows]),
         "fail": np.array([r["fail"] for r in rows]),
         "family": np.array([r["family"] for r in rows]),
