@@ -28,6 +28,10 @@ from tests.conftest import shared_path
 
 #: Evaluation shapes per family (FAIL or not, as the engine measures).
 N_PER_FAMILY = 30
+#: Every shape family but ``displaced``, which moves a structure without changing its shape
+#: (a shape check cannot see it; the model card reports it). spike and merged are held out
+#: of training.
+FAMILIES = ("truncation", "bump", "hole", "leak", "spike", "merged")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -55,9 +59,9 @@ def test_recall_rederives_the_shipped_thresholds():
     shipped = shipped_thresholds()
     again = thresholds_for_recall(0.8)
     for s in SUBCORTICAL_NAMES:
-        assert again[s] == pytest.approx(shipped[s])
+        assert again[s] == pytest.approx(shipped[s], abs=2e-6)  # scores stored to 6 decimals
     stricter = thresholds_for_recall(0.95)
-    assert all(stricter[s] <= shipped[s] + 1e-12 for s in SUBCORTICAL_NAMES)
+    assert all(stricter[s] <= shipped[s] + 2e-6 for s in SUBCORTICAL_NAMES)
     cal = load_extra_json(get_spec("shapeqc"), CALIBRATION_FILE)["structures"]
     for s in SUBCORTICAL_NAMES:  # the recall reached on the calibration data
         scores, bad = np.asarray(cal[s]["scores"]), np.asarray(cal[s]["fail"], bool)
@@ -70,8 +74,8 @@ def test_recall_rederives_the_shipped_thresholds():
 def test_grad_cam_is_a_normalised_map():
     net = shipped_model()
     maps = torch.randn(3, 4, 128, 128)
-    logits, cam = grad_cam(net, maps, kind_index(["left_putamen", "right_caudate",
-                                                 "left_amygdala"]))
+    kinds = kind_index(["left_putamen", "right_caudate", "left_amygdala"])
+    logits, cam = grad_cam(net, maps, kinds, net.scalar_mean[kinds])
     assert logits.shape == (3,) and cam.shape == (3, 128, 128)
     assert float(cam.min()) >= 0 and float(cam.max()) <= 1 + 1e-6
 
@@ -80,7 +84,7 @@ def test_grad_cam_is_a_normalised_map():
 def evaluation_shapes():
     """P(FAIL) and truth of damaged and undamaged shapes of test map 17, per family."""
     from bids_qc.synth.labelmaps import load_label_map
-    from bids_qc.synth.shape_damage import SHAPE_FAMILIES, damage_shape
+    from bids_qc.synth.shape_damage import damage_shape
     from bids_qc.training.shapeqc_data import deform_crop, subcortical_crop
 
     shared_path("synthseg_label_maps", "training_seg_17.nii.gz")
@@ -93,7 +97,7 @@ def evaluation_shapes():
         passes += [r.pfail for r in predict(net, c, caff)[0]]
     rng = np.random.default_rng(5)
     fams = {}
-    for fam in SHAPE_FAMILIES:
+    for fam in FAMILIES:
         p, bad = [], []
         for i in range(N_PER_FAMILY):
             s = SUBCORTICAL_NAMES[i % len(SUBCORTICAL_NAMES)]
@@ -106,8 +110,7 @@ def evaluation_shapes():
     return np.array(passes), fams
 
 
-@pytest.mark.parametrize("family", ["truncation", "bump", "hole", "leak", "displaced",
-                                    "spike", "merged"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_fail_scores_above_pass(evaluation_shapes, family):
     passes, fams = evaluation_shapes
     p, bad = fams[family]

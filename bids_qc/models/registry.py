@@ -76,6 +76,16 @@ REGISTRY: tuple[ModelSpec, ...] = (
               "cff3e20167615fea5611f3ea9d1c4eb975a4864ea29e2690c341866a7532e921",
               ("seg", "t1w"),
               "Dice of each structure of a FreeSurfer-coded segmentation (3D ResNet, SegQC)"),
+    ModelSpec("shapeqc", "1.0.0", "shapeqc.pt",
+              "df5f6244cb1a809c546c3ec71d35b698d339400d71473d1131ac3e64e7a76631",
+              ("seg",),
+              "P(FAIL) of each subcortical structure's shape: spherical thickness/area maps, "
+              "2D ResNet, Grad-CAM (ShapeQC)",
+              experimental=True,
+              extra_files=(("shapeqc_thresholds.json",
+                            "e9da6f941bf5e7319e21d20f3121c0257eabea76447ff59e4997837439f2c6c9"),
+                           ("shapeqc_calibration.json",
+                            "059cdd92877ea6b01ccb2a18465b611ee4cda058fa06052203262ed4a19388f0"))),
 )
 
 #: Names the CLI accepts for ``--models`` (models of later releases included, so a
