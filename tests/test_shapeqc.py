@@ -149,9 +149,11 @@ def test_interface_writes_metrics_and_figures(tmp_path):
 
 def test_app_writes_columns_and_figures(tmp_path):
     from bids_qc.cli import run
-    from bids_qc.demo import build_dataset
+    from bids_qc.demo import SUBJECTS, build_dataset
 
-    bids, _ = build_dataset(tmp_path, seed=3, zoom=2.0)
+    # One demo subject with a FreeSurfer aseg, at 2 mm, keeps the test short.
+    bids, _ = build_dataset(tmp_path, [s for s in SUBJECTS if s.derivative == "freesurfer"][:1],
+                            seed=3, zoom=2.0)
     out = tmp_path / "out"
     assert run([str(bids), str(out), "participant", "--models", "shapeqc", "--nprocs", "1",
                 "--shapeqc-recall", "0.9", "--verbose-reports"]) == 0
