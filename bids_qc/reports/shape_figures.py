@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 #: Most triangles drawn in a mesh rendering (a random subset beyond; keeps it fast).
-MAX_FACES = 1500
+MAX_FACES = 10000
 
 
 def _faces_for_render(faces: np.ndarray) -> np.ndarray:
