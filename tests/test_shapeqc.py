@@ -51,6 +51,11 @@ def test_shipped_weights_thresholds_and_card_match_registry():
     assert doc["format"] == "bids_qc-thresholds" and doc["target_recall"] == 0.8
     thr = shipped_thresholds()
     assert set(thr) == set(SUBCORTICAL_NAMES) and all(0 < v < 1 for v in thr.values())
+    # The same schema as bids_qc-calibrate's: --thresholds reads the shipped file.
+    from bids_qc.calibrate import read_thresholds
+
+    as_option = read_thresholds(spec.weights_path().parent / THRESHOLDS_FILE)
+    assert as_option == {f"shapeqc_pfail_{s}": v for s, v in thr.items()}
     card = (spec.weights_path().parents[1] / "cards" / "shapeqc.md").read_text()
     assert spec.sha256 in card and sha256sum(spec.weights_path().parent / THRESHOLDS_FILE) in card
 
