@@ -152,6 +152,29 @@ class StructureResult:
     vertex_heat: np.ndarray  # (N,)
 
 
+def _crop_to_structures(labels: np.ndarray, affine: np.ndarray, structures: tuple[str, ...]
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """The box around the structures (2 voxels margin) and its affine: every later mask and
+    voxel scan works on it instead of the whole volume (same world coordinates)."""
+    from bids_qc.structures import get_structure
+
+    codes = [c for s in structures for c in get_structure(s).codes]
+    if labels.size == 0 or labels.min() < 0:
+        return labels, affine
+    lut = np.zeros(int(max(labels.max(), max(codes))) + 1, dtype=bool)
+    lut[codes] = True  # a lookup table: far faster than np.isin on a 256^3 volume
+    inside = lut[labels]
+    hit = [np.flatnonzero(inside.any(axis=tuple(a for a in range(3) if a != ax)))
+           for ax in range(3)]
+    if any(h.size == 0 for h in hit):
+        return labels, affine
+    lo = [max(int(h[0]) - 2, 0) for h in hit]
+    hi = [min(int(h[-1]) + 3, n) for h, n in zip(hit, labels.shape)]
+    out = affine.copy()
+    out[:3, 3] = affine[:3, :3] @ lo + affine[:3, 3]
+    return labels[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], out
+
+
 def predict(net: ShapeQCNet, labels: np.ndarray, affine: np.ndarray,
             structures: tuple[str, ...] = SUBCORTICAL_NAMES
             ) -> tuple[list[StructureResult], dict[str, str]]:
@@ -160,6 +183,7 @@ def predict(net: ShapeQCNet, labels: np.ndarray, affine: np.ndarray,
     Returns the results and, per structure left out, the reason (absent or too small).
     """
     feats, skipped = [], {}
+    labels, affine = _crop_to_structures(labels, affine, structures)
     for s in structures:
         try:
             feats.append((s, structure_features(labels, affine, s, net.template(kind_of(s)))))
