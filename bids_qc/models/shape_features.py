@@ -31,6 +31,10 @@ The steps, for one structure of a FreeSurfer-coded label volume (world mm throug
 6. **Volume normalisation** (as in the paper, features that do not scale with head size):
    ``D / V^(1/3)`` and ``LogJac`` minus the log of the total-area ratio.
 
+7. **Whole-shape scalars** (:data:`SCALARS`): what one sphere map cannot show, such as an
+   inner cavity (a second mesh component), a split or a detached piece, plus global size
+   and elongation.
+
 The four maps ``[D, D / V^(1/3), LogJac, LogJac_norm]`` are sampled on an equiangular
 128x128 grid (rows: latitude, columns: longitude) by inverse-distance weighting of the
 nearest vertices on the unit sphere.

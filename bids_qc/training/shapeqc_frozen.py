@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,8 @@ from bids_qc.training.shapeqc_data import cached_axes, shape_record
 FROZEN_SETS: tuple[str, ...] = ("shapeqc_synth", "shapeqc_unseen")
 
 
-def build_frozen(cache: Path, stop: int | None = None, log=print) -> None:
+def build_frozen(cache: Path, stop: int | None = None,
+                 log: Callable[[str], None] = print) -> None:
     """Build the cached records of both frozen sets (resumable)."""
     axes = cached_axes(cache, log)
     n = max(len(case_specs(s)) for s in FROZEN_SETS)
