@@ -106,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     mod.add_argument("--thresholds", type=Path, metavar="FILE",
                      help="JSON of per-check thresholds (from bids_qc-calibrate, or shipped "
                      "with ShapeQC); wins over the per-model threshold options")
+    mod.add_argument("--shapeqc-recall", type=_positive_float, default=None, metavar="R",
+                     help="re-derive ShapeQC's per-structure thresholds for this F-recall "
+                     "(0-1) from the calibration data shipped with it (default: the shipped "
+                     "thresholds, F-recall 0.8); --thresholds wins over it")
     mod.add_argument("--verbose-reports", action="store_true",
                      help="participant reports embed every Grad-CAM rendering, not only "
                      "those of flagged structures")
@@ -187,6 +191,18 @@ def _read_thresholds(path: Path | None) -> dict[str, float]:
         raise UsageError(f"--thresholds {exc}") from None
 
 
+def _shapeqc_recall_thresholds(recall: float | None) -> dict[str, float]:
+    if recall is None:
+        return {}
+    from .models.shapeqc import thresholds_for_recall
+
+    try:
+        found = thresholds_for_recall(recall)
+    except ValueError as exc:
+        raise UsageError(f"--shapeqc-recall: {exc}") from None
+    return {f"shapeqc_pfail_{s}": v for s, v in found.items()}
+
+
 def _check_output_dir(bids_dir: Path, output_dir: Path) -> None:
     bids = bids_dir.resolve()
     out = output_dir.resolve()
@@ -242,7 +258,9 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         force=ns.force,
         # A thresholds file wins over the per-model threshold options.
         thresholds={"regqc_rmse_mm": ns.regqc_threshold_mm, "segqc_dice": ns.segqc_threshold,
+                    **_shapeqc_recall_thresholds(ns.shapeqc_recall),
                     **_read_thresholds(ns.thresholds)},
+        shapeqc_recall=ns.shapeqc_recall,
         verbose_reports=ns.verbose_reports,
         verbosity=ns.verbose - ns.quiet,
     )

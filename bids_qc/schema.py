@@ -10,7 +10,7 @@ import sys
 from dataclasses import dataclass
 from typing import Literal
 
-from .structures import STRUCTURES
+from .structures import STRUCTURES, SUBCORTICAL
 
 Kind = Literal["str", "float", "int", "flag"]
 Level = Literal["participant", "group"]
@@ -93,6 +93,21 @@ def _segqc_columns() -> list[Column]:
     return cols
 
 
+def _shapeqc_columns() -> list[Column]:
+    cols = []
+    for s in SUBCORTICAL:
+        what = s.name.replace("_", " ")
+        cols.append(Column(f"shapeqc_pfail_{s.name}", "float", "", f"Probability that the shape "
+                           f"of {what} is a segmentation failure (ShapeQC, from its spherical "
+                           "thickness and area maps).", "shapeqc"))
+        cols.append(Column(f"shapeqc_flag_{s.name}", "flag", "", f"1 when shapeqc_pfail_{s.name}"
+                           " exceeds its threshold (shipped: F-recall 0.8 on the evaluation "
+                           "split; `--shapeqc-recall` re-derives it).", "shapeqc"))
+    cols.append(Column("shapeqc_nflagged", "int", "", "Number of structures ShapeQC flags.",
+                       "shapeqc"))
+    return cols
+
+
 def _group_columns() -> list[Column]:
     return [
         Column(f"vol_{s.name}_outlier", "flag", "", f"1 when vol_{s.name} lies beyond 1.5 IQR "
@@ -103,7 +118,8 @@ def _group_columns() -> list[Column]:
 
 #: Every column, in the stable order of ``group_T1w.tsv``.
 COLUMNS: tuple[Column, ...] = tuple(
-    _identity_columns() + _classic_columns() + _segqc_columns() + _group_columns()
+    _identity_columns() + _classic_columns() + _segqc_columns() + _shapeqc_columns()
+    + _group_columns()
 )
 
 _BY_NAME = {c.name: c for c in COLUMNS}

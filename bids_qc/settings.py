@@ -35,6 +35,8 @@ class Settings:
     force: bool = False
     thresholds: dict[str, float] = field(default_factory=dict)
     verbose_reports: bool = False
+    #: F-recall target ShapeQC's thresholds were re-derived for (None: shipped thresholds).
+    shapeqc_recall: float | None = None
     verbosity: int = 0
 
     def to_json(self) -> dict[str, Any]:

@@ -41,6 +41,9 @@ class ModelSpec:
     experimental : bool
         Runs only when named in ``--models``: its model card misses its accuracy targets
         so badly that its flags would mislead (the card says by how much).
+    extra_files : tuple of (str, str)
+        Further files under ``weights/`` that ship with the model (thresholds, calibration
+        data), each with its expected sha256; read with :func:`load_extra_json`.
     """
 
     name: str
@@ -50,6 +53,7 @@ class ModelSpec:
     needs: tuple[Need, ...]
     description: str = ""
     experimental: bool = False
+    extra_files: tuple[tuple[str, str], ...] = ()
 
     def weights_path(self) -> Path:
         """The installed weights file."""
@@ -73,6 +77,16 @@ REGISTRY: tuple[ModelSpec, ...] = (
               "cff3e20167615fea5611f3ea9d1c4eb975a4864ea29e2690c341866a7532e921",
               ("seg", "t1w"),
               "Dice of each structure of a FreeSurfer-coded segmentation (3D ResNet, SegQC)"),
+    ModelSpec("shapeqc", "1.0.0", "shapeqc.pt",
+              "df5f6244cb1a809c546c3ec71d35b698d339400d71473d1131ac3e64e7a76631",
+              ("seg",),
+              "P(FAIL) of each subcortical structure's shape: spherical thickness/area maps, "
+              "2D ResNet, Grad-CAM (ShapeQC)",
+              experimental=True,
+              extra_files=(("shapeqc_thresholds.json",
+                            "e9da6f941bf5e7319e21d20f3121c0257eabea76447ff59e4997837439f2c6c9"),
+                           ("shapeqc_calibration.json",
+                            "059cdd92877ea6b01ccb2a18465b611ee4cda058fa06052203262ed4a19388f0"))),
 )
 
 #: Names the CLI accepts for ``--models`` (models of later releases included, so a
@@ -154,6 +168,30 @@ def load_state_dict(spec: ModelSpec, path: Path | None = None) -> dict[str, Any]
     if not isinstance(state, dict):
         raise ValueError(f"Weights {path} of model {spec.name!r} do not hold a state dict.")
     return state
+
+
+def load_extra_json(spec: ModelSpec, name: str) -> Any:
+    """A JSON file that ships with a model, after checking its sha256 against the registry.
+
+    Raises
+    ------
+    ValueError
+        If the model lists no such file, or the file is missing or does not match.
+    """
+    import json
+
+    expected = dict(spec.extra_files).get(name)
+    if expected is None:
+        raise ValueError(f"model {spec.name!r} ships no file {name!r}")
+    path = Path(str(resources.files("bids_qc.models") / "weights" / name))
+    if not path.is_file():
+        raise ValueError(f"{path} of model {spec.name!r} is missing; reinstall bids_qc")
+    actual = sha256sum(path)
+    if actual != expected:
+        raise ValueError(f"{path} of model {spec.name!r} has sha256 {actual}, but the registry "
+                         f"expects {expected}; the file is corrupt or was replaced: reinstall "
+                         "bids_qc.")
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def missing_needs(spec: ModelSpec, available: set[str]) -> list[str]:

@@ -15,6 +15,7 @@ from ..interfaces.classic import ClassicMetrics
 from ..interfaces.regqc import RegQC
 from ..interfaces.results import WriteResults
 from ..interfaces.segqc import SegQC
+from ..interfaces.shapeqc import ShapeQC
 from ..models.registry import ModelSpec, missing_needs
 
 #: Model name -> its nipype interface class. Every interface takes ``qc_input`` (the row as
@@ -22,7 +23,7 @@ from ..models.registry import ModelSpec, missing_needs
 #: template-space T1w it wrote, so no model resamples it again), ``device`` and
 #: ``thresholds`` (dict), and returns ``result``, a stage result
 #: (:func:`bids_qc.results.stage_result`). A model enters here when its weights ship.
-MODEL_INTERFACES: dict[str, type] = {"regqc": RegQC, "segqc": SegQC}
+MODEL_INTERFACES: dict[str, type] = {"regqc": RegQC, "segqc": SegQC, "shapeqc": ShapeQC}
 
 #: Memory (GB) and CPU threads each model node declares to the scheduler.
 MODEL_RESOURCES: dict[str, tuple[float, int]] = {
@@ -30,6 +31,8 @@ MODEL_RESOURCES: dict[str, tuple[float, int]] = {
     "regqc": (1.0, 2),
     # A 256^3 image and segmentation plus the 2 mm model input stay under 1 GB.
     "segqc": (1.0, 2),
+    # A 256^3 segmentation, 14 small meshes and a 0.2 M-parameter 2D CNN.
+    "shapeqc": (1.0, 1),
 }
 
 
@@ -133,6 +136,8 @@ def init_image_qc_wf(
                        n_procs=max(1, min(threads, max_threads)))
         node.inputs.device = device
         node.inputs.thresholds = dict(thresholds or {})
+        if "output_dir" in node.inputs.copyable_trait_names():  # models that write figures
+            node.inputs.output_dir = str(output_dir)
         if device.startswith("cuda"):
             node.is_gpu_node = True  # MultiProc schedules these on its GPU slots
         wf.connect([
