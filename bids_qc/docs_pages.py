@@ -210,6 +210,11 @@ def on_files(files: Any, config: Any) -> Any:
             name, notes.read_text(encoding="utf-8") if notes.is_file() else None)
     for uri, content in pages.items():
         files.append(File.generated(config, uri, content=content))
+    # Figures a card links to (e.g. ShapeQC's failure examples) sit beside the card.
+    cards = resources.files("bids_qc.models") / "cards"
+    for figure in sorted(p for p in cards.iterdir() if p.name.endswith(".png")):
+        files.append(File.generated(config, f"models/{figure.name}",
+                                    content=figure.read_bytes()))
     return files
 
 
