@@ -12,6 +12,7 @@ from nipype.pipeline import engine as pe
 
 from ..inputs import QCInput, qc_input_to_dict
 from ..interfaces.classic import ClassicMetrics
+from ..interfaces.manifoldqc import ManifoldQC
 from ..interfaces.regqc import RegQC
 from ..interfaces.results import WriteResults
 from ..interfaces.segqc import SegQC
@@ -23,6 +24,7 @@ from ..models.registry import ModelSpec, missing_needs
 #: ``thresholds`` (dict), and returns ``result``, a stage result
 #: (:func:`bids_qc.results.stage_result`). A model enters here when its weights ship.
 MODEL_INTERFACES: dict[str, type] = {"regqc": RegQC, "segqc": SegQC}
+MODEL_INTERFACES["manifoldqc"] = ManifoldQC
 
 #: Memory (GB) and CPU threads each model node declares to the scheduler.
 MODEL_RESOURCES: dict[str, tuple[float, int]] = {
@@ -31,6 +33,8 @@ MODEL_RESOURCES: dict[str, tuple[float, int]] = {
     # A 256^3 image and segmentation plus the 2 mm model input stay under 1 GB.
     "segqc": (1.0, 2),
 }
+# SegQC's inputs plus a 200 k-parameter VAE and a 50-step latent search on one crop.
+MODEL_RESOURCES["manifoldqc"] = (1.0, 2)
 
 
 def available_inputs(row: QCInput) -> set[str]:
@@ -133,6 +137,8 @@ def init_image_qc_wf(
                        n_procs=max(1, min(threads, max_threads)))
         node.inputs.device = device
         node.inputs.thresholds = dict(thresholds or {})
+        if spec.name == "manifoldqc":  # its surrogate segmentation is a derivative
+            node.inputs.output_dir = str(output_dir)
         if device.startswith("cuda"):
             node.is_gpu_node = True  # MultiProc schedules these on its GPU slots
         wf.connect([
