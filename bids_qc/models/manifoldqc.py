@@ -180,6 +180,9 @@ class ManifoldVAE(nn.Module):
             nn.ConvTranspose3d(widths[1], widths[0], 4, 2, 1), nn.ReLU(inplace=True),
             nn.ConvTranspose3d(widths[0], c0, 2, 2),
         )  # fmt: skip
+        # A per-voxel output bias: the mean image and the log class frequencies of the
+        # training crops at start (a probabilistic atlas), so the decoder learns deviations.
+        self.template = nn.Parameter(torch.zeros(c0, *CROP_SHAPE))
         # Per-dimension SD of the training codes: the search's step unit (set after training).
         self.register_buffer("z_scale", torch.ones(latent))
 
@@ -194,7 +197,7 @@ class ManifoldVAE(nn.Module):
     def decode(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Image (B, X, Y, Z) and segmentation logits (B, N_CLASSES, X, Y, Z)."""
         h = self.from_z(z).view(z.shape[0], self.widths[2], *self.cells)
-        out = self.dec(h)
+        out = self.dec(h) + self.template
         return torch.sigmoid(out[:, 0]) * 1.5, out[:, 1:]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,

@@ -129,6 +129,27 @@ def batch(data: dict[str, np.ndarray], idx: np.ndarray, rng: np.random.Generator
     return torch.stack(xs)
 
 
+def atlas_template(data: dict[str, np.ndarray], idx: np.ndarray) -> torch.Tensor:
+    """Initial output bias: logit of the mean image, log of the per-voxel class frequencies.
+
+    Adam moves each weight by about the learning rate per step, so logits of a few units
+    would take thousands of steps to learn from zero; starting at the training crops'
+    probabilistic atlas leaves the decoder only the deviations of each case.
+    """
+    sl = tuple(slice(MARGIN, MARGIN + n) for n in CROP_SHAPE)
+    counts = np.zeros((N_STRUCT + 1, *CROP_SHAPE), dtype=np.float64)
+    mean = np.zeros(CROP_SHAPE, dtype=np.float64)
+    for i in idx:
+        cls = data["classes"][i][sl]
+        for k in range(N_STRUCT + 1):
+            counts[k] += cls == k
+        mean += data["images"][i][sl]
+    prob = (counts + 0.5) / (len(idx) + 0.5 * (N_STRUCT + 1))
+    img = np.clip(mean / len(idx) / 1.5, 0.02, 0.98)
+    out = np.concatenate([np.log(img / (1 - img))[None], np.log(prob)])
+    return torch.from_numpy(out).float()
+
+
 def learning_rate(progress: float, base: float) -> float:
     """Cosine decay from ``base`` to 5% of it over ``progress`` in [0, 1]."""
     return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
@@ -180,6 +201,8 @@ def train_config(data: dict[str, np.ndarray], train_idx: np.ndarray, latent: int
     """
     torch.manual_seed(seed)
     net = ManifoldVAE(latent=latent)
+    with torch.no_grad():
+        net.template.copy_(atlas_template(data, train_idx))
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     state: dict[str, Any] = {"step": 0, "elapsed": 0.0, "losses": []}
     ckpt = out / "checkpoint.pt" if out is not None else None
@@ -315,19 +338,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--per-map", type=int, default=5, help="pool cases per map and contrast")
     p.add_argument("--latents", type=int, nargs="+", default=list(LATENTS))
     p.add_argument("--betas", type=float, nargs="+", default=list(BETAS))
-    p.add_argument("--ablation-steps", type=int, default=40)
+    p.add_argument("--ablation-steps", type=int, default=50)
     p.add_argument("--final-steps", type=int, default=5000)
     p.add_argument("--final-minutes", type=float, default=22.0,
                    help="time budget of the final run (0: steps only)")
     p.add_argument("--ablation-only", action="store_true",
                    help="run the ablation configurations given and stop (parallel workers)")
-    p.add_argument("--search-steps", type=int, default=10, help="latent search steps (val)")
+    p.add_argument("--search-steps", type=int, default=6, help="latent search steps (val)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--ablation-batch", type=int, default=4)
     p.add_argument("--val-pairs", type=int, default=20,
                    help="validation pairs scored per ablation configuration (the first ones: "
                    "both maps, both contrasts)")
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=DEFAULT_SEED)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--dataset-only", action="store_true", help="build the dataset and stop")

@@ -47,8 +47,10 @@ def build_cache(out: Path, sets: list[str], n: int) -> None:
     from bids_qc.models.segqc import conform, group_index
     from bids_qc.structures import STRUCTURE_NAMES
 
-    for name in sets:
-        for spec in case_specs(name)[:n]:
+    # Interleaved over the sets, so a stopped build leaves them balanced.
+    for i in range(n):
+        for spec in [case_specs(name)[i] for name in sets if i < len(case_specs(name))]:
+            name = spec.test_set
             path = out / name / f"{spec.index:04d}.npz"
             if path.is_file():
                 continue
@@ -282,7 +284,8 @@ def render_card(results: dict[str, Any], timing: dict[str, float], train: dict[s
         "Detection of damaged cases (true mean Dice of the 14 structures below 0.999) by the "
         "predicted mean Dice (AUC):", "", *_detection_rows(results), "",
         "## Ablation (validation maps 15-16, held out of the ablation's training)", "",
-        f"Each configuration: {train['ablation_steps']} steps of batch {train['batch']} on "
+        f"Each configuration: {train['ablation_steps']} steps of batch "
+        f"{train['ablation_batch']} on "
         f"{train['ablation_train_cases']} good pairs (maps 1-14), the same for all; scored "
         f"by the Dice MAE of a {train['search_steps']}-step search on {train['val_pairs']} "
         "validation pairs (each good pair of maps 15-16 and one damaged copy, training damage "
@@ -296,12 +299,14 @@ def render_card(results: dict[str, Any], timing: dict[str, float], train: dict[s
         "and seed), with random shifts of up to 2 voxels and intensity scaling. No damaged "
         "pair is ever trained on.",
         f"- Ablation: {len(train['ablation'])} configurations, {train['ablation_minutes']:.1f} "
-        "minutes of wall time in all (two workers in parallel).",
+        "minutes of wall time summed over configurations (they ran in parallel worker "
+        "processes, one per latent size).",
         f"- Final: the best configuration (latent {best['latent']}, beta {best['beta']:g}), "
         f"{train['final_steps']} steps of batch {train['batch']} = {train['final_samples']} "
         f"samples on all 16 maps, {train['final_minutes']:.1f} minutes; seed {train['seed']}.",
-        f"- Where: {train['hardware']}, {train['threads']} torch thread per process; total "
-        f"training time {train['total_training_minutes']:.1f} minutes.",
+        f"- Where: {train['hardware']}, {train['threads']} torch thread per process; "
+        f"{train['total_training_minutes']:.1f} process-minutes in all (ablation summed over "
+        "its configurations + final run).",
         "- Recipe: `python -m bids_qc.training.manifoldqc --out DIR` (see its docstring).", "",
         "## Limitations", "",
         "- Trained for minutes on a shared CPU: the surrogates are coarse, so good pairs get a "
