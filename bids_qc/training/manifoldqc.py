@@ -15,7 +15,10 @@ stripping):
    the validation pairs. Resumable: a finished configuration is not retrained.
 3. ``final``: the best configuration, longer, on maps 1-16, checkpointed and resumable.
 
-Every batch is a pure function of ``(seed, step)``; ``--threads`` 1 by default.
+Every batch is a pure function of ``(seed, step)``; ``--threads`` 1 by default. The shipped
+weights came from four ablation workers (``--latents L --ablation-only``, one per latent
+size, in parallel) and then one plain call (which skips the finished ablation and trains the
+final run); the defaults are the values used.
 """
 
 from __future__ import annotations
@@ -340,12 +343,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--betas", type=float, nargs="+", default=list(BETAS))
     p.add_argument("--ablation-steps", type=int, default=50)
     p.add_argument("--final-steps", type=int, default=5000)
-    p.add_argument("--final-minutes", type=float, default=22.0,
+    p.add_argument("--final-minutes", type=float, default=20.0,
                    help="time budget of the final run (0: steps only)")
     p.add_argument("--ablation-only", action="store_true",
                    help="run the ablation configurations given and stop (parallel workers)")
     p.add_argument("--search-steps", type=int, default=6, help="latent search steps (val)")
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--batch", type=int, default=4)
     p.add_argument("--ablation-batch", type=int, default=4)
     p.add_argument("--val-pairs", type=int, default=20,
                    help="validation pairs scored per ablation configuration (the first ones: "
