@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     mod.add_argument("--segqc-threshold", type=_positive_float, default=0.7, metavar="DICE",
                      help="SegQC flags a segmentation when any structure's predicted Dice is "
                      "below this (default 0.7)")
+    mod.add_argument("--manifoldqc-threshold", type=_positive_float, default=None,
+                     metavar="DICE", help="ManifoldQC flags a segmentation when any "
+                     "subcortical structure's Dice is below this (default: --segqc-threshold)")
     mod.add_argument("--thresholds", type=Path, metavar="FILE",
                      help="JSON of per-check thresholds (from bids_qc-calibrate, or shipped "
                      "with ShapeQC); wins over the per-model threshold options")
@@ -259,6 +262,8 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         # A thresholds file wins over the per-model threshold options.
         thresholds={"regqc_rmse_mm": ns.regqc_threshold_mm, "segqc_dice": ns.segqc_threshold,
                     **_shapeqc_recall_thresholds(ns.shapeqc_recall),
+                    "manifoldqc_dice": (ns.segqc_threshold if ns.manifoldqc_threshold is None
+                                        else ns.manifoldqc_threshold),
                     **_read_thresholds(ns.thresholds)},
         shapeqc_recall=ns.shapeqc_recall,
         verbose_reports=ns.verbose_reports,

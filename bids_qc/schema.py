@@ -93,6 +93,24 @@ def _segqc_columns() -> list[Column]:
     return cols
 
 
+def _manifoldqc_columns() -> list[Column]:
+    cols = [
+        Column(f"manifoldqc_dice_{s.name}", "float", "", f"Dice of {s.name.replace('_', ' ')} "
+               "against the surrogate segmentation that ManifoldQC finds on its learned "
+               "manifold of good image-segmentation pairs (an estimate of its true Dice).",
+               "manifoldqc")
+        for s in SUBCORTICAL
+    ]
+    cols += [
+        Column("manifoldqc_dice_mean", "float", "", "Mean of the 14 subcortical Dice values "
+               "(ManifoldQC).", "manifoldqc"),
+        Column("manifoldqc_flag", "flag", "", "1 when any ManifoldQC Dice is below its "
+               "threshold (`--manifoldqc-threshold`, default: the SegQC threshold).",
+               "manifoldqc"),
+    ]
+    return cols
+
+
 def _shapeqc_columns() -> list[Column]:
     cols = []
     for s in SUBCORTICAL:
@@ -118,7 +136,8 @@ def _group_columns() -> list[Column]:
 
 #: Every column, in the stable order of ``group_T1w.tsv``.
 COLUMNS: tuple[Column, ...] = tuple(
-    _identity_columns() + _classic_columns() + _segqc_columns() + _shapeqc_columns()
+    _identity_columns() + _classic_columns() + _segqc_columns() + _manifoldqc_columns()
+    + _shapeqc_columns()
     + _group_columns()
 )
 
@@ -195,6 +214,9 @@ def render_markdown() -> str:
         "| `sub-XX/[ses-YY/]anat/<bids_name>.json` | every metric of one T1w image, with "
         "provenance, errors and skipped models |",
         "| `sub-XX/figures/` | figures of the reports |",
+        "| `sub-XX/[ses-YY/]anat/<bids_name>_desc-manifoldqc_dseg.nii.gz` | ManifoldQC's "
+        "surrogate segmentation (FreeSurfer codes of the 14 subcortical structures, on the "
+        "input segmentation's grid) |",
         "| `<bids_name>.html` | participant report |",
         "| `group_T1w.tsv` | one row per image, columns below, `n/a` for missing values |",
         "| `group_T1w.html` | group report: plots per metric, the review queue |",

@@ -77,6 +77,12 @@ REGISTRY: tuple[ModelSpec, ...] = (
               "cff3e20167615fea5611f3ea9d1c4eb975a4864ea29e2690c341866a7532e921",
               ("seg", "t1w"),
               "Dice of each structure of a FreeSurfer-coded segmentation (3D ResNet, SegQC)"),
+    ModelSpec("manifoldqc", "1.0.0", "manifoldqc.pt",
+              "ac9d33212bcfc82e21fe3e60f8a8d0dbbd502951ba8d6dfb2bb50e876710ff31",
+              ("seg", "t1w"),
+              "Dice of the 14 subcortical structures against a surrogate found on a VAE's "
+              "manifold of good image-segmentation pairs (ManifoldQC)",
+              experimental=True),
     ModelSpec("shapeqc", "1.0.0", "shapeqc.pt",
               "df5f6244cb1a809c546c3ec71d35b698d339400d71473d1131ac3e64e7a76631",
               ("seg",),

@@ -12,6 +12,7 @@ from nipype.pipeline import engine as pe
 
 from ..inputs import QCInput, qc_input_to_dict
 from ..interfaces.classic import ClassicMetrics
+from ..interfaces.manifoldqc import ManifoldQC
 from ..interfaces.regqc import RegQC
 from ..interfaces.results import WriteResults
 from ..interfaces.segqc import SegQC
@@ -23,7 +24,9 @@ from ..models.registry import ModelSpec, missing_needs
 #: template-space T1w it wrote, so no model resamples it again), ``device`` and
 #: ``thresholds`` (dict), and returns ``result``, a stage result
 #: (:func:`bids_qc.results.stage_result`). A model enters here when its weights ship.
-MODEL_INTERFACES: dict[str, type] = {"regqc": RegQC, "segqc": SegQC, "shapeqc": ShapeQC}
+MODEL_INTERFACES: dict[str, type] = {
+    "regqc": RegQC, "segqc": SegQC, "manifoldqc": ManifoldQC, "shapeqc": ShapeQC,
+}
 
 #: Memory (GB) and CPU threads each model node declares to the scheduler.
 MODEL_RESOURCES: dict[str, tuple[float, int]] = {
@@ -34,6 +37,8 @@ MODEL_RESOURCES: dict[str, tuple[float, int]] = {
     # A 256^3 segmentation, 14 small meshes and a 0.2 M-parameter 2D CNN.
     "shapeqc": (1.0, 1),
 }
+# SegQC's inputs plus a 200 k-parameter VAE and a 50-step latent search on one crop.
+MODEL_RESOURCES["manifoldqc"] = (1.0, 2)
 
 
 def available_inputs(row: QCInput) -> set[str]:

@@ -1,0 +1,134 @@
+"""nipype interface of ManifoldQC: Dice of the subcortical structures against a surrogate
+segmentation found on the learned manifold of good pairs; writes the surrogate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    SimpleInterface,
+    TraitedSpec,
+    traits,
+)
+
+from ..inputs import qc_input_from_dict
+from ..io import check_freesurfer_codes, load_image, load_labels
+from ..results import error_record, stage_result
+from ..structures import SUBCORTICAL_NAMES
+
+#: Metric names of this stage, in column order (the 14 subcortical structures it covers).
+MANIFOLDQC_METRICS: tuple[str, ...] = (
+    *(f"manifoldqc_dice_{n}" for n in SUBCORTICAL_NAMES), "manifoldqc_dice_mean",
+    "manifoldqc_flag",
+)  # fmt: skip
+
+
+def surrogate_path(output_dir: str | Path, qc_input: dict) -> Path:
+    """``sub-X/[ses-Y/]anat/<bids_name>_desc-manifoldqc_dseg.nii.gz`` in the outputs."""
+    from ..outputs import result_path
+
+    row = qc_input_from_dict(qc_input)
+    name = f"{row.bids_name}_desc-manifoldqc_dseg.nii.gz"
+    return result_path(Path(output_dir), row).parent / name
+
+
+class _ManifoldQCInputSpec(BaseInterfaceInputSpec):
+    qc_input = traits.Dict(mandatory=True, desc="QCInput as a dict (see bids_qc.inputs)")
+    classic_result = traits.Dict(desc="the classical stage's result (unused by ManifoldQC)")
+    device = traits.Str("cpu", usedefault=True, desc="torch device")
+    thresholds = traits.Dict(desc="flag thresholds; ``manifoldqc_dice`` (else ``segqc_dice``, "
+                             "else 0.7)")
+    output_dir = traits.Str(desc="output dataset; the surrogate segmentation is written there "
+                            "(else into the node's working directory)")
+
+
+class _ManifoldQCOutputSpec(TraitedSpec):
+    result = traits.Dict(desc="stage result (see bids_qc.results)")
+
+
+class ManifoldQC(SimpleInterface):
+    """``manifoldqc_dice_<structure>``, ``manifoldqc_dice_mean``, ``manifoldqc_flag``.
+
+    The segmentation is read with its intensity image (``seg_reference``, else the
+    preprocessed or raw T1w), as SegQC reads it. The surrogate segmentation (FreeSurfer
+    codes of the 14 structures, on the input segmentation's grid) is written as
+    ``<bids_name>_desc-manifoldqc_dseg.nii.gz`` and named in the provenance
+    (``surrogate_seg``) for the report. Any failure becomes an error record.
+    """
+
+    input_spec = _ManifoldQCInputSpec
+    output_spec = _ManifoldQCOutputSpec
+
+    def _run_interface(self, runtime):
+        from ..models.manifoldqc import DEFAULT_THRESHOLD
+
+        metrics: dict[str, float | int | None] = dict.fromkeys(MANIFOLDQC_METRICS)
+        errors: list[dict] = []
+        warnings: list[str] = []
+        skipped: list[dict] = []
+        provenance: dict = {}
+        thresholds = dict(self.inputs.thresholds or {})
+        threshold = float(thresholds.get("manifoldqc_dice",
+                                         thresholds.get("segqc_dice", DEFAULT_THRESHOLD)))
+        try:
+            row = qc_input_from_dict(self.inputs.qc_input)
+            self._predict(row, threshold, metrics, warnings, skipped, provenance, runtime.cwd)
+        except Exception as exc:  # one failed image must not stop the node
+            errors.append(error_record("manifoldqc", exc))
+        self._results["result"] = stage_result(
+            "manifoldqc", metrics, errors, warnings, skipped, provenance
+        )
+        return runtime
+
+    def _predict(self, row, threshold, metrics, warnings, skipped, provenance, cwd) -> None:
+        if row.seg is None or row.seg_kind == "tissue":
+            skipped.append({"stage": "manifoldqc", "reason": "no FreeSurfer-coded segmentation "
+                            "in the derivatives"})  # fmt: skip
+            return
+        image_path = row.seg_reference or row.t1w_preproc or row.t1w
+        if image_path is None:
+            skipped.append({"stage": "manifoldqc", "reason": "no intensity image for the "
+                            "segmentation (seg_reference, preprocessed or raw T1w)"})
+            return
+        seg = load_labels(row.seg, role="segmentation")
+        warnings.extend(seg.warnings)
+        labels = np.asarray(seg.img.dataobj)
+        try:
+            check_freesurfer_codes(labels, row.seg)
+        except Exception as exc:
+            skipped.append({"stage": "manifoldqc", "reason": str(exc)})
+            return
+        image = load_image(image_path, role="T1w")
+        warnings.extend(image.warnings)
+
+        import nibabel as nib
+
+        from ..io import atomic_save_nifti
+        from ..models.manifoldqc import predict, preprocess, surrogate_to_labels, to_dice
+        from ..models.registry import get_spec
+
+        prep = preprocess(np.asarray(image.img.dataobj, dtype=np.float32), image.img.affine,
+                          labels, seg.img.affine)  # fmt: skip
+        res = predict([prep], device=self.inputs.device)
+        dice = to_dice(res.dice[0])
+        for name, value in zip(SUBCORTICAL_NAMES, dice):
+            metrics[f"manifoldqc_dice_{name}"] = round(float(value), 4)
+        metrics["manifoldqc_dice_mean"] = round(float(np.mean(dice)), 4)
+        metrics["manifoldqc_flag"] = int(bool(np.any(dice < threshold)))
+
+        out = (surrogate_path(self.inputs.output_dir, self.inputs.qc_input)
+               if self.inputs.output_dir else Path(cwd) / "surrogate_dseg.nii.gz")  # fmt: skip
+        out.parent.mkdir(parents=True, exist_ok=True)
+        codes = surrogate_to_labels(res.surrogate[0], prep.affine, labels.shape, seg.img.affine)
+        img = nib.Nifti1Image(codes.astype(np.int16), seg.img.affine)
+        img.header.set_xyzt_units("mm")
+        atomic_save_nifti(img, out)
+        spec = get_spec("manifoldqc")
+        provenance.update({
+            "model": spec.name, "version": spec.version, "weights_sha256": spec.sha256,
+            "threshold": threshold, "image": str(image_path), "segmentation": str(row.seg),
+            "surrogate_seg": str(out), "search_steps": int(res.steps),
+            "search_loss": [float(res.loss_start[0]), float(res.loss_end[0])],
+        })  # fmt: skip
