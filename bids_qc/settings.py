@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 AnalysisLevel = Literal["participant", "group"]
 SegSourceChoice = Literal["auto", "freesurfer", "fastsurfer", "fmriprep"]
+SegmentChoice = Literal["auto", "always", "never"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class Settings:
     thresholds: dict[str, float] = field(default_factory=dict)
     verbose_reports: bool = False
     verbosity: int = 0
+    segment: SegmentChoice = "auto"
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready view (paths as strings), for provenance."""

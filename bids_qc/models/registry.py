@@ -72,6 +72,10 @@ REGISTRY: tuple[ModelSpec, ...] = (
               "cff3e20167615fea5611f3ea9d1c4eb975a4864ea29e2690c341866a7532e921",
               ("seg", "t1w"),
               "Dice of each structure of a FreeSurfer-coded segmentation (3D ResNet, SegQC)"),
+    ModelSpec("vinn", "1.0.0", "vinn.pt",
+              "436113180a2a1a941185392cac38328308913fe3870b3dec70ab4d4dc8a53773",
+              ("t1w",),
+              "Segmentation of the T1w when no derivative has one (2.5D VINN, FreeSurfer codes)"),
 )
 
 #: Names the CLI accepts for ``--models`` (models of later releases included, so a
