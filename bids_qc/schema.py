@@ -144,6 +144,9 @@ def render_markdown() -> str:
         "| `logs/` | the settings of each run, nipype crash files |",
         "| `sub-XX/[ses-YY/]anat/<bids_name>.json` | every metric of one T1w image, with "
         "provenance, errors and skipped models |",
+        "| `sub-XX/[ses-YY/]anat/<entities>_desc-vinn_dseg.nii.gz` | VINN's segmentation "
+        "(FreeSurfer codes, on the T1w's grid) of an image without one from a derivative "
+        "(`--segment`) |",
         "| `sub-XX/figures/` | figures of the reports |",
         "| `<bids_name>.html` | participant report |",
         "| `group_T1w.tsv` | one row per image, columns below, `n/a` for missing values |",

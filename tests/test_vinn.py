@@ -94,7 +94,7 @@ def test_ras_round_trip_keeps_the_native_grid():
 
 def test_segmentation_follows_the_image_orientation(model):
     # Segmenting an LIA image equals segmenting its RAS copy, put back on the LIA grid.
-    labels, _ = make_phantom((40, 40, 40), voxel_size=2.0)
+    labels, _ = make_phantom((32, 32, 32), voxel_size=2.0)
     image = np.where(labels > 0, 40 + (labels % 7) * 15, 0).astype(np.float32)
     seg = vinn.segment_array(model, image, LIA_2MM)
     ras, _, ornt = vinn.to_ras(image, LIA_2MM)
@@ -118,26 +118,37 @@ def test_shipped_weights_match_registry_and_card():
     assert "## Licences" in text and "GPU" in text
 
 
-def test_heldout_synthetic_image_is_segmented(model):
-    """The issue's CI check: mean subcortical Dice above 0.6 on a held-out map."""
+@pytest.fixture(scope="module")
+def heldout_case():
+    """A held-out synthetic case (map 17, contrast t1, 1.4 mm, skull-stripped), as the card's."""
     shared_path("synthseg_label_maps", "training_seg_17.nii.gz")
     from bids_qc.synth.labelmaps import load_label_map
-    from bids_qc.synth.metrics import structure_dice
     from bids_qc.synth.synthesize import synthesize
 
     lm = load_label_map(17, "eval")
-    case = synthesize(lm.labels, lm.affine, 4242, "t1", resolution=1.3, skull_strip=True,
+    return synthesize(lm.labels, lm.affine, 4242, "t1", resolution=1.4, skull_strip=True,
                       split="eval")
-    pred = vinn.segment_array(model, case.image, case.affine)
-    dice = structure_dice(case.labels, pred)
+
+
+def test_heldout_synthetic_image_is_segmented(model, heldout_case):
+    """The issue's CI check: mean subcortical Dice above 0.6 on a held-out map."""
+    from bids_qc.synth.metrics import structure_dice
+
+    pred = vinn.segment_array(model, heldout_case.image, heldout_case.affine)
+    dice = structure_dice(heldout_case.labels, pred)
     mean = float(np.mean([dice[n] for n in SUBCORTICAL_NAMES]))
     assert mean > 0.6, f"mean subcortical Dice {mean:.3f} on held-out map 17"
 
 
-def test_app_writes_desc_vinn_dseg_and_checks_it(tmp_path):
-    labels, _ = make_phantom((40, 40, 40), voxel_size=2.0)
-    image = np.where(labels > 0, 40 + (labels % 7) * 15, 0).astype(np.float32)
-    bids = make_raw(tmp_path / "ds", ["01", "02"], data=image, affine=LIA_2MM)
+def test_app_writes_desc_vinn_dseg_and_checks_it(tmp_path, heldout_case):
+    # The held-out case, stored LIA (FreeSurfer's orientation), so "native grid" is tested
+    # on a grid that is not RAS.
+    ras = nib.Nifti1Image(heldout_case.image * 255, heldout_case.affine)
+    to_lia = nib.orientations.ornt_transform(nib.orientations.io_orientation(ras.affine),
+                                             nib.orientations.axcodes2ornt("LIA"))
+    img = ras.as_reoriented(to_lia)
+    bids = make_raw(tmp_path / "ds", ["01", "02"], data=np.asarray(img.dataobj),
+                    affine=img.affine)
     out = tmp_path / "out"
     assert run([str(bids), str(out), "participant", "--participant-label", "01",
                 "--nprocs", "1", "--models", "segqc"]) == 0
@@ -145,19 +156,42 @@ def test_app_writes_desc_vinn_dseg_and_checks_it(tmp_path):
     t1 = nib.load(str(bids / "sub-01" / "anat" / "sub-01_T1w.nii.gz"))
     seg = nib.load(str(dseg))
     assert seg.shape == t1.shape and np.allclose(seg.affine, t1.affine)
-    codes = np.unique(np.asarray(seg.dataobj))
-    assert set(codes.tolist()) <= set(vinn.CLASS_CODES) and len(codes) > 1
+    labels = np.asarray(seg.dataobj)
+    assert set(np.unique(labels).tolist()) <= set(vinn.CLASS_CODES)
+    # On the native grid: the file, put back on the case's grid, overlaps the truth.
+    back = nib.Nifti1Image(labels, seg.affine).as_reoriented(
+        nib.orientations.ornt_transform(nib.orientations.io_orientation(seg.affine),
+                                        nib.orientations.io_orientation(ras.affine)))
+    truth = heldout_case.labels
+    thal = np.isin(truth, (10, 49))
+    assert np.isin(np.asarray(back.dataobj), (10, 49))[thal].mean() > 0.5
     res = json.loads((out / "sub-01" / "anat" / "sub-01_T1w.json").read_text())
     assert res["seg_source"] == "bids_qc" and not res["qc_error"]
     assert res["provenance"]["stages"]["vinn"]["weights_sha256"] == get_spec("vinn").sha256
-    whole = int((np.asarray(seg.dataobj) != 0).sum()) * 8.0  # 2 mm voxels
-    assert res["metrics"]["vol_whole_brain"] == pytest.approx(whole)
+    voxel = float(np.prod(t1.header.get_zooms()[:3]))
+    assert res["metrics"]["vol_left_thalamus"] == pytest.approx((labels == 10).sum() * voxel)
     assert res["metrics"]["segqc_dice_mean"] is not None  # SegQC ran on it
-    # --segment never: no segmentation, the checks say why.
+    # --segment never: no segmentation, and the checks say why.
     out2 = tmp_path / "out2"
     assert run([str(bids), str(out2), "participant", "--participant-label", "02",
                 "--nprocs", "1", "--segment", "never", "--models", "segqc"]) == 0
     assert not list(out2.rglob("*desc-vinn_dseg*"))
     res2 = json.loads((out2 / "sub-02" / "anat" / "sub-02_T1w.json").read_text())
-    assert res2["seg_source"] is None and res2["metrics"]["vol_whole_brain"] is None
+    assert res2["seg_source"] is None and res2["metrics"]["vol_left_thalamus"] is None
 
+
+def test_segment_option_decides_when_vinn_runs(tmp_path):
+    from bids_qc.inputs import QCInput
+    from bids_qc.workflows.base import runs_segmenter
+
+    raw = QCInput("sub-01_T1w", {"subject": "01"}, t1w=tmp_path / "t1.nii.gz")
+    fs = QCInput("sub-01_T1w", {"subject": "01"}, t1w=tmp_path / "t1.nii.gz",
+                 seg=tmp_path / "aseg.mgz", seg_kind="aseg", seg_source="freesurfer")
+    tissue = QCInput("sub-01_T1w", {"subject": "01"}, t1w=tmp_path / "t1.nii.gz",
+                     seg=tmp_path / "dseg.nii.gz", seg_kind="tissue", seg_source="fmriprep")
+    none = QCInput("sub-01_T1w", {"subject": "01"})
+    assert [runs_segmenter(r, "auto") for r in (raw, fs, tissue, none)] == [
+        True, False, True, False]
+    assert [runs_segmenter(r, "always") for r in (raw, fs, tissue, none)] == [
+        True, True, True, False]
+    assert not any(runs_segmenter(r, "never") for r in (raw, fs, tissue, none))

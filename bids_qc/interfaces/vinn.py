@@ -24,7 +24,6 @@ from nipype.interfaces.base import (
 from ..inputs import QCInput, qc_input_from_dict, qc_input_to_dict
 from ..results import error_record, stage_result
 
-
 #: Smallest field of view (mm, every axis) that VINN segments: a head is larger.
 MIN_FOV_MM = 64.0
 

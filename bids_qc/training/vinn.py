@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from bids_qc.models.vinn import (
+    CLASS_CODES,
     FULL_TO_SAGITTAL,
     N_CLASSES,
     N_SAGITTAL,
@@ -45,7 +46,6 @@ from bids_qc.models.vinn import (
     VIEW_AXIS,
     VIEWS,
     VINN,
-    CLASS_CODES,
     code_to_class,
     normalise_intensity,
     to_ras,
