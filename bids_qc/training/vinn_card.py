@@ -9,6 +9,10 @@
     resampled to :data:`BERT_RESOLUTIONS`) with the weights ``W``, measures the CPU time of
     a 1 mm image, and writes ``bids_qc/models/cards/vinn.md`` (and a JSON of every number)
     stamped with the weights' sha256. No number of the card is typed by hand.
+``python -m bids_qc.training.vinn_card part {bert,synth} --eval /tmp/vinn_eval --weights W``
+    runs one half of that evaluation and stores it (``<part>.json``, with the weights'
+    sha256), so the halves can run in two processes; ``card`` then uses the stored halves
+    whose sha256 matches.
 
 Dice is measured on the reference segmentation's grid: the synthetic truth is on the
 image's own grid; bert's predictions at other resolutions are brought back onto the
@@ -142,7 +146,10 @@ def _status(value: float | None, target: float, higher: bool = False) -> str:
 def render_card(synth: dict[str, Any], bert: dict[str, Any], timing: dict[str, Any],
                 train: dict[str, Any], sha: str, version: str) -> str:  # fmt: skip
     """The model card's markdown."""
+    from bids_qc.models.vinn import VINN, WIDTHS
     from bids_qc.training.licences import licence_section
+
+    n_params = sum(p.numel() for p in VINN().parameters())
 
     names = [*STRUCTURE_NAMES, "subcortical_mean"]
     b1 = bert["1.0"]["subcortical_mean"]
@@ -160,7 +167,8 @@ def render_card(synth: dict[str, Any], bert: dict[str, Any], timing: dict[str, A
         "grid, when no derivative supplies a segmentation.",
         "- Method after FastSurferVINN (Henschel, Kuegler, Reuter, NeuroImage 2022), compact: "
         "one 2.5D encoder-decoder per view (5 neighbouring slices as channels; widths "
-        "12-16-24-32, about 65 k parameters per view) with the network-integrated resolution "
+        f"{'-'.join(map(str, WIDTHS))}, {n_params} parameters in all three) with the "
+        "network-integrated resolution "
         "normalisation (bilinear feature-map resampling by input voxel size / 1 mm after "
         "the input block, and back before the output block; scale jitter sigma 0.1 in "
         "training); views averaged with weights 0.4 (axial, coronal) and 0.2 (sagittal, "
@@ -179,8 +187,7 @@ def render_card(synth: dict[str, Any], bert: dict[str, Any], timing: dict[str, A
         "SynthSeg label maps 1-16 (maps 17-20 never seen), contrasts t1 and t1_wide, random "
         "resolution 0.7-1.6 mm (anisotropic half of the time), random deformation and skull "
         "stripping. No real image was used for training.",
-        "- This is a very short CPU run: FastSurferVINN trains for days on GPUs. The "
-        "numbers below are what this short run reached.",
+        "- This is a very short CPU run; the numbers below are what it reached.",
         "",
         "## Targets",
         "",
@@ -269,7 +276,12 @@ def main(argv: list[str] | None = None) -> None:
     k.add_argument("--train", required=True, help="training output folder (summary.json)")
     k.add_argument("--weights", default=None, help="weights file (default: the shipped one)")
     k.add_argument("--card", default=None, help="card path (default: the package's)")
-    k.add_argument("--threads", type=int, default=2, help="torch threads of the Dice runs")
+    k.add_argument("--threads", type=int, default=1, help="torch threads of the Dice runs")
+    q = sub.add_parser("part", help="run one half of the evaluation and store it")
+    q.add_argument("which", choices=["bert", "synth"])
+    q.add_argument("--eval", default="/tmp/vinn_eval")
+    q.add_argument("--weights", default=None, help="weights file (default: the shipped one)")
+    q.add_argument("--threads", type=int, default=1, help="torch threads")
     args = p.parse_args(argv)
     import torch
 
@@ -287,10 +299,24 @@ def main(argv: list[str] | None = None) -> None:
     state = torch.load(weights, map_location="cpu", weights_only=True)
     model.load_state_dict({k: v.float() for k, v in state.items()})
     model.eval()
-    bert, timing = evaluate_bert(model)
-    synth = evaluate_synth(Path(args.eval), model)
-    train = json.loads((Path(args.train) / "summary.json").read_text())
     sha = sha256sum(weights)
+    eval_dir = Path(args.eval)
+    if args.cmd == "part":
+        part = (dict(zip(("bert", "timing"), evaluate_bert(model))) if args.which == "bert"
+                else {"synth": evaluate_synth(eval_dir, model)})  # fmt: skip
+        (eval_dir / f"{args.which}.json").write_text(json.dumps({"sha256": sha, **part}))
+        return
+    stored = {}
+    for which in ("bert", "synth"):
+        path = eval_dir / f"{which}.json"
+        if path.is_file() and json.loads(path.read_text())["sha256"] == sha:
+            stored.update(json.loads(path.read_text()))
+    if "bert" not in stored:
+        stored["bert"], stored["timing"] = evaluate_bert(model)
+    if "synth" not in stored:
+        stored["synth"] = evaluate_synth(eval_dir, model)
+    bert, timing, synth = stored["bert"], stored["timing"], stored["synth"]
+    train = json.loads((Path(args.train) / "summary.json").read_text())
     card = render_card(synth, bert, timing, train, sha, "1.0.0")
     card_path = Path(args.card) if args.card else here / "cards" / "vinn.md"
     card_path.write_text(card)
