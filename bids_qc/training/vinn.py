@@ -222,7 +222,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         net.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optim"])
         state = saved["state"]
-        log(f"resumed at step {state['step']}")
+        log(f"resumed at step {state['step']} (time budget {args.minutes} min)")
     t_start = time.time()
     files = [make_case(i, args.seed, cache, log) for i in range(state["n_cases"])]
     cases = [Case(f, args.seed) for f in files[-MAX_POOL_IN_MEMORY:]]

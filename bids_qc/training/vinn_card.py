@@ -73,14 +73,15 @@ def _dice(truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     return {k: float(v) for k, v in d.items()}
 
 
-def evaluate_synth(eval_dir: Path, model: Any) -> dict[str, Any]:
+def evaluate_synth(eval_dir: Path, model: Any, maps: tuple[int, ...] = HELDOUT_MAPS
+                   ) -> dict[str, Any]:  # fmt: skip
     """Dice per structure of every cached case, and means per resolution."""
     from bids_qc.models.vinn import segment_array
 
     out: dict[str, Any] = {}
     for res in SYNTH_RESOLUTIONS:
         cases = {}
-        for m in HELDOUT_MAPS:
+        for m in maps:
             path = eval_dir / f"map{m:02d}_{res:.1f}mm.npz"
             if not path.is_file():
                 continue
@@ -94,6 +95,27 @@ def evaluate_synth(eval_dir: Path, model: Any) -> dict[str, Any]:
             out[f"{res:.1f}"] = {"cases": cases, "mean": {
                 k: float(np.nanmean([c[k] for c in cases.values()])) for k in keys}}
     return out
+
+
+def merge_synth(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stored synth parts (disjoint maps) as one result, means recomputed over all cases."""
+    out: dict[str, Any] = {}
+    for res in SYNTH_RESOLUTIONS:
+        cases = {str(m): c for p in parts for m, c in p.get(f"{res:.1f}", {}).get(
+            "cases", {}).items()}  # fmt: skip
+        if cases:
+            keys = list(next(iter(cases.values())))
+            out[f"{res:.1f}"] = {"cases": dict(sorted(cases.items())), "mean": {
+                k: float(np.nanmean([c[k] for c in cases.values()])) for k in keys}}
+    return out
+
+
+def resumes(train_dir: Path) -> list[str]:
+    """The ``resumed at step N`` lines of the training log (a budget change is one)."""
+    log = train_dir / "train.log"
+    if not log.is_file():
+        return []
+    return [line.strip() for line in log.read_text().splitlines() if "resumed at step" in line]
 
 
 def evaluate_bert(model: Any) -> tuple[dict[str, Any], dict[str, float]]:
@@ -187,6 +209,10 @@ def render_card(synth: dict[str, Any], bert: dict[str, Any], timing: dict[str, A
         "SynthSeg label maps 1-16 (maps 17-20 never seen), contrasts t1 and t1_wide, random "
         "resolution 0.7-1.6 mm (anisotropic half of the time), random deformation and skull "
         "stripping. No real image was used for training.",
+        "- Resumed from a checkpoint: " + ("; ".join(train["resumes"]) + " (the run was "
+        "stopped right after a checkpoint and resumed with a longer time budget; the "
+        "learning-rate schedule follows the elapsed fraction of the budget, so it stretched "
+        "from there)." if train.get("resumes") else "never."),
         "- This is a very short CPU run; the numbers below are what it reached.",
         "",
         "## Targets",
@@ -279,6 +305,8 @@ def main(argv: list[str] | None = None) -> None:
     k.add_argument("--threads", type=int, default=1, help="torch threads of the Dice runs")
     q = sub.add_parser("part", help="run one half of the evaluation and store it")
     q.add_argument("which", choices=["bert", "synth"])
+    q.add_argument("--maps", type=int, nargs="+", default=list(HELDOUT_MAPS),
+                   help="held-out maps of a synth part (parts of several maps are merged)")
     q.add_argument("--eval", default="/tmp/vinn_eval")
     q.add_argument("--weights", default=None, help="weights file (default: the shipped one)")
     q.add_argument("--threads", type=int, default=1, help="torch threads")
@@ -302,21 +330,29 @@ def main(argv: list[str] | None = None) -> None:
     sha = sha256sum(weights)
     eval_dir = Path(args.eval)
     if args.cmd == "part":
-        part = (dict(zip(("bert", "timing"), evaluate_bert(model))) if args.which == "bert"
-                else {"synth": evaluate_synth(eval_dir, model)})  # fmt: skip
-        (eval_dir / f"{args.which}.json").write_text(json.dumps({"sha256": sha, **part}))
+        if args.which == "bert":
+            part, name = dict(zip(("bert", "timing"), evaluate_bert(model))), "bert"
+        else:
+            maps = tuple(sorted(args.maps))
+            part = {"synth": evaluate_synth(eval_dir, model, maps)}
+            name = "synth_" + "_".join(map(str, maps))
+        (eval_dir / f"{name}.json").write_text(json.dumps({"sha256": sha, **part}))
         return
-    stored = {}
-    for which in ("bert", "synth"):
-        path = eval_dir / f"{which}.json"
-        if path.is_file() and json.loads(path.read_text())["sha256"] == sha:
+    stored: dict[str, Any] = {}
+    for path in sorted(eval_dir.glob("bert.json")):
+        if json.loads(path.read_text())["sha256"] == sha:
             stored.update(json.loads(path.read_text()))
+    parts = [json.loads(p.read_text()) for p in sorted(eval_dir.glob("synth_*.json"))]
+    parts = [p["synth"] for p in parts if p["sha256"] == sha]
+    if parts:
+        stored["synth"] = merge_synth(parts)
     if "bert" not in stored:
         stored["bert"], stored["timing"] = evaluate_bert(model)
     if "synth" not in stored:
         stored["synth"] = evaluate_synth(eval_dir, model)
     bert, timing, synth = stored["bert"], stored["timing"], stored["synth"]
     train = json.loads((Path(args.train) / "summary.json").read_text())
+    train["resumes"] = resumes(Path(args.train))
     card = render_card(synth, bert, timing, train, sha, "1.0.0")
     card_path = Path(args.card) if args.card else here / "cards" / "vinn.md"
     card_path.write_text(card)
