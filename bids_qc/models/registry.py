@@ -73,7 +73,7 @@ REGISTRY: tuple[ModelSpec, ...] = (
               ("seg", "t1w"),
               "Dice of each structure of a FreeSurfer-coded segmentation (3D ResNet, SegQC)"),
     ModelSpec("vinn", "1.0.0", "vinn.pt",
-              "436113180a2a1a941185392cac38328308913fe3870b3dec70ab4d4dc8a53773",
+              "531fed488f0dc82e8cd4e25aaa20593e5fab55394b469f4ce3db70631e2cc228",
               ("t1w",),
               "Segmentation of the T1w when no derivative has one (2.5D VINN, FreeSurfer codes)"),
 )
