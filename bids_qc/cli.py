@@ -85,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--seg-source", choices=["auto", "freesurfer", "fastsurfer", "fmriprep"],
                      default="auto", help="which derivative's segmentation to check (auto: "
                      "FreeSurfer, then FastSurfer, then fMRIPrep)")
+    sel.add_argument("--segment", choices=["auto", "always", "never"], default="auto",
+                     help="segment the T1w with VINN (auto: while VINN is experimental, only with "
+                     "--models vinn, and then only images without a "
+                     "FreeSurfer-coded segmentation from a derivative; always: every image, "
+                     "replacing the derivative's; never: off)")
     sel.add_argument("--skip-bids-validation", action="store_true",
                      help="do not require a valid dataset_description.json")
     sel.add_argument("--bids-database-dir", type=Path, metavar="DIR",
@@ -268,6 +273,7 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         shapeqc_recall=ns.shapeqc_recall,
         verbose_reports=ns.verbose_reports,
         verbosity=ns.verbose - ns.quiet,
+        segment=ns.segment,
     )
 
 

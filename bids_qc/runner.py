@@ -30,7 +30,7 @@ from .settings import Settings
 LOGGER = logging.getLogger("bids_qc")
 
 #: Settings that change what a result holds (the rest, such as --nprocs, do not).
-_RESULT_OPTIONS = ("seg_source", "device", "thresholds")
+_RESULT_OPTIONS = ("seg_source", "device", "thresholds", "segment")
 
 
 @dataclass
@@ -167,11 +167,14 @@ def run_participant(settings: Settings) -> int:
     selection = select_models(settings.models)
     for s in selection.skipped:
         LOGGER.info("model %s skipped: %s", s["model"], s["reason"])
+    segmenter = _segmenter(settings.segment, settings.models)
 
     options = {k: settings.to_json()[k] for k in _RESULT_OPTIONS}
     options["device"] = device
     options["models_skipped"] = [s["model"] for s in selection.skipped]
-    prints = {r.bids_name: fingerprint(r, selection.models, options) for r in rows}
+    models = selection.models + tuple(m for m in (segmenter,)
+                                      if m is not None and m not in selection.models)
+    prints = {r.bids_name: fingerprint(r, models, options) for r in rows}
     todo = [r for r in rows if settings.force
             or not is_up_to_date(result_path(settings.output_dir, r), prints[r.bids_name])]
     if len(todo) < len(rows):
@@ -179,14 +182,37 @@ def run_participant(settings: Settings) -> int:
                     "recompute them)", len(rows) - len(todo), len(rows))
     started = time.time()
     if todo:
-        _run_workflow(settings, todo, prints, selection, device)
+        _run_workflow(settings, todo, prints, selection, device, segmenter)
     failures = _collect_failures(settings, todo, prints, device, started)
     _write_run_log(settings, rows, todo, failures, selection, device)
     return _summary(settings, rows, todo, failures, selection)
 
 
+def _segmenter(segment: str, requested: tuple[str, ...] | None = None) -> ModelSpec | None:
+    """VINN's spec when it should segment the images that lack a segmentation, else None.
+
+    The segmenter is an input provider, so ``--models`` (which picks QC models) does not
+    turn it off; ``--segment never`` does. While VINN is experimental (its card misses its
+    accuracy targets, and segmentation checks on a bad segmentation would mislead),
+    ``--segment auto`` uses it only when ``--models`` names ``vinn``; ``--segment always``
+    asks for it explicitly.
+    """
+    if segment == "never":
+        return None
+    spec = next((m for m in installed_models() if m.name == "vinn"), None)
+    if spec is None:
+        LOGGER.warning("--segment %s: VINN's weights are missing from this installation; "
+                       "images without a segmentation are not segmented", segment)
+        return None
+    if spec.experimental and segment == "auto" and "vinn" not in (requested or ()):
+        LOGGER.info("VINN is experimental in this release: images without a segmentation are "
+                    "not segmented (use --models vinn ... or --segment always)")
+        return None
+    return spec
+
+
 def _run_workflow(settings: Settings, rows: list[QCInput], prints: dict, selection: Selection,
-                  device: str) -> None:
+                  device: str, segmenter: ModelSpec | None = None) -> None:
     from .workflows.base import init_bids_qc_wf, workflow_name
 
     tmp_work = settings.work_dir is None
@@ -204,6 +230,7 @@ def _run_workflow(settings: Settings, rows: list[QCInput], prints: dict, selecti
         skipped_models=selection.skipped, thresholds=settings.thresholds,
         verbose_reports=settings.verbose_reports,
         max_threads=int(settings.plugin_args.get("n_procs", settings.nprocs)),
+        segmenter=segmenter, segment=settings.segment,
     )
     # nipype's scheduler sleeps 2 s between polls: most of the run when nodes take
     # about a second (the classical stage); 0.5 s costs nothing while nodes run.

@@ -213,6 +213,9 @@ def render_markdown() -> str:
         "crash files |",
         "| `sub-XX/[ses-YY/]anat/<bids_name>.json` | every metric of one T1w image, with "
         "provenance, errors and skipped models |",
+        "| `sub-XX/[ses-YY/]anat/<entities>_desc-vinn_dseg.nii.gz` | VINN's segmentation "
+        "(FreeSurfer codes, on the T1w's grid) of an image without one from a derivative "
+        "(`--segment`) |",
         "| `sub-XX/figures/` | figures of the reports |",
         "| `sub-XX/[ses-YY/]anat/<bids_name>_desc-manifoldqc_dseg.nii.gz` | ManifoldQC's "
         "surrogate segmentation (FreeSurfer codes of the 14 subcortical structures, on the "

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 AnalysisLevel = Literal["participant", "group"]
 SegSourceChoice = Literal["auto", "freesurfer", "fastsurfer", "fmriprep"]
+SegmentChoice = Literal["auto", "always", "never"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class Settings:
     #: F-recall target ShapeQC's thresholds were re-derived for (None: shipped thresholds).
     shapeqc_recall: float | None = None
     verbosity: int = 0
+    segment: SegmentChoice = "auto"
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready view (paths as strings), for provenance."""

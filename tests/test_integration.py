@@ -84,8 +84,9 @@ def test_demo_subjects_cover_both_derivatives():
 def test_real_ds002748_raw_only(tmp_path):
     ds = shared_path("ds002748")
     out = tmp_path / "out"
+    # --segment never: VINN's end to end run is tested (on a small image) in test_vinn.py.
     code = run([str(ds), str(out), "participant", "--participant-label", "01", "02",
-                "--nprocs", "2"])
+                "--nprocs", "2", "--segment", "never"])
     assert code == 0
     assert run([str(ds), str(out), "group"]) == 0
     rows = _read_tsv(out / "group_T1w.tsv")

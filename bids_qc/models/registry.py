@@ -93,6 +93,11 @@ REGISTRY: tuple[ModelSpec, ...] = (
                             "e9da6f941bf5e7319e21d20f3121c0257eabea76447ff59e4997837439f2c6c9"),
                            ("shapeqc_calibration.json",
                             "059cdd92877ea6b01ccb2a18465b611ee4cda058fa06052203262ed4a19388f0"))),
+    ModelSpec("vinn", "1.0.0", "vinn.pt",
+              "531fed488f0dc82e8cd4e25aaa20593e5fab55394b469f4ce3db70631e2cc228",
+              ("t1w",),
+              "Segmentation of the T1w when no derivative has one (2.5D VINN, FreeSurfer codes)",
+              experimental=True),
 )
 
 #: Names the CLI accepts for ``--models`` (models of later releases included, so a

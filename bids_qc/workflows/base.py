@@ -17,6 +17,7 @@ from ..interfaces.regqc import RegQC
 from ..interfaces.results import WriteResults
 from ..interfaces.segqc import SegQC
 from ..interfaces.shapeqc import ShapeQC
+from ..interfaces.vinn import VINNSegment
 from ..models.registry import ModelSpec, missing_needs
 
 #: Model name -> its nipype interface class. Every interface takes ``qc_input`` (the row as
@@ -36,9 +37,22 @@ MODEL_RESOURCES: dict[str, tuple[float, int]] = {
     "segqc": (1.0, 2),
     # A 256^3 segmentation, 14 small meshes and a 0.2 M-parameter 2D CNN.
     "shapeqc": (1.0, 1),
+    # 29 float16 class maps of a 0.7 mm head (about 1 GB) plus the image and slice stacks.
+    "vinn": (2.5, 2),
 }
 # SegQC's inputs plus a 200 k-parameter VAE and a 50-step latent search on one crop.
 MODEL_RESOURCES["manifoldqc"] = (1.0, 2)
+
+#: Models that produce an input (a segmentation) for the others rather than a QC stage.
+SEGMENTERS: tuple[str, ...] = ("vinn",)
+
+
+def runs_segmenter(row: QCInput, segment: str) -> bool:
+    """Whether VINN segments this row: ``always``, or ``auto`` without an ``aseg``-style
+    segmentation from a derivative; never without a T1w or with ``never``."""
+    if segment == "never" or "t1w" not in available_inputs(row):
+        return False
+    return segment == "always" or row.seg is None or row.seg_kind != "aseg"
 
 
 def available_inputs(row: QCInput) -> set[str]:
@@ -91,6 +105,8 @@ def init_image_qc_wf(
     thresholds: dict[str, float] | None = None,
     verbose_reports: bool = False,
     max_threads: int = 1,
+    segmenter: ModelSpec | None = None,
+    segment: str = "auto",
 ) -> pe.Workflow:
     """The QC workflow of one T1w image.
 
@@ -114,11 +130,17 @@ def init_image_qc_wf(
         Show every figure (all Grad-CAM maps), not only those of flagged checks.
     max_threads : int
         Processors the scheduler has: no node may ask for more, or it never runs.
+    segmenter : ModelSpec or None
+        VINN, when installed and not turned off.
+    segment : {"auto", "always", "never"}
+        When the segmenter runs (see :func:`runs_segmenter`).
 
     Notes
     -----
     ``inputnode.qc_input`` holds the row as a dict; ``outputnode`` gives the JSON and
     the report. Model nodes join ``stage_results`` through a Merge node, in registry order.
+    When VINN runs, every other node takes the row from VINN's node (with its
+    segmentation), so the segmentation-based checks run on it.
     """
     wf = pe.Workflow(name=workflow_name(row.bids_name))
     inputnode = pe.Node(IdentityInterface(fields=["qc_input"]), name="inputnode")
@@ -130,7 +152,22 @@ def init_image_qc_wf(
     stages = [classic]
     skipped = list(skipped_models or [])
     have = available_inputs(row)
+    source, source_field = inputnode, "qc_input"
+    if segmenter is not None and runs_segmenter(row, segment):
+        mem, threads = MODEL_RESOURCES[segmenter.name]
+        seg_node = pe.Node(VINNSegment(), name=segmenter.name, mem_gb=mem,
+                           n_procs=max(1, min(threads, max_threads)))
+        seg_node.inputs.device = device
+        seg_node.inputs.output_dir = str(output_dir)
+        if device.startswith("cuda"):
+            seg_node.is_gpu_node = True
+        wf.connect([(inputnode, seg_node, [("qc_input", "qc_input")])])
+        source, source_field = seg_node, "qc_input"
+        stages.append(seg_node)
+        have.add("seg")
     for spec in models:
+        if spec.name in SEGMENTERS:
+            continue
         lacking = missing_needs(spec, have)
         if lacking:
             skipped.append({"model": spec.name, "reason": "this image has no "
@@ -146,7 +183,7 @@ def init_image_qc_wf(
         if device.startswith("cuda"):
             node.is_gpu_node = True  # MultiProc schedules these on its GPU slots
         wf.connect([
-            (inputnode, node, [("qc_input", "qc_input")]),
+            (source, node, [(source_field, "qc_input")]),
             (classic, node, [("result", "classic_result")]),
         ])
         stages.append(node)
@@ -160,11 +197,11 @@ def init_image_qc_wf(
     write.inputs.skipped_models = skipped
     write.inputs.verbose_reports = verbose_reports
 
-    wf.connect([(inputnode, classic, [("qc_input", "qc_input")])])
+    wf.connect([(source, classic, [(source_field, "qc_input")])])
     for i, node in enumerate(stages, start=1):
         wf.connect([(node, merge, [("result", f"in{i}")])])
     wf.connect([
-        (inputnode, write, [("qc_input", "qc_input")]),
+        (source, write, [(source_field, "qc_input")]),
         (merge, write, [("out", "stage_results")]),
         (write, outputnode, [("out_json", "out_json"), ("out_report", "out_report")]),
     ])
@@ -184,6 +221,8 @@ def init_bids_qc_wf(
     thresholds: dict[str, float] | None = None,
     verbose_reports: bool = False,
     max_threads: int = 1,
+    segmenter: ModelSpec | None = None,
+    segment: str = "auto",
 ) -> pe.Workflow:
     """The run's workflow: one sub-workflow per image, independent of each other."""
     wf = pe.Workflow(name="bids_qc_wf", base_dir=str(work_dir))
@@ -200,7 +239,7 @@ def init_bids_qc_wf(
                 row, output_dir=output_dir, fingerprint=fingerprints[row.bids_name],
                 models=models, device=device, skipped_models=skipped_models,
                 thresholds=thresholds, verbose_reports=verbose_reports,
-                max_threads=max_threads,
+                max_threads=max_threads, segmenter=segmenter, segment=segment,
             )
         ])
     return wf

@@ -1,0 +1,312 @@
+"""Training recipe of VINN: ``python -m bids_qc.training.vinn --minutes N --out DIR``.
+
+Data, all from the synthetic engine on training label maps 1-16 only (17-20 held out):
+a pool of synthesized cases (contrasts ``t1`` and ``t1_wide``, random resolution 0.7-1.6 mm,
+anisotropic half of the time, random deformation and skull stripping), reoriented to RAS,
+intensity-normalised as at inference (:func:`bids_qc.models.vinn.normalise_intensity`) and
+cached on disk. The pool starts with :data:`INITIAL_POOL` cases and grows by one new case
+every ``--grow-every`` steps, so the stream sees more anatomy and contrast draws over time.
+
+Each step trains the three views on one batch each of 2D patches (:data:`PATCH_MM` mm
+square at the case's voxel size, 5 neighbouring slices as channels; 70% of the patches are
+centred on a subcortical voxel). The resolution normalisation gets the case's in-plane
+voxel size jittered by a Gaussian of sigma :data:`bids_qc.models.vinn.SCALE_SIGMA` (VINN's
+internal scale augmentation).
+
+Loss: pixel-weighted logistic loss plus soft Dice. Pixel weights as in FastSurfer /
+QuickNAT: the median-frequency weight of the pixel's class (class frequencies of the initial
+pool, capped at :data:`MAX_CLASS_WEIGHT`) plus :data:`BOUNDARY_WEIGHT` on label boundaries.
+
+Every batch is a pure function of ``(seed, step, view)`` and every pool case of
+``(seed, index)``, so a resumed run continues the same stream. ``--minutes`` is a time
+budget (the learning rate follows the elapsed fraction of it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bids_qc.models.vinn import (
+    CLASS_CODES,
+    FULL_TO_SAGITTAL,
+    N_CLASSES,
+    N_SAGITTAL,
+    N_SLICES,
+    SCALE_SIGMA,
+    VIEW_AXIS,
+    VIEWS,
+    VINN,
+    code_to_class,
+    normalise_intensity,
+    to_ras,
+)
+from bids_qc.structures import SUBCORTICAL
+from bids_qc.synth.labelmaps import TRAIN_MAPS, check_training_maps, load_label_map
+from bids_qc.synth.synthesize import synthesize
+
+CONTRASTS: tuple[str, ...] = ("t1", "t1_wide")
+DEFAULT_SEED = 20261121
+#: Cases synthesized before the first step (maps 1-8; later cases cycle through all 16).
+INITIAL_POOL = 8
+#: Most cases kept in memory (the oldest drop out as new ones arrive).
+MAX_POOL_IN_MEMORY = 16
+#: Side of a training patch, mm.
+PATCH_MM = 96.0
+#: Cap of the median-frequency class weight, and the extra weight of boundary pixels.
+MAX_CLASS_WEIGHT = 10.0
+BOUNDARY_WEIGHT = 5.0
+#: Share of patches centred on a subcortical voxel.
+SUBCORTICAL_SHARE = 0.7
+_SUBCORTICAL_CLASSES = np.array(
+    [CLASS_CODES.index(c) for s in SUBCORTICAL for c in s.codes], dtype=np.int64
+)
+
+
+def case_key(index: int, seed: int) -> tuple[int, str, int]:
+    """(map, contrast, synthesis seed) of pool case ``index``."""
+    maps = list(TRAIN_MAPS)
+    contrast = CONTRASTS[(index + index // len(maps)) % 2]
+    return maps[index % len(maps)], contrast, seed * 1000 + index
+
+
+def make_case(index: int, seed: int, cache: Path, log: Any = print) -> Path:
+    """Synthesize (or find cached) pool case ``index``; returns its file."""
+    m, contrast, s = case_key(index, seed)
+    check_training_maps([m])
+    path = cache / f"case{index:04d}_map{m:02d}_{contrast}_{s}.npz"
+    if path.is_file():
+        return path
+    t0 = time.time()
+    lm = load_label_map(m, "train")
+    case = synthesize(lm.labels, lm.affine, s, contrast, split="train")
+    image, vox, _ = to_ras(case.image, case.affine)
+    labels, _, _ = to_ras(code_to_class(case.labels).astype(np.uint8), case.affine)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez_compressed(tmp, image=normalise_intensity(image).astype(np.float16),
+                        labels=labels, vox=vox)  # fmt: skip
+    os.replace(tmp, path)
+    log(f"case {path.name} shape={image.shape} vox={np.round(vox, 2).tolist()} "
+        f"{time.time() - t0:.1f}s")  # fmt: skip
+    return path
+
+
+class Case:
+    """A pool case in memory (float16 image, uint8 classes) with voxels to centre on."""
+
+    def __init__(self, path: Path, seed: int) -> None:
+        with np.load(path) as z:
+            self.image, self.labels, self.vox = z["image"], z["labels"], z["vox"]
+        rng = np.random.default_rng(seed)
+        self.sub = np.argwhere(np.isin(self.labels, _SUBCORTICAL_CLASSES))
+        fg = np.argwhere(self.labels > 0)
+        self.fg = fg[rng.choice(len(fg), min(len(fg), 200_000), replace=False)]
+
+
+def class_weights(label_sets: list[np.ndarray], n: int, fold: np.ndarray | None = None
+                  ) -> np.ndarray:  # fmt: skip
+    """Median-frequency weights ``median(f) / f_c`` of ``n`` classes, capped."""
+    counts = np.zeros(n)
+    for lab in label_sets:
+        c = np.bincount(lab.ravel(), minlength=N_CLASSES)[:N_CLASSES].astype(float)
+        if fold is not None:
+            c = np.bincount(fold, weights=c, minlength=n)
+        counts += c
+    freq = counts / counts.sum()
+    present = freq > 0
+    w = np.ones(n)
+    w[present] = np.median(freq[present]) / freq[present]
+    return np.clip(w, 0.0, MAX_CLASS_WEIGHT)
+
+
+def boundary(labels: torch.Tensor) -> torch.Tensor:
+    """Pixels of ``(B, H, W)`` labels whose 4-neighbourhood holds another label."""
+    b = torch.zeros_like(labels, dtype=torch.bool)
+    b[:, 1:] |= labels[:, 1:] != labels[:, :-1]
+    b[:, :-1] |= labels[:, 1:] != labels[:, :-1]
+    b[:, :, 1:] |= labels[:, :, 1:] != labels[:, :, :-1]
+    b[:, :, :-1] |= labels[:, :, 1:] != labels[:, :, :-1]
+    return b
+
+
+def make_batch(cases: list[Case], view: str, batch: int, rng: np.random.Generator
+               ) -> tuple[torch.Tensor, torch.Tensor, tuple[float, float]]:  # fmt: skip
+    """A batch of 2.5D patches of one view from one case (one voxel size per batch)."""
+    case = cases[int(rng.integers(len(cases)))]
+    image, labels, vox = case.image, case.labels, case.vox
+    axis = VIEW_AXIS[view]
+    inplane = [a for a in range(3) if a != axis]
+    size = [max(16, int(round(PATCH_MM / vox[a]))) for a in inplane]
+    r = N_SLICES // 2
+    xs, ys = [], []
+    for _ in range(batch):
+        pool = case.sub if (rng.random() < SUBCORTICAL_SHARE and len(case.sub)) else case.fg
+        centre = [int(c) for c in pool[int(rng.integers(len(pool)))]]
+        sl = [np.clip(np.arange(centre[axis] - r, centre[axis] + r + 1), 0,
+                      image.shape[axis] - 1)]  # fmt: skip
+        x = np.take(image, sl[0], axis=axis)
+        y = np.take(labels, [centre[axis]], axis=axis)
+        x, y = np.moveaxis(x, axis, 0), np.moveaxis(y, axis, 0)[0]
+        crops = []
+        for d, a in enumerate(inplane):
+            lo = centre[a] - size[d] // 2 + int(rng.integers(-size[d] // 4, size[d] // 4 + 1))
+            crops.append(lo)
+        xp = np.zeros((N_SLICES, *size), np.float32)
+        yp = np.zeros(size, np.uint8)
+        src = [slice(max(0, c), min(n, c + s)) for c, s, n in zip(crops, size, y.shape)]
+        dst = [slice(s.start - c, s.stop - c) for s, c in zip(src, crops)]
+        xp[:, dst[0], dst[1]] = x[:, src[0], src[1]]
+        yp[dst[0], dst[1]] = y[src[0], src[1]]
+        xs.append(xp)
+        ys.append(yp)
+    jitter = rng.normal(0.0, SCALE_SIGMA, 2)
+    scale = tuple(float(max(0.3, vox[a] + j)) for a, j in zip(inplane, jitter))
+    return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys)).long(), scale
+
+
+def loss_fn(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Median-frequency and boundary weighted logistic loss plus soft Dice."""
+    pixel_w = weights[target] + BOUNDARY_WEIGHT * boundary(target).float()
+    ce = (F.cross_entropy(logits, target, reduction="none") * pixel_w).mean()
+    prob = torch.softmax(logits, 1)
+    onehot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).float()
+    inter = (prob * onehot).sum((0, 2, 3))
+    denom = prob.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
+    present = onehot.sum((0, 2, 3)) > 0
+    dice = (2 * inter + 1) / (denom + 1)
+    return ce + (1 - dice[present]).mean()
+
+
+def learning_rate(progress: float, base: float, warmup: float = 0.03) -> float:
+    """Linear warm-up then cosine decay to 2% of ``base`` over ``progress`` in [0, 1]."""
+    if progress < warmup:
+        return base * (0.1 + 0.9 * progress / warmup)
+    frac = min(1.0, (progress - warmup) / (1 - warmup))
+    return base * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def export_weights(net: VINN, path: Path) -> None:
+    """Save the state dict in fp16 (floating tensors), as shipped."""
+    state = {k: v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu()
+             for k, v in net.state_dict().items()}  # fmt: skip
+    torch.save(state, path)
+
+
+def train(args: argparse.Namespace) -> dict[str, Any]:
+    """Run (or resume) training; returns the summary written to ``summary.json``."""
+    out, cache = Path(args.out), Path(args.cache)
+    out.mkdir(parents=True, exist_ok=True)
+    cache.mkdir(parents=True, exist_ok=True)
+    logf = open(out / "train.log", "a", buffering=1)
+
+    def log(msg: str) -> None:
+        logf.write(f"{time.strftime('%H:%M:%S')} {msg}\n")
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    net = VINN()
+    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
+    ckpt = out / "checkpoint.pt"
+    state = {"step": 0, "elapsed": 0.0, "losses": [], "n_cases": INITIAL_POOL}
+    if args.resume and ckpt.is_file():
+        saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+        net.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optim"])
+        state = saved["state"]
+        log(f"resumed at step {state['step']} (time budget {args.minutes} min)")
+    t_start = time.time()
+    files = [make_case(i, args.seed, cache, log) for i in range(state["n_cases"])]
+    cases = [Case(f, args.seed) for f in files[-MAX_POOL_IN_MEMORY:]]
+    init = [np.load(f)["labels"] for f in files[:INITIAL_POOL]]
+    w_full = torch.as_tensor(class_weights(init, N_CLASSES), dtype=torch.float32)
+    w_sag = torch.as_tensor(class_weights(init, N_SAGITTAL, FULL_TO_SAGITTAL),
+                            dtype=torch.float32)  # fmt: skip
+    del init
+    fold = torch.as_tensor(FULL_TO_SAGITTAL)
+    budget = args.minutes * 60.0
+    net.train()
+    t_ckpt = time.time()
+    run = dict.fromkeys(VIEWS, 0.0)
+    while True:
+        elapsed = state["elapsed"] + time.time() - t_start
+        progress = state["step"] / args.steps if args.steps else elapsed / budget
+        if progress >= 1.0:
+            break
+        lr = learning_rate(progress, args.lr)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        for v, view in enumerate(VIEWS):
+            rng = np.random.default_rng([args.seed, state["step"], v])
+            x, y, scale = make_batch(cases, view, args.batch, rng)
+            if view == "sagittal":
+                y = fold[y]
+            logits = net.views[view](x, scale)
+            loss = loss_fn(logits, y, w_sag if view == "sagittal" else w_full)
+            loss.backward()
+            run[view] += float(loss.detach())
+        opt.step()
+        state["step"] += 1
+        if state["step"] % 20 == 0:
+            state["losses"].append([state["step"], *(run[v] / 20 for v in VIEWS)])
+            log(f"step {state['step']} t={elapsed / 60:.1f}min lr={lr:.2e} cases="
+                f"{state['n_cases']} " + " ".join(f"{v}={run[v] / 20:.3f}" for v in VIEWS))
+            run = dict.fromkeys(VIEWS, 0.0)
+        if args.grow_every and state["step"] % args.grow_every == 0:
+            files.append(make_case(state["n_cases"], args.seed, cache, log))
+            state["n_cases"] += 1
+            cases = (cases + [Case(files[-1], args.seed)])[-MAX_POOL_IN_MEMORY:]
+        if time.time() - t_ckpt > args.checkpoint_minutes * 60:
+            state["elapsed"], t_start = state["elapsed"] + time.time() - t_start, time.time()
+            torch.save({"model": net.state_dict(), "optim": opt.state_dict(), "state": state},
+                       ckpt)  # fmt: skip
+            export_weights(net, out / "vinn.pt")
+            t_ckpt = time.time()
+    state["elapsed"] = state["elapsed"] + time.time() - t_start
+    torch.save({"model": net.state_dict(), "optim": opt.state_dict(), "state": state}, ckpt)
+    export_weights(net, out / "vinn.pt")
+    summary = {
+        "pool_cases": state["n_cases"], "maps": list(TRAIN_MAPS), "contrasts": list(CONTRASTS),
+        "steps": state["step"], "batch_per_view": args.batch,
+        "patches": state["step"] * args.batch * len(VIEWS), "patch_mm": PATCH_MM,
+        "minutes": state["elapsed"] / 60, "seed": args.seed, "lr": args.lr,
+        "threads": args.threads, "hardware": "2-core CPU shared with other jobs, no GPU",
+        "class_weight_cap": MAX_CLASS_WEIGHT, "boundary_weight": BOUNDARY_WEIGHT,
+        "final_losses": dict(zip(VIEWS, state["losses"][-1][1:])) if state["losses"] else None,
+    }  # fmt: skip
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    log(f"done: {json.dumps(summary)}")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line entry point."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--minutes", type=float, default=45.0, help="time budget (pool included)")
+    p.add_argument("--steps", type=int, default=0, help="fixed number of steps instead")
+    p.add_argument("--out", required=True, help="output folder (log, checkpoint, weights)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--cache", default="/tmp/vinn_cache", help="pool cache folder")
+    p.add_argument("--grow-every", type=int, default=40, help="steps between new pool cases")
+    p.add_argument("--batch", type=int, default=6, help="patches per view and step")
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--checkpoint-minutes", type=float, default=3.0)
+    args = p.parse_args(argv)
+    if args.minutes <= 0 or args.batch < 1:
+        raise ValueError("--minutes and --batch must be positive")
+    print(json.dumps(train(args)))
+
+
+if __name__ == "__main__":
+    main()
