@@ -14,9 +14,9 @@ from nipype.interfaces.base import (
 )
 
 from ..inputs import qc_input_from_dict
-from ..io import check_freesurfer_codes, load_image, load_labels
 from ..results import error_record, stage_result
 from ..structures import SUBCORTICAL_NAMES
+from .seginputs import load_seg_inputs
 
 #: Metric names of this stage, in column order (the 14 subcortical structures it covers).
 MANIFOLDQC_METRICS: tuple[str, ...] = (
@@ -83,25 +83,10 @@ class ManifoldQC(SimpleInterface):
         return runtime
 
     def _predict(self, row, threshold, metrics, warnings, skipped, provenance, cwd) -> None:
-        if row.seg is None or row.seg_kind == "tissue":
-            skipped.append({"stage": "manifoldqc", "reason": "no FreeSurfer-coded segmentation "
-                            "in the derivatives"})  # fmt: skip
+        loaded = load_seg_inputs(row, "manifoldqc", warnings, skipped, with_image=True)
+        if loaded is None:
             return
-        image_path = row.seg_reference or row.t1w_preproc or row.t1w
-        if image_path is None:
-            skipped.append({"stage": "manifoldqc", "reason": "no intensity image for the "
-                            "segmentation (seg_reference, preprocessed or raw T1w)"})
-            return
-        seg = load_labels(row.seg, role="segmentation")
-        warnings.extend(seg.warnings)
-        labels = np.asarray(seg.img.dataobj)
-        try:
-            check_freesurfer_codes(labels, row.seg)
-        except Exception as exc:
-            skipped.append({"stage": "manifoldqc", "reason": str(exc)})
-            return
-        image = load_image(image_path, role="T1w")
-        warnings.extend(image.warnings)
+        labels, image_path, seg_img = loaded.labels, loaded.image_path, loaded.seg_img
 
         import nibabel as nib
 
@@ -109,8 +94,8 @@ class ManifoldQC(SimpleInterface):
         from ..models.manifoldqc import predict, preprocess, surrogate_to_labels, to_dice
         from ..models.registry import get_spec
 
-        prep = preprocess(np.asarray(image.img.dataobj, dtype=np.float32), image.img.affine,
-                          labels, seg.img.affine)  # fmt: skip
+        prep = preprocess(np.asarray(loaded.image_img.dataobj, dtype=np.float32),
+                          loaded.image_img.affine, labels, seg_img.affine)
         res = predict([prep], device=self.inputs.device)
         dice = to_dice(res.dice[0])
         for name, value in zip(SUBCORTICAL_NAMES, dice):
@@ -121,8 +106,8 @@ class ManifoldQC(SimpleInterface):
         out = (surrogate_path(self.inputs.output_dir, self.inputs.qc_input)
                if self.inputs.output_dir else Path(cwd) / "surrogate_dseg.nii.gz")  # fmt: skip
         out.parent.mkdir(parents=True, exist_ok=True)
-        codes = surrogate_to_labels(res.surrogate[0], prep.affine, labels.shape, seg.img.affine)
-        img = nib.Nifti1Image(codes.astype(np.int16), seg.img.affine)
+        codes = surrogate_to_labels(res.surrogate[0], prep.affine, labels.shape, seg_img.affine)
+        img = nib.Nifti1Image(codes.astype(np.int16), seg_img.affine)
         img.header.set_xyzt_units("mm")
         atomic_save_nifti(img, out)
         spec = get_spec("manifoldqc")

@@ -11,9 +11,9 @@ from nipype.interfaces.base import (
 )
 
 from ..inputs import qc_input_from_dict
-from ..io import check_freesurfer_codes, load_image, load_labels
 from ..results import error_record, stage_result
 from ..structures import STRUCTURE_NAMES
+from .seginputs import load_seg_inputs
 
 #: Metric names of this stage, in column order.
 SEGQC_METRICS: tuple[str, ...] = (
@@ -64,31 +64,16 @@ class SegQC(SimpleInterface):
         return runtime
 
     def _predict(self, row, threshold, metrics, warnings, skipped, provenance) -> None:
-        if row.seg is None or row.seg_kind == "tissue":
-            skipped.append({"stage": "segqc", "reason": "no FreeSurfer-coded segmentation "
-                            "in the derivatives"})  # fmt: skip
+        loaded = load_seg_inputs(row, "segqc", warnings, skipped, with_image=True)
+        if loaded is None:
             return
-        image_path = row.seg_reference or row.t1w_preproc or row.t1w
-        if image_path is None:
-            skipped.append({"stage": "segqc", "reason": "no intensity image for the "
-                            "segmentation (seg_reference, preprocessed or raw T1w)"})
-            return
-        seg = load_labels(row.seg, role="segmentation")
-        warnings.extend(seg.warnings)
-        labels = np.asarray(seg.img.dataobj)
-        try:
-            check_freesurfer_codes(labels, row.seg)
-        except Exception as exc:
-            skipped.append({"stage": "segqc", "reason": str(exc)})
-            return
-        image = load_image(image_path, role="T1w")
-        warnings.extend(image.warnings)
+        labels, image_path = loaded.labels, loaded.image_path
 
         from ..models.registry import get_spec
         from ..models.segqc import predict, preprocess
 
-        x = preprocess(np.asarray(image.img.dataobj, dtype=np.float32), image.img.affine,
-                       labels, seg.img.affine)  # fmt: skip
+        x = preprocess(np.asarray(loaded.image_img.dataobj, dtype=np.float32),
+                       loaded.image_img.affine, labels, loaded.seg_img.affine)
         dice = predict(x[None], device=self.inputs.device)[0]
         for name, value in zip(STRUCTURE_NAMES, dice):
             metrics[f"segqc_dice_{name}"] = round(float(value), 4)

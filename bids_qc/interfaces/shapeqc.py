@@ -14,9 +14,9 @@ from nipype.interfaces.base import (
 )
 
 from ..inputs import qc_input_from_dict
-from ..io import check_freesurfer_codes, load_labels
 from ..results import error_record, stage_result
 from ..structures import SUBCORTICAL_NAMES
+from .seginputs import load_seg_inputs
 
 #: Metric names of this stage, in column order.
 SHAPEQC_METRICS: tuple[str, ...] = (
@@ -78,18 +78,10 @@ class ShapeQC(SimpleInterface):
         return runtime
 
     def _predict(self, row, metrics, warnings, skipped, provenance) -> None:
-        if row.seg is None or row.seg_kind == "tissue":
-            skipped.append({"stage": "shapeqc", "reason": "no FreeSurfer-coded segmentation "
-                            "in the derivatives"})  # fmt: skip
+        loaded = load_seg_inputs(row, "shapeqc", warnings, skipped, with_image=False)
+        if loaded is None:
             return
-        seg = load_labels(row.seg, role="segmentation")
-        warnings.extend(seg.warnings)
-        labels = np.rint(np.asarray(seg.img.dataobj)).astype(np.int32)
-        try:
-            check_freesurfer_codes(labels, row.seg)
-        except Exception as exc:
-            skipped.append({"stage": "shapeqc", "reason": str(exc)})
-            return
+        labels = loaded.labels
 
         from ..models.registry import get_spec
         from ..models.shapeqc import predict, shipped_model, shipped_thresholds
@@ -99,7 +91,7 @@ class ShapeQC(SimpleInterface):
         for s in SUBCORTICAL_NAMES:
             if f"shapeqc_pfail_{s}" in given:
                 thresholds[s] = float(given[f"shapeqc_pfail_{s}"])
-        results, missing = predict(shipped_model(), labels, np.asarray(seg.img.affine))
+        results, missing = predict(shipped_model(), labels, np.asarray(loaded.seg_img.affine))
         for s, why in missing.items():
             warnings.append(f"shapeqc: {s} not checked: {why}")
         nflagged = 0
