@@ -14,6 +14,7 @@ from bids_qc.reports import group as report
 from bids_qc.reports.checks import evaluate
 from bids_qc.review import model_check_table
 from bids_qc.runner import run_group
+from bids_qc.schema import COLUMNS
 from bids_qc.settings import Settings
 from tests.generated_results import generated_result, write_generated
 from tests.test_reports_helpers import synthetic_result
@@ -79,9 +80,10 @@ def test_large_group_tsvs_are_complete_and_ordered(large_group):
     flagged = pd.read_csv(large_group / "group_T1w_flagged.tsv", sep="\t")
     assert list(flagged.columns) == ["bids_name", "check", "value", "threshold"]
     assert flagged.equals(flagged.sort_values(["bids_name", "check"]).reset_index(drop=True))
+    flag_columns = {c.name for c in COLUMNS if c.kind == "flag" and c.level != "group"}
     written = {(generated_result(i)["bids_name"], c)
                for i in range(N) for c, v in generated_result(i)["metrics"].items()
-               if c.endswith("_flag") and v == 1}
+               if c in flag_columns and v == 1}
     model_rows = {(b, c) for b, c in zip(flagged["bids_name"], flagged["check"], strict=True)
                   if not c.endswith("_outlier")}
     assert model_rows == written and len(written) > 0

@@ -52,6 +52,17 @@ def _leftovers(out: Path) -> list[Path]:
             if p.name.endswith(".tmp") or (p.name.startswith(".") and p.name != ".bidsignore")]
 
 
+def _interactive_signals() -> None:
+    """Give the child the signal dispositions of a foreground run.
+
+    A test suite started in the background (``cmd &``, nohup) inherits SIGINT ignored, and
+    Python then installs no Ctrl-C handler in the child: that is Unix's rule for background
+    jobs, not a bids_qc behaviour, so the child starts from the defaults here.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
 def test_interrupted_run_leaves_complete_results_and_resumes(tmp_path, signum):
     bids = _dataset(tmp_path / "ds")
@@ -60,7 +71,8 @@ def test_interrupted_run_leaves_complete_results_and_resumes(tmp_path, signum):
     proc = subprocess.Popen(
         [sys.executable, "-m", "bids_qc.cli", str(bids), str(out), "participant",
          "--nprocs", "2"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=_interactive_signals)
     deadline = time.monotonic() + 120
     while not any(out.glob("sub-*/anat/*.json")):
         if proc.poll() is not None or time.monotonic() > deadline:
