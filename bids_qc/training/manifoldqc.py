@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -49,6 +48,7 @@ from bids_qc.models.manifoldqc import (
 from bids_qc.models.segqc import group_index
 from bids_qc.synth.damage import DAMAGE_FAMILIES
 from bids_qc.synth.labelmaps import TRAIN_MAPS
+from bids_qc.training.common import export_weights, learning_rate
 from bids_qc.training.eval_protocol import TRAINING_DAMAGE_FAMILIES
 from bids_qc.training.segqc import CONTRASTS, DEFAULT_SEED, build_pool, fast_dice, pool_keys
 
@@ -153,11 +153,6 @@ def atlas_template(data: dict[str, np.ndarray], idx: np.ndarray) -> torch.Tensor
     return torch.from_numpy(out).float()
 
 
-def learning_rate(progress: float, base: float) -> float:
-    """Cosine decay from ``base`` to 5% of it over ``progress`` in [0, 1]."""
-    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
-
-
 @torch.no_grad()
 def latent_scale(net: ManifoldVAE, data: dict[str, np.ndarray], idx: np.ndarray) -> torch.Tensor:
     """Per-dimension SD of the encoder means over the training cases (the search's unit)."""
@@ -225,7 +220,7 @@ def train_config(data: dict[str, np.ndarray], train_idx: np.ndarray, latent: int
         rng = np.random.default_rng([seed, state["step"]])
         x = batch(data, rng.choice(train_idx, size=batch_size), rng)
         for g in opt.param_groups:
-            g["lr"] = learning_rate(progress, lr)
+            g["lr"] = learning_rate(progress, lr, warmup=0.0, floor=0.05)
         image, logits, mu, logvar = net(x)
         rec, kl = recon_loss(image, logits, x).mean(), kl_divergence(mu, logvar).mean()
         loss = rec + beta * kl
@@ -250,13 +245,6 @@ def train_config(data: dict[str, np.ndarray], train_idx: np.ndarray, latent: int
         torch.save({"model": net.state_dict(), "optim": opt.state_dict(), "state": state}, ckpt)
     net.z_scale.copy_(latent_scale(net, data, train_idx))
     return net, state
-
-
-def export_weights(net: ManifoldVAE, path: Path) -> None:
-    """Save the state dict in fp16 (floating tensors), as shipped."""
-    state = {k: v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu()
-             for k, v in net.state_dict().items()}  # fmt: skip
-    torch.save(state, path)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

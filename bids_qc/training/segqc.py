@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ from bids_qc.models.segqc import GRID_SHAPE, OTHER_GROUP, SegQCNet, conform, gro
 from bids_qc.synth.damage import DAMAGE_FAMILIES
 from bids_qc.synth.labelmaps import TRAIN_MAPS, check_training_maps, load_label_map
 from bids_qc.synth.synthesize import synthesize
+from bids_qc.training.common import export_weights, learning_rate
 from bids_qc.training.eval_protocol import HELDOUT_DAMAGE_FAMILIES, TRAINING_DAMAGE_FAMILIES
 
 #: Contrast families of the training images.
@@ -165,21 +165,6 @@ class SampleStream(torch.utils.data.Dataset):
 
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
-
-
-def learning_rate(progress: float, base: float, warmup: float = 0.03) -> float:
-    """Linear warm-up then cosine decay to 2% of ``base`` over ``progress`` in [0, 1]."""
-    if progress < warmup:
-        return base * (0.1 + 0.9 * progress / warmup)
-    frac = min(1.0, (progress - warmup) / (1 - warmup))
-    return base * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * frac)))
-
-
-def export_weights(net: SegQCNet, path: Path) -> None:
-    """Save the state dict in fp16 (floating tensors), as shipped."""
-    state = {k: v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu()
-             for k, v in net.state_dict().items()}  # fmt: skip
-    torch.save(state, path)
 
 
 def train(args: argparse.Namespace) -> dict[str, Any]:

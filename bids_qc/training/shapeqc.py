@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from bids_qc.models.shapeqc import ShapeQCNet, kind_index
 from bids_qc.structures import SUBCORTICAL_KINDS, SUBCORTICAL_NAMES
+from bids_qc.training.common import export_weights
 from bids_qc.training.eval_protocol import TRAINING_SHAPE_FAMILIES
 from bids_qc.training.shapeqc_data import (
     EVAL_SHAPE_MAPS,
@@ -91,15 +92,6 @@ def scores(net: ShapeQCNet, maps: np.ndarray, structures: np.ndarray, scalars: n
             sc = torch.as_tensor(scalars[i:i + batch], dtype=torch.float32)
             out.append(torch.sigmoid(net(x, k, sc)).numpy())
     return np.concatenate(out) if out else np.zeros(0)
-
-
-def export_weights(net: ShapeQCNet, path: Path) -> None:
-    """fp16 weights (templates and input scaling stay float32)."""
-    state = {k: (v.half() if v.is_floating_point() and not k.startswith(("template_",
-             "channel_")) else v) for k, v in net.state_dict().items()}
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
 
 
 def set_templates(net: ShapeQCNet, templates: dict, maps: np.ndarray,
@@ -226,7 +218,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         os.replace(ckpt.with_suffix(".tmp"), ckpt)
 
     p_ev = scores(net, x_ev, ev["structure"], ev["scalars"])
-    export_weights(net, out / "shapeqc.pt")
+    export_weights(net, out / "shapeqc.pt", keep_float32=("template_", "channel_"))
     doc = calibration(p_ev, ev["fail"], ev["structure"])
     (out / "shapeqc_thresholds.json").write_text(json.dumps(doc, indent=1) + "\n")
     cal = {"format": CALIBRATION_FORMAT, "version": 1,

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -53,6 +52,7 @@ from bids_qc.models.vinn import (
 from bids_qc.structures import SUBCORTICAL
 from bids_qc.synth.labelmaps import TRAIN_MAPS, check_training_maps, load_label_map
 from bids_qc.synth.synthesize import synthesize
+from bids_qc.training.common import export_weights, learning_rate
 
 CONTRASTS: tuple[str, ...] = ("t1", "t1_wide")
 DEFAULT_SEED = 20261121
@@ -184,21 +184,6 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -
     present = onehot.sum((0, 2, 3)) > 0
     dice = (2 * inter + 1) / (denom + 1)
     return ce + (1 - dice[present]).mean()
-
-
-def learning_rate(progress: float, base: float, warmup: float = 0.03) -> float:
-    """Linear warm-up then cosine decay to 2% of ``base`` over ``progress`` in [0, 1]."""
-    if progress < warmup:
-        return base * (0.1 + 0.9 * progress / warmup)
-    frac = min(1.0, (progress - warmup) / (1 - warmup))
-    return base * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * frac)))
-
-
-def export_weights(net: VINN, path: Path) -> None:
-    """Save the state dict in fp16 (floating tensors), as shipped."""
-    state = {k: v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu()
-             for k, v in net.state_dict().items()}  # fmt: skip
-    torch.save(state, path)
 
 
 def train(args: argparse.Namespace) -> dict[str, Any]:

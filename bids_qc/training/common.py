@@ -1,0 +1,56 @@
+"""Pieces every training recipe shares: the learning-rate schedule and the weights export."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+
+def learning_rate(progress: float, base: float, warmup: float = 0.03,
+                  floor: float = 0.02) -> float:
+    """Linear warm-up, then cosine decay to ``floor * base``, over ``progress`` in [0, 1].
+
+    Parameters
+    ----------
+    progress : float
+        Fraction of the training budget (steps or minutes) used so far.
+    base : float
+        Peak learning rate.
+    warmup : float
+        Fraction of the budget spent warming up from 10% of ``base`` (0: none).
+    floor : float
+        Final learning rate as a fraction of ``base``.
+    """
+    if progress < warmup:
+        return base * (0.1 + 0.9 * progress / warmup)
+    frac = min(1.0, (progress - warmup) / (1 - warmup))
+    return base * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def export_weights(net: torch.nn.Module, path: Path,
+                   keep_float32: Sequence[str] = ()) -> None:
+    """Save ``net``'s state dict as shipped: floating tensors in fp16, written atomically.
+
+    Parameters
+    ----------
+    net : torch.nn.Module
+        The trained network.
+    path : Path
+        The weights file.
+    keep_float32 : sequence of str
+        Prefixes of state entries kept in float32 (statistics fp16 would round too coarsely).
+    """
+    prefixes = tuple(keep_float32)
+    state = {}
+    for key, value in net.state_dict().items():
+        value = value.detach().cpu()
+        half = value.is_floating_point() and not (prefixes and key.startswith(prefixes))
+        state[key] = value.half() if half else value
+    path = Path(path)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)

@@ -1,0 +1,33 @@
+"""The schedule and weights export every training recipe uses."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from bids_qc.training.common import export_weights, learning_rate
+
+
+def test_schedule_warms_up_then_decays_to_its_floor():
+    assert learning_rate(0.0, 1.0) == pytest.approx(0.1)
+    assert learning_rate(0.03, 1.0) == pytest.approx(1.0)
+    assert learning_rate(1.0, 1.0) == pytest.approx(0.02)
+    lrs = [learning_rate(p / 100, 2.0) for p in range(3, 101)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    # Without warm-up: a plain cosine from base to the floor.
+    half = learning_rate(0.5, 1.0, warmup=0.0, floor=0.05)
+    assert half == pytest.approx(0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi / 2)))
+
+
+def test_export_halves_floats_but_kept_prefixes_and_round_trips(tmp_path):
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    path = tmp_path / "w.pt"
+    export_weights(net, path, keep_float32=("1.running_",))
+    state = torch.load(path, weights_only=True)
+    assert state["0.weight"].dtype == torch.float16
+    assert state["1.running_mean"].dtype == torch.float32
+    assert state["1.num_batches_tracked"].dtype == torch.int64
+    assert torch.allclose(state["0.weight"].float(), net[0].weight, atol=1e-3)
+    assert not list(tmp_path.glob("*.tmp"))
