@@ -25,6 +25,7 @@ from bids_qc.group import write_group_outputs
 from bids_qc.ratings import RATINGS_FILE, read_rating_file
 from bids_qc.reports.participant import write_participant_report
 from bids_qc.results import stage_result
+from tests.system_tools import say, unavailable
 from tests.test_reports_helpers import synthetic_result, tiny_png, tiny_volumes, write_results
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -35,23 +36,6 @@ FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
          # Refuse the network: no name resolves and every proxy connection fails.
          "--host-resolver-rules=MAP * ~NOTFOUND", "--proxy-server=http://127.0.0.1:9",
          "--proxy-bypass-list=<-loopback>")
-
-
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{reason} (under CI a skip is a failure)")
-    pytest.skip(reason)
-
-
-def _say(config, text: str) -> None:
-    """A line on the terminal even when pytest captures output (artefact paths, timings)."""
-    capture = config.pluginmanager.get_plugin("capturemanager")
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    if capture is None or reporter is None:
-        print(text)
-        return
-    with capture.global_and_fixture_disabled():
-        reporter.write_line(f"\n{text}")
 
 
 def _apt_install(config) -> str:
@@ -65,7 +49,7 @@ def _apt_install(config) -> str:
     if done.returncode != 0:  # stale or missing package lists: update once, then retry
         subprocess.run(["apt-get", "update"], capture_output=True, text=True, env=env)
         done = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    _say(config, f"chromium install took {time.perf_counter() - started:.1f} s")
+    say(config, f"chromium install took {time.perf_counter() - started:.1f} s")
     return "" if done.returncode == 0 else (done.stderr or done.stdout)[-500:]
 
 
@@ -75,11 +59,11 @@ def chrome_paths(pytestconfig) -> tuple[Path, Path]:
     if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
         problem = _apt_install(pytestconfig)
         if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-            _unavailable(f"Chromium could not be installed with apt-get: {problem}")
+            unavailable(f"Chromium could not be installed with apt-get: {problem}")
     try:
         import selenium  # noqa: F401
     except ImportError:
-        _unavailable("selenium is not installed (pip install -e '.[test]')")
+        unavailable("selenium is not installed (pip install -e '.[test]')")
     return CHROMIUM, CHROMEDRIVER
 
 
@@ -139,7 +123,7 @@ def _screenshot(driver, path: Path, config) -> None:
     driver.set_window_size(1280, min(max(height, 800), 8000))
     driver.save_screenshot(str(path))
     assert path.read_bytes()[:4] == b"\x89PNG"
-    _say(config, f"screenshot: {path}")
+    say(config, f"screenshot: {path}")
 
 
 @pytest.fixture

@@ -31,3 +31,13 @@ def test_export_halves_floats_but_kept_prefixes_and_round_trips(tmp_path):
     assert state["1.num_batches_tracked"].dtype == torch.int64
     assert torch.allclose(state["0.weight"].float(), net[0].weight, atol=1e-3)
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_train_log_is_written_line_by_line(tmp_path):
+    from bids_qc.training.common import train_logger
+
+    log = train_logger(tmp_path)
+    log("step 1")
+    log("step 2")  # readable before the run ends (line-buffered)
+    lines = (tmp_path / "train.log").read_text().splitlines()
+    assert [line.split(" ", 1)[1] for line in lines] == ["step 1", "step 2"]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -54,3 +55,14 @@ def export_weights(net: torch.nn.Module, path: Path,
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
+
+
+def train_logger(out: Path) -> Callable[[str], None]:
+    """A function appending time-stamped lines to ``out/train.log`` (line-buffered, so a
+    background run can be followed with ``tail -f``)."""
+    logf = open(Path(out) / "train.log", "a", buffering=1)  # noqa: SIM115 - lives with the run
+
+    def log(msg: str) -> None:
+        logf.write(f"{time.strftime('%H:%M:%S')} {msg}\n")
+
+    return log

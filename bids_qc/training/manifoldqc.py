@@ -48,7 +48,7 @@ from bids_qc.models.manifoldqc import (
 from bids_qc.models.segqc import group_index
 from bids_qc.synth.damage import DAMAGE_FAMILIES
 from bids_qc.synth.labelmaps import TRAIN_MAPS
-from bids_qc.training.common import export_weights, learning_rate
+from bids_qc.training.common import export_weights, learning_rate, train_logger
 from bids_qc.training.eval_protocol import TRAINING_DAMAGE_FAMILIES
 from bids_qc.training.segqc import CONTRASTS, DEFAULT_SEED, build_pool, fast_dice, pool_keys
 
@@ -251,10 +251,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Dataset, ablation and final run (each resumable); returns the summary."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    logf = open(out / "train.log", "a", buffering=1)
-
-    def log(msg: str) -> None:
-        logf.write(f"{time.strftime('%H:%M:%S')} {msg}\n")
+    log = train_logger(out)
 
     torch.set_num_threads(args.threads)
     t_data = time.time()

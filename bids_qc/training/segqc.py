@@ -33,7 +33,7 @@ from bids_qc.models.segqc import GRID_SHAPE, OTHER_GROUP, SegQCNet, conform, gro
 from bids_qc.synth.damage import DAMAGE_FAMILIES
 from bids_qc.synth.labelmaps import TRAIN_MAPS, check_training_maps, load_label_map
 from bids_qc.synth.synthesize import synthesize
-from bids_qc.training.common import export_weights, learning_rate
+from bids_qc.training.common import export_weights, learning_rate, train_logger
 from bids_qc.training.eval_protocol import HELDOUT_DAMAGE_FAMILIES, TRAINING_DAMAGE_FAMILIES
 
 #: Contrast families of the training images.
@@ -171,10 +171,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     """Run (or resume) training; returns the summary written to ``summary.json``."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    logf = open(out / "train.log", "a", buffering=1)
-
-    def log(msg: str) -> None:
-        logf.write(f"{time.strftime('%H:%M:%S')} {msg}\n")
+    log = train_logger(out)
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

@@ -52,7 +52,7 @@ from bids_qc.models.vinn import (
 from bids_qc.structures import SUBCORTICAL
 from bids_qc.synth.labelmaps import TRAIN_MAPS, check_training_maps, load_label_map
 from bids_qc.synth.synthesize import synthesize
-from bids_qc.training.common import export_weights, learning_rate
+from bids_qc.training.common import export_weights, learning_rate, train_logger
 
 CONTRASTS: tuple[str, ...] = ("t1", "t1_wide")
 DEFAULT_SEED = 20261121
@@ -191,10 +191,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     out, cache = Path(args.out), Path(args.cache)
     out.mkdir(parents=True, exist_ok=True)
     cache.mkdir(parents=True, exist_ok=True)
-    logf = open(out / "train.log", "a", buffering=1)
-
-    def log(msg: str) -> None:
-        logf.write(f"{time.strftime('%H:%M:%S')} {msg}\n")
+    log = train_logger(out)
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
