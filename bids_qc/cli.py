@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from . import __version__, exitcodes
-from .errors import DatasetError
+from .errors import DatasetError, Terminated
 from .models.registry import KNOWN_MODELS
 from .runtime import prepare_runtime
 from .settings import Settings
@@ -309,8 +309,10 @@ def run(argv: Sequence[str] | None = None) -> int:
         return _fail(exitcodes.USAGE, str(exc))
     except DatasetError as exc:
         return _fail(exc.exit_code, str(exc))
-    except KeyboardInterrupt:
-        return _fail(130, "interrupted; finished images are kept, rerun to resume")
+    except KeyboardInterrupt as exc:
+        # 128 + signal number, as a shell reports it: 130 for Ctrl-C, 143 for SIGTERM.
+        code = 128 + exc.signum if isinstance(exc, Terminated) else exitcodes.INTERRUPTED
+        return _fail(code, "interrupted; finished images are kept, rerun to resume")
 
 
 def _fail(code: int, message: str) -> int:

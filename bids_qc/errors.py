@@ -52,3 +52,20 @@ class DatasetError(BidsQCError):
     def __init__(self, message: str, exit_code: int) -> None:
         self.exit_code = exit_code
         super().__init__(message)
+
+
+class Terminated(KeyboardInterrupt):
+    """The run was stopped by a signal (SIGTERM from a scheduler or ``docker stop``).
+
+    A :class:`KeyboardInterrupt` so that every cleanup path for Ctrl-C runs for it too;
+    the exit code follows the shell's convention, 128 + the signal number.
+
+    Parameters
+    ----------
+    signum : int
+        The signal received.
+    """
+
+    def __init__(self, signum: int) -> None:
+        self.signum = int(signum)
+        super().__init__(f"stopped by signal {self.signum}")

@@ -20,6 +20,11 @@ NO_INPUT = 66
 #: The output directory cannot be created or written.
 CANT_CREATE = 73
 
+#: Stopped by Ctrl-C (SIGINT): 128 + 2, as a shell reports it.
+INTERRUPTED = 130
+#: Stopped by SIGTERM (a scheduler's time limit, ``docker stop``): 128 + 15.
+TERMINATED = 143
+
 #: code -> (name, trigger), the source of the README's exit-code table.
 TABLE: dict[int, tuple[str, str]] = {
     OK: ("ok", "every selected image processed"),
@@ -35,4 +40,7 @@ TABLE: dict[int, tuple[str, str]] = {
                "participant results"),
     CANT_CREATE: ("cannot create output", "OUTPUT_DIR or the work directory cannot be created "
                   "or written"),
+    INTERRUPTED: ("interrupted", "Ctrl-C (SIGINT); finished images are kept, a rerun resumes"),
+    TERMINATED: ("terminated", "SIGTERM (a scheduler's time limit, docker stop); finished "
+                 "images are kept, a rerun resumes"),
 }

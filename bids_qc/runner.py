@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import exitcodes
-from .errors import DatasetError
+from .errors import DatasetError, Terminated
 from .inputs import QCInput, qc_input_to_dict
 from .io import atomic_write_json
 from .models.registry import KNOWN_MODELS, REGISTRY, ModelSpec, installed_models
@@ -94,7 +94,7 @@ def _sigterm_as_interrupt() -> Any:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGTERM)
             return
-        raise KeyboardInterrupt
+        raise Terminated(signum)
 
     try:
         return signal.signal(signal.SIGTERM, handler)
@@ -222,7 +222,7 @@ def _run_workflow(settings: Settings, rows: list[QCInput], prints: dict, selecti
     except OSError as exc:
         raise DatasetError(f"cannot create the work directory ({exc}); pass a writable -w DIR",
                            exitcodes.CANT_CREATE) from None
-    _quiet_nipype(settings.verbosity)
+    nipype_level = _quiet_nipype(settings.verbosity)
     wf = init_bids_qc_wf(
         rows, output_dir=settings.output_dir, work_dir=work_dir, fingerprints=prints,
         models=selection.models, device=device,
@@ -245,7 +245,7 @@ def _run_workflow(settings: Settings, rows: list[QCInput], prints: dict, selecti
                 ", ".join(f"{k}={v}" for k, v in plugin_args.items() if k != "status_callback"))
     plugin = None
     try:
-        plugin = make_plugin(settings.plugin, plugin_args)
+        plugin = make_plugin(settings.plugin, plugin_args, log_level=nipype_level)
         wf.run(plugin=plugin, plugin_args=plugin_args)
     except RuntimeError as exc:
         # nipype raises once some node crashed; each image's failure is collected below.
@@ -267,7 +267,8 @@ def _run_workflow(settings: Settings, rows: list[QCInput], prints: dict, selecti
             shutil.rmtree(work_dir, ignore_errors=True)
 
 
-def _quiet_nipype(verbosity: int) -> None:
+def _quiet_nipype(verbosity: int) -> str:
+    """Set nipype's log level in this process from ``-v``/``-q``; returns the level."""
     from nipype import config
     from nipype import logging as nlogging
 
@@ -276,6 +277,7 @@ def _quiet_nipype(verbosity: int) -> None:
     config.set("logging", "interface_level", level)
     config.set("logging", "utils_level", "WARNING")
     nlogging.update_logging(config)
+    return level
 
 
 def _crash_message(settings: Settings, row: QCInput) -> tuple[str, str]:

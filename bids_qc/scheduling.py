@@ -11,17 +11,38 @@ import logging
 from typing import Any
 
 
-def make_plugin(name: str, args: dict[str, Any]) -> Any:
+def make_plugin(name: str, args: dict[str, Any], log_level: str = "WARNING") -> Any:
     """The nipype plugin object (so that an interrupted run can stop its workers).
 
-    MultiProc gets :func:`_image_first_multiproc`'s job order; other plugins are nipype's.
+    MultiProc gets :func:`_image_first_multiproc`'s job order, and workers that log at
+    ``log_level`` (nipype's ``workflow_level``/``interface_level``); other plugins are
+    nipype's.
     """
     from nipype.pipeline import plugins
 
     if name == "MultiProc":
-        return _image_first_multiproc()(plugin_args=args)
+        plugin = _image_first_multiproc()(plugin_args=args)
+        plugin.worker_log_level = log_level
+        return plugin
     klass = getattr(plugins, f"{name}Plugin", None)
     return name if klass is None else klass(plugin_args=args)
+
+
+def _worker_init(cwd: str, log_level: str) -> None:
+    """Start a MultiProc worker as nipype does, with the run's nipype log level.
+
+    Workers start from a fresh interpreter (forkserver) whose nipype logs at INFO: without
+    this, every node's set-up and finish lines reach the terminal whatever ``-q``/``-v`` say.
+    """
+    from nipype import config
+    from nipype import logging as nlogging
+    from nipype.pipeline.plugins.multiproc import process_initializer
+
+    process_initializer(cwd)
+    config.set("logging", "workflow_level", log_level)
+    config.set("logging", "interface_level", log_level)
+    config.set("logging", "utils_level", "WARNING")
+    nlogging.update_logging(config)
 
 
 def _image_first_multiproc() -> type:
@@ -39,7 +60,6 @@ def _image_first_multiproc() -> type:
 
     from nipype.pipeline.engine.utils import topological_sort
     from nipype.pipeline.plugins import MultiProcPlugin
-    from nipype.pipeline.plugins.multiproc import process_initializer
 
     class ImageFirstMultiProcPlugin(MultiProcPlugin):
         """Also survives a worker that dies (killed, out of memory).
@@ -72,14 +92,23 @@ def _image_first_multiproc() -> type:
                                           "(killed, or out of memory?)\n"],
                         }
 
+        worker_log_level = "WARNING"
+        _pool_level: str | None = None
+
+        def _new_pool(self) -> None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = ProcessPoolExecutor(
+                max_workers=self.processors, initializer=_worker_init,
+                initargs=(self._cwd, self.worker_log_level),
+                mp_context=mp.get_context(self.plugin_args.get("mp_context")),
+            )
+            self._pool_level = self.worker_log_level
+
         def _submit_job(self, node: Any, updatehash: bool = False) -> int:
-            if getattr(self.pool, "_broken", False):
-                self.pool.shutdown(wait=False, cancel_futures=True)
-                self.pool = ProcessPoolExecutor(
-                    max_workers=self.processors, initializer=process_initializer,
-                    initargs=(self._cwd,),
-                    mp_context=mp.get_context(self.plugin_args.get("mp_context")),
-                )
+            # nipype's own pool (made in __init__, no process started yet) is replaced by
+            # one whose workers take the run's log level; a broken pool is replaced too.
+            if self._pool_level is None or getattr(self.pool, "_broken", False):
+                self._new_pool()
             return super()._submit_job(node, updatehash=updatehash)
 
     return ImageFirstMultiProcPlugin

@@ -191,3 +191,18 @@ def test_readme_exit_code_table_matches_the_code():
     block = readme.split("<!-- exit-codes")[1].split("<!-- /exit-codes -->")[0]
     for code, (name, when) in exitcodes.TABLE.items():
         assert f"| {code} | {name} | {when} |" in block, f"README lacks exit code {code}"
+
+
+def test_worker_processes_follow_quiet_and_verbose(tmp_path, capfd):
+    # MultiProc workers are fresh interpreters: nipype's per-node lines must follow -q/-v
+    # there too, not only in the main process.
+    bids = _fs_dataset(tmp_path / "ds", subjects=("01",))
+    out = tmp_path / "out"
+    args = [str(bids), str(out), "participant", "--nprocs", "1"]
+    assert run([*args, "-q", "-w", str(tmp_path / "w1")]) == 0
+    quiet = capfd.readouterr()
+    assert "[Node]" not in quiet.out + quiet.err
+    assert "1 processed" in quiet.err
+    assert run([*args, "-v", "--force", "-w", str(tmp_path / "w2")]) == 0
+    loud = capfd.readouterr()
+    assert "[Node] Finished" in loud.out + loud.err

@@ -67,6 +67,19 @@ def test_summary_verdicts_values_thresholds_and_skipped(tmp_path):
     assert "sha256" in html and "ab" * 32 in html  # weights sha256 in the provenance
 
 
+def test_experimental_models_are_labelled_in_the_summary(tmp_path):
+    from bids_qc.models.registry import REGISTRY
+
+    experimental = {s.name for s in REGISTRY if s.experimental}
+    res = synthetic_result("sub-02_T1w", rmse=25.0, dice=0.5, pfail=0.6)
+    summary = write_participant_report(res, tmp_path).read_text().split('id="registration"')[0]
+    rows = {m.group(1): m.group(0) for m in re.finditer(r"<tr><td><code>(\w+)</code>.*?</tr>",
+                                                         summary)}  # fmt: skip
+    assert {"regqc_flag", "segqc_flag", "manifoldqc_flag"} <= set(rows)
+    for flag, row in rows.items():
+        assert ("experimental</span>" in row) == (flag.split("_")[0] in experimental), row
+
+
 def test_checks_take_run_thresholds_and_orient_ratios():
     res = synthetic_result("sub-03_T1w", rmse=20.0, dice=0.35, pfail=None,
                            thresholds={"regqc_rmse_mm": 10.0, "segqc_dice": 0.7})

@@ -40,10 +40,12 @@ class RegQCNet(nn.Module):
     block_dropout : float
         Dropout after each convolutional block.
     head_dropout : float
-        Dropout after each hidden regression layer.
+        Dropout after each hidden regression layer. 0 by default: with 0.5 (tried first),
+        the regression shrank towards the mean (slope 0.18 after a 28-minute CPU run);
+        the on-the-fly misregistrations already keep the network from memorising.
     """
 
-    def __init__(self, block_dropout: float = 0.1, head_dropout: float = 0.5) -> None:
+    def __init__(self, block_dropout: float = 0.1, head_dropout: float = 0.0) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         c_in = 2

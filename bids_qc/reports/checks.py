@@ -50,6 +50,18 @@ class CheckSpec:
     default: float
     label: str
 
+    @property
+    def model(self) -> str:
+        """The model whose check this is (the flag column's prefix)."""
+        return self.flag.split("_", 1)[0]
+
+    @property
+    def experimental(self) -> bool:
+        """Whether the model is experimental (its card misses its targets): reports say so."""
+        from ..models.registry import REGISTRY
+
+        return any(s.name == self.model and s.experimental for s in REGISTRY)
+
     def value(self, metrics: dict[str, Any]) -> float | None:
         """The check's value in a participant's metrics (None when absent)."""
         if self.metric.endswith("*"):

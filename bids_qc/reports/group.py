@@ -187,8 +187,11 @@ def _queue_rows(review: Review, limit: int = QUEUE_MAX_ROWS) -> list[dict[str, A
 def _check_summary(by_check: dict[str, pd.DataFrame]) -> list[dict[str, Any]]:
     out = []
     for name, rows in by_check.items():
-        label = check_spec(name).label if is_check(name) else "volume outlier (group)"
-        out.append({"check": name, "label": label, "n": int(rows["value"].notna().sum()),
+        spec = check_spec(name) if is_check(name) else None
+        label = spec.label if spec else "volume outlier (group)"
+        out.append({"check": name, "label": label,
+                    "experimental": bool(spec and spec.experimental),
+                    "n": int(rows["value"].notna().sum()),
                     "flagged": int((rows["flag"] == 1).sum())})
     return out
 

@@ -55,6 +55,7 @@ def _verdict(o: Outcome) -> dict[str, Any]:
     return {
         "check": o.spec.flag,
         "label": o.spec.label,
+        "experimental": o.spec.experimental,
         "value": fmt(o.value),
         "threshold": fmt(o.threshold),
         "rule": f"FAIL when {sign} {fmt(o.threshold)}",

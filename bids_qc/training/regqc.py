@@ -229,6 +229,7 @@ def train(minutes: float, out: Path, resume: bool, cache: Path, batch_size: int 
         "batch_size": batch_size, "train_minutes": state["seconds"] / 60,
         "pool_volumes": int(len(pool_np)), "epochs": state["cases"] / len(pool_np),
         "hardware": "CPU, 2 cores (torch.set_num_threads(2)), shared",
+        "block_dropout": model.encoder[3].p, "head_dropout": model.head[3].p,
     }
     (out / "train_info.json").write_text(json.dumps(info, indent=1))
     log(f"done: {info}")

@@ -271,6 +271,8 @@ def render(res: dict[str, Any], train: dict[str, Any], sha: str) -> str:
         f"{train['pool_volumes']} template-space anatomies (SynthSeg maps 1-16 synthesised, "
         "ds002748 sub-01..08)",
         f"- wall time: {train['train_minutes']:.1f} min on {train['hardware']}; seed {SEED}",
+        f"- dropout: {train.get('block_dropout', 0.1)} after each convolutional block, "
+        f"{train.get('head_dropout', 0.5)} in the regression layers",
         "- RMSE targets uniform on [0, 100] mm (half of the cases) or [0, 20] mm (half); "
         "the engine's affine sampler (translations <= 100 mm, rotations <= 45 deg, "
         "scales 0.5-1.5); no bias field", "",
