@@ -44,6 +44,11 @@ def test_random_network_shapes_and_bad_input():
     assert out.shape == (3,) and out.dtype == np.float64 and np.isfinite(out).all()
     with pytest.raises(ValueError, match="shape"):
         net(torch.zeros(1, 3, 8, 8, 8))
+    # The output calibration (intercept mm, slope) acts on the regression's output.
+    with torch.inference_mode():
+        raw = net(x)
+        net.calibration.copy_(torch.tensor([2.0, 1.5]))
+        assert torch.allclose(net(x), 2.0 + 1.5 * raw, atol=1e-4)
 
 
 def test_preprocess_shape_and_errors():

@@ -61,6 +61,9 @@ class RegQCNet(nn.Module):
         # A fixed 3x3x3 map keeps where things are (translations matter) at any grid size.
         layers.append(nn.AdaptiveAvgPool3d(3))
         self.encoder = nn.Sequential(*layers)
+        # (intercept mm, slope) applied to the regression's output: fitted by the training
+        # recipe on fresh cases of the training anatomies (identity while training).
+        self.register_buffer("calibration", torch.tensor([0.0, 1.0]))
         self.head = nn.Sequential(
             nn.Flatten(),
             nn.Linear(c_in * 27, 128),
@@ -79,7 +82,8 @@ class RegQCNet(nn.Module):
                 f"RegQCNet needs inputs of shape (B, 2, X, Y, Z), got {tuple(x.shape)}"
             )
         # The network regresses RMSE / 100 (the training range), rescaled here.
-        return self.head(self.encoder(x))[:, 0] * 100.0
+        raw = self.head(self.encoder(x))[:, 0] * 100.0
+        return self.calibration[0] + self.calibration[1] * raw
 
 
 def model_grid(template: TemplateGrid) -> tuple[tuple[int, int, int], np.ndarray]:

@@ -16,6 +16,12 @@
 3. Adam (cosine decay of the rate over the time budget), MSE on RMSE / 100; a checkpoint
    every 3 minutes and at the end; ``--resume`` continues from ``DIR/checkpoint.pt``
    (random streams reseeded from the step count, so a resumed run is reproducible too).
+4. Calibration: an intercept and slope mapping the network's output to the RMSE, fitted by
+   least squares on :data:`N_CALIBRATION` fresh misregistrations of the *training*
+   anatomies (a seed of their own), stored in the weights (``calibration``). A short CPU
+   run leaves the regression compressed towards the mean; this straightens it without
+   touching an evaluation anatomy. ``--calibrate-only`` redoes this step on ``DIR``'s
+   checkpoint.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from ..spatial import TemplateGrid, load_template
 from ..synth.metrics import affine_rmse
 from ..synth.misregistration import sample_affine
 from ..templates_data import get_template
+from .common import export_weights
 
 SEED = 20260521
 #: Spacing of the cached anatomy pool, mm.
@@ -50,6 +57,8 @@ TRAIN_MAPS = tuple(range(1, 17))
 TRAIN_SUBJECTS = tuple(f"{i:02d}" for i in range(1, 9))
 #: Coarse grid (every 16 mm) on which the sampler solves for the target RMSE (speed).
 _SOLVE_MM = 16.0
+#: Fresh training-anatomy cases the output calibration is fitted on.
+N_CALIBRATION = 256
 
 
 def template() -> TemplateGrid:
@@ -160,6 +169,64 @@ def make_batch(
     return x, torch.tensor(ys, dtype=torch.float32)
 
 
+def calibrate(model: RegQCNet, pool: torch.Tensor, pool_affine: np.ndarray,
+              grid: TemplateGrid) -> dict[str, float]:
+    """Fit ``model.calibration`` (intercept, slope) on fresh cases of the training pool.
+
+    Least squares of the true RMSE on the network's output, in evaluation mode, on
+    :data:`N_CALIBRATION` misregistrations drawn as in training from a seed of their own.
+    Returns the fit and the MAE on those cases before and after.
+    """
+    model.eval()
+    model.calibration.copy_(torch.tensor([0.0, 1.0]))
+    rng = np.random.default_rng(SEED - 1)
+    preds, truth = [], []
+    with torch.inference_mode():
+        for _ in range(N_CALIBRATION // 8):
+            x, y = make_batch(pool, pool_affine, grid, rng, 8)
+            preds.append(model(x))
+            truth.append(y)
+    p = torch.cat(preds).double().numpy()
+    t = torch.cat(truth).double().numpy()
+    slope, intercept = np.polyfit(p, t, 1)
+    model.calibration.copy_(torch.tensor([intercept, slope], dtype=torch.float32))
+    return {"intercept": float(intercept), "slope": float(slope), "cases": int(len(t)),
+            "mae_before": float(np.mean(np.abs(p - t))),
+            "mae_after": float(np.mean(np.abs(intercept + slope * p - t)))}
+
+
+def _load_pool(cache: Path, grid: TemplateGrid, log: callable) -> tuple[np.ndarray,
+                                                                        torch.Tensor, np.ndarray]:
+    t0 = time.time()
+    pool_np = build_pool(cache, grid, log)
+    pool_affine = np.asarray(json.loads((cache / "pool.json").read_text())["affine"])
+    log(f"pool: {pool_np.shape} in {time.time() - t0:.0f} s")
+    pool, pool_affine = coarse_pool(torch.from_numpy(pool_np), pool_affine)
+    return pool_np, pool, pool_affine
+
+
+def calibrate_only(out: Path, cache: Path) -> dict:
+    """Redo the calibration step on ``out``'s checkpoint and export the weights again."""
+    torch.set_num_threads(2)
+    grid = template()
+    _, pool, pool_affine = _load_pool(cache, grid, print)
+    saved = torch.load(out / "checkpoint.pt", weights_only=False)
+    model = RegQCNet()
+    # Checkpoints written before the calibration buffer existed lack only that entry.
+    missing, unexpected = model.load_state_dict(saved["model"], strict=False)
+    if unexpected or set(missing) - {"calibration"}:
+        raise ValueError(f"{out / 'checkpoint.pt'} is not a RegQC checkpoint "
+                         f"(missing {missing}, unexpected {unexpected})")
+    fit = calibrate(model, pool, pool_affine, grid)
+    export_weights(model, out / "regqc.pt", keep_float32=("calibration",))
+    info_path = out / "train_info.json"
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    info["calibration"] = fit
+    info_path.write_text(json.dumps(info, indent=1))
+    print(f"calibration: {fit}")
+    return info
+
+
 def train(minutes: float, out: Path, resume: bool, cache: Path, batch_size: int = 8) -> dict:
     """Train for ``minutes`` of wall time (pool building excluded); returns the run's log."""
     torch.set_num_threads(2)
@@ -173,11 +240,7 @@ def train(minutes: float, out: Path, resume: bool, cache: Path, batch_size: int 
         logf.flush()
 
     grid = template()
-    t0 = time.time()
-    pool_np = build_pool(cache, grid, log)
-    pool_affine = np.asarray(json.loads((cache / "pool.json").read_text())["affine"])
-    log(f"pool: {pool_np.shape} in {time.time() - t0:.0f} s")
-    pool, pool_affine = coarse_pool(torch.from_numpy(pool_np), pool_affine)
+    pool_np, pool, pool_affine = _load_pool(cache, grid, log)
 
     torch.manual_seed(SEED)
     model = RegQCNet()
@@ -221,15 +284,16 @@ def train(minutes: float, out: Path, resume: bool, cache: Path, batch_size: int 
             save()
     state["seconds"] += time.time() - last_save
     save()
-    weights = {k: v.half() if v.is_floating_point() else v
-               for k, v in model.state_dict().items()}  # fmt: skip
-    torch.save(weights, out / "regqc.pt")
+    fit = calibrate(model, pool, pool_affine, grid)
+    log(f"calibration: {fit}")
+    export_weights(model, out / "regqc.pt", keep_float32=("calibration",))
     info = {
         "seed": SEED, "steps": state["step"], "cases_seen": state["cases"],
         "batch_size": batch_size, "train_minutes": state["seconds"] / 60,
         "pool_volumes": int(len(pool_np)), "epochs": state["cases"] / len(pool_np),
         "hardware": "CPU, 2 cores (torch.set_num_threads(2)), shared",
         "block_dropout": model.encoder[3].p, "head_dropout": model.head[3].p,
+        "calibration": fit,
     }
     (out / "train_info.json").write_text(json.dumps(info, indent=1))
     log(f"done: {info}")
@@ -240,14 +304,19 @@ def train(minutes: float, out: Path, resume: bool, cache: Path, batch_size: int 
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--minutes", type=float, required=True, help="training wall time")
+    parser.add_argument("--minutes", type=float, help="training wall time")
+    parser.add_argument("--calibrate-only", action="store_true",
+                        help="only refit the output calibration on DIR's checkpoint")
     parser.add_argument("--out", type=Path, required=True, help="run folder")
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/regqc_cache"))
     parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args(argv)
-    if args.minutes <= 0:
-        raise ValueError("--minutes must be positive")
+    if args.calibrate_only:
+        calibrate_only(args.out, args.cache)
+        return
+    if args.minutes is None or args.minutes <= 0:
+        parser.error("--minutes must be given and positive")
     train(args.minutes, args.out, args.resume, args.cache, args.batch_size)
 
 

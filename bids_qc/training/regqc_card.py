@@ -246,6 +246,15 @@ def targets(res: dict[str, Any]) -> list[tuple[str, float, bool]]:
     return rows
 
 
+def _calibration_lines(fit: dict[str, Any] | None) -> list[str]:
+    if not fit:
+        return ["- no output calibration"]
+    return [f"- output calibration, fitted by least squares on {fit['cases']} fresh "
+            "misregistrations of the training anatomies (never an evaluation one): "
+            f"RMSE = {fit['intercept']:.2f} mm + {fit['slope']:.3f} x network output; MAE on "
+            f"those cases {fit['mae_before']:.2f} mm before, {fit['mae_after']:.2f} mm after"]
+
+
 def _f(v: float) -> str:
     return "n/a" if v != v else f"{v:.3f}"
 
@@ -273,6 +282,7 @@ def render(res: dict[str, Any], train: dict[str, Any], sha: str) -> str:
         f"- wall time: {train['train_minutes']:.1f} min on {train['hardware']}; seed {SEED}",
         f"- dropout: {train.get('block_dropout', 0.1)} after each convolutional block, "
         f"{train.get('head_dropout', 0.5)} in the regression layers",
+        *_calibration_lines(train.get("calibration")),
         "- RMSE targets uniform on [0, 100] mm (half of the cases) or [0, 20] mm (half); "
         "the engine's affine sampler (translations <= 100 mm, rotations <= 45 deg, "
         "scales 0.5-1.5); no bias field", "",
