@@ -146,6 +146,14 @@ def test_group_report_shows_share_to_review_with_ratings(tmp_path):
     shares = re.findall(r'<td class="num">([\d.]+%)</td></tr>', html.read_text().split(
         'id="review-shares"')[1].split("</table>")[0])
     assert shares == ["60.0%", "60.0%"]  # the failed sub-04, then sub-01 and sub-02
+    # Checks of experimental models carry a badge in the summary; the default one does not.
+    from bids_qc.models.registry import get_spec
+
+    rows = {m.group(1): m.group(0) for m in re.finditer(
+        r"<tr><td><code>(\w+)</code></td>.*?</tr>", html.read_text())}
+    for flag in ("regqc_flag", "segqc_flag"):
+        badge = "experimental</span>" in rows[flag]
+        assert badge == get_spec(flag.split("_")[0]).experimental, rows[flag]
 
 
 def test_malformed_ratings_do_not_stop_the_group_level(tmp_path):
