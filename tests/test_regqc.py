@@ -19,10 +19,9 @@ from bids_qc.templates_data import get_template
 from .conftest import shared_path
 
 CARD = Path(regqc.__file__).parent / "cards" / "regqc.md"
-#: MAE bound on the evaluation cases (mm). The issue asks for < 5 mm; the shipped 1.0.0
-#: weights (28 min of 2-core CPU training) reach about 7 mm here, where predicting the mean
-#: gives about 9.5 mm: the test asserts that honest level (see the model card).
-MAE_BOUND_MM = 10.0
+#: MAE bound on the evaluation cases (mm), the issue's. The shipped 1.1.0 weights (80 min of
+#: 2-core CPU training) reach about 4.8 mm here, where predicting the mean gives about 9 mm.
+MAE_BOUND_MM = 5.0
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -111,7 +110,7 @@ def test_accuracy_on_evaluation_cases():
     constant = float(np.mean(np.abs(truth_a - truth_a.mean())))
     assert len(truth) >= 30
     assert mae < MAE_BOUND_MM, (mae, constant)
-    assert mae < constant
+    assert mae < 0.6 * constant, (mae, constant)  # beats the mean by a wide margin
 
 
 def test_resolution_agreement():

@@ -68,8 +68,8 @@ class ModelSpec:
 #: Entries are added by the issues that train each model (RegQC, SegQC, ManifoldQC,
 #: ShapeQC, VINN); each carries the sha256 that its model card is stamped with.
 REGISTRY: tuple[ModelSpec, ...] = (
-    ModelSpec("regqc", "1.0.0", "regqc.pt",
-              "2d35708e9c9ee43f4a090196dfacea6aee8b7f744278adda30f0ee86eb5ba987",
+    ModelSpec("regqc", "1.1.0", "regqc.pt",
+              "d83e10fe80d6123d29cf7c3b929feda348664aa9d195f4941bdcf47e2cba7e09",
               ("template_t1w",),
               "Residual misregistration to the template (mm), RegQCNET-style CNN",
               experimental=True),
