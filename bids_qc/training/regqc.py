@@ -205,6 +205,16 @@ def _load_pool(cache: Path, grid: TemplateGrid, log: callable) -> tuple[np.ndarr
     return pool_np, pool, pool_affine
 
 
+def _load_checkpoint(model: RegQCNet, state: dict, path: Path) -> None:
+    # Checkpoints written before the calibration buffer existed lack only that entry
+    # (and training runs with the identity calibration anyway).
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or set(missing) - {"calibration"}:
+        raise ValueError(f"{path} is not a RegQC checkpoint "
+                         f"(missing {missing}, unexpected {unexpected})")
+    model.calibration.copy_(torch.tensor([0.0, 1.0]))
+
+
 def calibrate_only(out: Path, cache: Path) -> dict:
     """Redo the calibration step on ``out``'s checkpoint and export the weights again."""
     torch.set_num_threads(2)
@@ -212,11 +222,7 @@ def calibrate_only(out: Path, cache: Path) -> dict:
     _, pool, pool_affine = _load_pool(cache, grid, print)
     saved = torch.load(out / "checkpoint.pt", weights_only=False)
     model = RegQCNet()
-    # Checkpoints written before the calibration buffer existed lack only that entry.
-    missing, unexpected = model.load_state_dict(saved["model"], strict=False)
-    if unexpected or set(missing) - {"calibration"}:
-        raise ValueError(f"{out / 'checkpoint.pt'} is not a RegQC checkpoint "
-                         f"(missing {missing}, unexpected {unexpected})")
+    _load_checkpoint(model, saved["model"], out / "checkpoint.pt")
     fit = calibrate(model, pool, pool_affine, grid)
     export_weights(model, out / "regqc.pt", keep_float32=("calibration",))
     info_path = out / "train_info.json"
@@ -249,11 +255,13 @@ def train(minutes: float, out: Path, resume: bool, cache: Path, batch_size: int 
     ckpt = out / "checkpoint.pt"
     if resume and ckpt.is_file():
         saved = torch.load(ckpt, weights_only=False)
-        model.load_state_dict(saved["model"])
+        _load_checkpoint(model, saved["model"], ckpt)
         opt.load_state_dict(saved["opt"])
         state = saved["state"]
         log(f"resumed at step {state['step']}")
     rng = np.random.default_rng(SEED + state["step"])
+    # Each sitting restarts the cosine decay of the rate over its own budget.
+    state.setdefault("sittings", []).append(minutes)
 
     def save() -> None:
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "state": state}, ckpt)
@@ -293,7 +301,7 @@ def train(minutes: float, out: Path, resume: bool, cache: Path, batch_size: int 
         "pool_volumes": int(len(pool_np)), "epochs": state["cases"] / len(pool_np),
         "hardware": "CPU, 2 cores (torch.set_num_threads(2)), shared",
         "block_dropout": model.encoder[3].p, "head_dropout": model.head[3].p,
-        "calibration": fit,
+        "calibration": fit, "sittings_minutes": state["sittings"],
     }
     (out / "train_info.json").write_text(json.dumps(info, indent=1))
     log(f"done: {info}")

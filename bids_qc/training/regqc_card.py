@@ -267,6 +267,14 @@ def _by_error_lines(res: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def _sittings_lines(sittings: list[float] | None) -> list[str]:
+    if not sittings or len(sittings) < 2:
+        return []
+    budgets = " + ".join(f"{m:g}" for m in sittings)
+    return [f"- trained in {len(sittings)} sittings ({budgets} min budgets, `--resume`); "
+            "each restarts the cosine decay of the learning rate over its own budget"]
+
+
 def _calibration_lines(fit: dict[str, Any] | None) -> list[str]:
     if not fit:
         return ["- no output calibration"]
@@ -301,6 +309,7 @@ def render(res: dict[str, Any], train: dict[str, Any], sha: str) -> str:
         f"{train['pool_volumes']} template-space anatomies (SynthSeg maps 1-16 synthesised, "
         "ds002748 sub-01..08)",
         f"- wall time: {train['train_minutes']:.1f} min on {train['hardware']}; seed {SEED}",
+        *_sittings_lines(train.get("sittings_minutes")),
         f"- dropout: {train.get('block_dropout', 0.1)} after each convolutional block, "
         f"{train.get('head_dropout', 0.5)} in the regression layers",
         *_calibration_lines(train.get("calibration")),
