@@ -15,10 +15,11 @@ stripping):
    the validation pairs. Resumable: a finished configuration is not retrained.
 3. ``final``: the best configuration, longer, on maps 1-16, checkpointed and resumable.
 
-Every batch is a pure function of ``(seed, step)``; ``--threads`` 1 by default. The shipped
-weights came from four ablation workers (``--latents L --ablation-only``, one per latent
-size, in parallel) and then one plain call (which skips the finished ablation and trains the
-final run); the defaults are the values used.
+Every batch is a pure function of ``(seed, step)``; ``--threads`` 1 by default. The
+ablation results of recipe 1 (:data:`RECIPE`) came from four ablation workers
+(``--latents L --ablation-only``, one per latent size, in parallel); the shipped weights
+(recipe 2) came from one plain call on a folder holding those 16 results (copied, not
+re-run: the final run keeps their choice), whose defaults are the values used.
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ DEFAULT_CACHE = "/work/cache/manifoldqc"
 #: Learning-rate multiplier of the decoder's template (see :func:`train_config`).
 TEMPLATE_LR_SCALE = 10.0
 #: Version of the network initialisation and loss. 1: PyTorch's default initialisation,
-#: cross-entropy + squared error; 2: He initialisation, soft-Dice term, faster template.
+#: ReLUs, cross-entropy + squared error; 2: leaky ReLUs, He initialisation, soft-Dice term,
+#: faster template.
 #: Stored with every ablation result and in the summary, so the card says when the
 #: ablation ran with an earlier recipe.
 RECIPE = 2
