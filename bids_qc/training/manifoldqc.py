@@ -300,11 +300,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     best_key = min(ablation, key=lambda k: ablation[k]["mae"])
     best = ablation[best_key]
     log(f"best configuration {best_key}")
+    latent = best["latent"] if args.final_latent is None else args.final_latent
     final_dir = out / "final"
     final_dir.mkdir(exist_ok=True)
     final_idx = np.arange(len(maps))
     t0 = time.time()
-    net, state = train_config(data, final_idx, best["latent"], best["beta"], args.final_steps,
+    net, state = train_config(data, final_idx, latent, best["beta"], args.final_steps,
                               args.seed + 1, args.lr, args.batch, out=final_dir,
                               minutes=args.final_minutes, log=log)  # fmt: skip
     export_weights(net, out / "manifoldqc.pt")
@@ -314,7 +315,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "val_maps": list(VAL_MAPS), "contrasts": list(CONTRASTS),
         "ablation_train_cases": int(len(ablation_idx)),
         "val_pairs": args.val_pairs, "ablation_batch": args.ablation_batch,
-        "ablation": ablation, "best": best_key,
+        "ablation": ablation, "best": best_key, "final_latent": latent,
         "ablation_steps": args.ablation_steps, "final_steps": state["step"],
         "final_minutes_budget": args.final_minutes, "ablation_missing": missing,
         "batch": args.batch, "lr": args.lr, "seed": args.seed,
@@ -343,6 +344,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--final-steps", type=int, default=20000)
     p.add_argument("--final-minutes", type=float, default=45.0,
                    help="time budget of the final run (0: steps only)")
+    p.add_argument("--final-latent", type=int, default=None,
+                   help="latent size of the final run (default: the ablation's best)")
     p.add_argument("--ablation-only", action="store_true",
                    help="run the ablation configurations given and stop (parallel workers)")
     p.add_argument("--search-steps", type=int, default=6, help="latent search steps (val)")

@@ -274,9 +274,35 @@ def _structure_rows(results: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _final_choice(train: dict[str, Any], others: list[dict[str, Any]]) -> list[str]:
+    """How the final latent size was chosen, with the validation of every final run."""
+    best = train["ablation"][train["best"]]
+    latent = train.get("final_latent", best["latent"])
+    if latent == best["latent"] and not others:
+        return []
+    rows = ["", "Final runs compared (same recipe and data, time-bounded, run side by side; "
+            "scored on the validation pairs of maps 15-16, which the final runs also train "
+            "on, so this measures fit more than generalisation; search bounded at "
+            f"{train['search_steps']} steps):", "",
+            "| latent | steps | minutes | val Dice MAE | MAE on good pairs | val r | shipped |",
+            "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for t in sorted([train, *others], key=lambda t: t.get("final_latent", best["latent"])):
+        v = t["final_val_on_seen_maps"]
+        rows.append(f"| {t.get('final_latent', best['latent'])} | {t['final_steps']} | "
+                    f"{t['final_minutes']:.1f} | {_f(v['mae'])} | {_f(v['mae_good'])} | "
+                    f"{_f(v['r'])} | {'yes' if t is train else 'no'} |")
+    return rows
+
+
 def render_card(results: dict[str, Any], timing: dict[str, float], train: dict[str, Any],
-                sha: str, version: str) -> str:  # fmt: skip
-    """The model card (markdown) from the evaluation results."""
+                sha: str, version: str,
+                others: list[dict[str, Any]] | None = None) -> str:  # fmt: skip
+    """The model card (markdown) from the evaluation results.
+
+    ``others``: summaries of final runs that were trained and not shipped (compared in the
+    card's Training section).
+    """
+    others = others or []
     from bids_qc.training.licences import licence_section
 
     shift = [results[s] for s in SHIFT_SETS if s in results]
@@ -287,6 +313,7 @@ def render_card(results: dict[str, Any], timing: dict[str, float], train: dict[s
                  / shift_pairs) if shift_pairs else None  # fmt: skip
     best = train["ablation"][train["best"]]
     synth_mqc = results.get("segqc_synth", {}).get("manifoldqc", {})
+    latent = train.get("final_latent", best["latent"])
     status = ("met" if mqc_shift is not None and mqc_shift <= TARGETS["mae_shift"]
               and seg_shift is not None and mqc_shift < seg_shift else "missed")  # fmt: skip
     lines = [
@@ -305,7 +332,7 @@ def render_card(results: dict[str, Any], timing: dict[str, float], train: dict[s
         "- Input: SegQC's conformed 2 mm box (image scaled by its 99th percentile inside the "
         "segmentation, labels nearest), cropped to 48 x 40 x 40 voxels centred on the "
         "centroid of the 14 structures; channels: image + one-hot (background + 14).",
-        f"- Network: 3 stride-2 convolutions (8-16-32) and a linear layer to a {best['latent']}-"
+        f"- Network: 3 stride-2 convolutions (8-16-32) and a linear layer to a {latent}-"
         "dimensional latent; mirrored decoder plus a learned per-voxel template (initialised "
         "to the training crops' probabilistic atlas); leaky ReLUs, He initialisation. "
         f"Loss: summed cross-entropy (segmentation) + {DICE_WEIGHT:g} x soft-Dice loss "
@@ -356,14 +383,18 @@ def render_card(results: dict[str, Any], timing: dict[str, float], train: dict[s
         f"- Ablation: {len(train['ablation'])} configurations, {train['ablation_minutes']:.1f} "
         "minutes of wall time summed over configurations (they ran in parallel worker "
         "processes, one per latent size).",
-        f"- Final: the best configuration (latent {best['latent']}, beta {best['beta']:g}), "
+        f"- Final: latent {latent}, beta {best['beta']:g}, "
         f"{train['final_steps']} steps of batch {train['batch']} = {train['final_samples']} "
         f"samples on all 16 maps, {train['final_minutes']:.1f} minutes; recipe seed "
         f"{train['seed']} (the final run draws its batches from seed + 1).",
         f"- Where: {train['hardware']}, {train['threads']} torch thread per process; "
-        f"{train['total_training_minutes']:.1f} process-minutes in all (ablation summed over "
-        "its configurations + final run).",
-        "- Recipe: `python -m bids_qc.training.manifoldqc --out DIR` (see its docstring).", "",
+        f"{train['total_training_minutes'] + sum(o['final_minutes'] for o in others):.1f} "
+        "process-minutes in all (ablation summed over its configurations + final run"
+        f"{' + final runs not shipped' if others else ''}).",
+        "- Recipe: `python -m bids_qc.training.manifoldqc --out DIR"
+        f"{'' if latent == best['latent'] else f' --final-latent {latent}'}` (see its "
+        "docstring).",
+        *_final_choice(train, others), "",
         "## Limitations", "",
         "- Trained for minutes on a shared CPU: the surrogates are coarse, so good pairs get a "
         "Dice below 1 (mean predicted Dice of the good in-domain cases: "
@@ -402,6 +433,8 @@ def main(argv: list[str] | None = None) -> None:
     w.add_argument("--train", required=True, help="training output folder (summary.json)")
     w.add_argument("--weights", default=None, help="weights file (default: the shipped one)")
     w.add_argument("--card", default=None, help="card path (default: the package's)")
+    w.add_argument("--compare", nargs="*", default=[],
+                   help="training folders of final runs not shipped (listed in the card)")
     args = p.parse_args(argv)
     if args.cmd == "cache":
         build_cache(Path(args.out), args.sets, args.max)
@@ -421,7 +454,8 @@ def main(argv: list[str] | None = None) -> None:
     timing = cpu_time_per_image(net)
     train = json.loads((Path(args.train) / "summary.json").read_text())
     sha = sha256sum(weights)
-    card = render_card(results, timing, train, sha, "1.0.0")
+    others = [json.loads((Path(d) / "summary.json").read_text()) for d in args.compare]
+    card = render_card(results, timing, train, sha, "1.0.0", others)
     card_path = Path(args.card) if args.card else here / "cards" / "manifoldqc.md"
     card_path.write_text(card)
     (Path(args.eval) / "results.json").write_text(json.dumps(
