@@ -78,7 +78,7 @@ REGISTRY: tuple[ModelSpec, ...] = (
               ("seg", "t1w"),
               "Dice of each structure of a FreeSurfer-coded segmentation (3D ResNet, SegQC)"),
     ModelSpec("manifoldqc", "1.0.0", "manifoldqc.pt",
-              "ac9d33212bcfc82e21fe3e60f8a8d0dbbd502951ba8d6dfb2bb50e876710ff31",
+              "683a1c8eb5103438a3ae9eb147418c9edc5e2528c2d8c0345d2da475495765ce",
               ("seg", "t1w"),
               "Dice of the 14 subcortical structures against a surrogate found on a VAE's "
               "manifold of good image-segmentation pairs (ManifoldQC)",
