@@ -150,13 +150,17 @@ def to_tensor(image: np.ndarray, classes: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
+#: Negative slope of the network's leaky ReLUs.
+SLOPE = 0.2
+
+
 class ManifoldVAE(nn.Module):
     """3-D convolutional VAE of (image, one-hot segmentation) crops.
 
-    Encoder: three stride-2 convolutions (2^3 patches, then 4^3 kernels; ReLU) and a linear
+    Encoder: three stride-2 convolutions (2^3 patches, then 4^3 kernels; leaky ReLU) and a linear
     layer to the mean and log-variance of ``z``; the decoder mirrors it with transposed
-    convolutions. Outputs:
-    the image (sigmoid x 1.5, the conformed intensity range) and the segmentation logits.
+    convolutions and adds a learned per-voxel template. Outputs: the image (sigmoid x 1.5,
+    the conformed intensity range) and the segmentation logits.
     """
 
     def __init__(self, latent: int = 8, widths: tuple[int, int, int] = (8, 16, 32)) -> None:
@@ -166,20 +170,30 @@ class ManifoldVAE(nn.Module):
         c0 = 1 + N_CLASSES
         self.enc = nn.Sequential(
             # 2^3 patches in and out at full resolution: 5x cheaper than 4^3 kernels there.
-            nn.Conv3d(c0, widths[0], 2, 2), nn.ReLU(inplace=True),
-            nn.Conv3d(widths[0], widths[1], 4, 2, 1), nn.ReLU(inplace=True),
-            nn.Conv3d(widths[1], widths[2], 4, 2, 1), nn.ReLU(inplace=True),
+            nn.Conv3d(c0, widths[0], 2, 2), nn.LeakyReLU(SLOPE, inplace=True),
+            nn.Conv3d(widths[0], widths[1], 4, 2, 1), nn.LeakyReLU(SLOPE, inplace=True),
+            nn.Conv3d(widths[1], widths[2], 4, 2, 1), nn.LeakyReLU(SLOPE, inplace=True),
         )  # fmt: skip
         self.cells = tuple(n // 8 for n in CROP_SHAPE)
         flat = widths[2] * int(np.prod(self.cells))
         self.to_stats = nn.Linear(flat, 2 * latent)
         self.from_z = nn.Linear(latent, flat)
         self.dec = nn.Sequential(
-            nn.ReLU(inplace=True),
-            nn.ConvTranspose3d(widths[2], widths[1], 4, 2, 1), nn.ReLU(inplace=True),
-            nn.ConvTranspose3d(widths[1], widths[0], 4, 2, 1), nn.ReLU(inplace=True),
+            nn.ConvTranspose3d(widths[2], widths[1], 4, 2, 1), nn.LeakyReLU(SLOPE, inplace=True),
+            nn.ConvTranspose3d(widths[1], widths[0], 4, 2, 1), nn.LeakyReLU(SLOPE, inplace=True),
             nn.ConvTranspose3d(widths[0], c0, 2, 2),
         )  # fmt: skip
+        # He initialisation keeps the code's spread across inputs of order one (PyTorch's
+        # default shrinks it ~100x through the encoder, and a near-constant code is ignored);
+        # leaky units cannot all die at once, which collapsed the code of ReLU runs.
+        for m in (*self.enc, self.to_stats, self.from_z, *self.dec):
+            if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight, SLOPE, nonlinearity="leaky_relu")
+                nn.init.zeros_(m.bias)
+        # A small last layer: the decoder starts near the template (not at it exactly: zero
+        # weights would leave the code without gradient at first, and it would be ignored).
+        with torch.no_grad():
+            self.dec[-1].weight.mul_(0.1)
         # A per-voxel output bias: the mean image and the log class frequencies of the
         # training crops at start (a probabilistic atlas), so the decoder learns deviations.
         self.template = nn.Parameter(torch.zeros(c0, *CROP_SHAPE))
@@ -196,7 +210,7 @@ class ManifoldVAE(nn.Module):
 
     def decode(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Image (B, X, Y, Z) and segmentation logits (B, N_CLASSES, X, Y, Z)."""
-        h = self.from_z(z).view(z.shape[0], self.widths[2], *self.cells)
+        h = F.leaky_relu(self.from_z(z), SLOPE).view(z.shape[0], self.widths[2], *self.cells)
         out = self.dec(h) + self.template
         return torch.sigmoid(out[:, 0]) * 1.5, out[:, 1:]
 
@@ -208,21 +222,32 @@ class ManifoldVAE(nn.Module):
         return image, logits, mu, logvar
 
 
+#: Weight of the soft-Dice term of the reconstruction distance (per structure, 0..1): the
+#: summed cross-entropy alone is dominated by the background and leaves the small
+#: structures (accumbens, amygdala) unlearned in a short run.
+DICE_WEIGHT = 1000.0
+
+
 def recon_loss(image: torch.Tensor, logits: torch.Tensor, x: torch.Tensor,
                target: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
-    """Per-sample reconstruction distance: segmentation cross-entropy + image squared error.
+    """Per-sample reconstruction distance: cross-entropy + soft Dice + image squared error.
 
-    The segmentation term is the categorical cross-entropy of the logits against the input
+    The segmentation terms are the categorical cross-entropy of the logits against the input
     classes (the multi-class form of the paper's BCE, 3x cheaper on a CPU than BCE over 15
-    one-hot channels), the image term the squared error; both summed over voxels (the
-    per-voxel mean would let any KL weight dominate). ``target`` (B, X, Y, Z) class
+    one-hot channels), summed over voxels, and :data:`DICE_WEIGHT` x the soft-Dice loss
+    summed over the 14 structures; the image term is the squared error summed over voxels
+    (the per-voxel mean would let any KL weight dominate). ``target`` (B, X, Y, Z) class
     indices may be given to save recomputing them from the one-hot channels of ``x``.
     """
     if target is None:
         target = x[:, 1:].argmax(1)
     ce = F.cross_entropy(logits, target, reduction="none").flatten(1).sum(1)
+    prob = torch.softmax(logits, 1)[:, 1:].flatten(2)
+    onehot = x[:, 2:].flatten(2)
+    inter = (prob * onehot).sum(2)
+    soft_dice = (2 * inter + 1) / (prob.sum(2) + onehot.sum(2) + 1)
     mse = ((image - x[:, 0]) ** 2).flatten(1).sum(1)
-    return ce + mse
+    return ce + DICE_WEIGHT * (1 - soft_dice).sum(1) + mse
 
 
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

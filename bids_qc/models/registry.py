@@ -77,8 +77,8 @@ REGISTRY: tuple[ModelSpec, ...] = (
               "cff3e20167615fea5611f3ea9d1c4eb975a4864ea29e2690c341866a7532e921",
               ("seg", "t1w"),
               "Dice of each structure of a FreeSurfer-coded segmentation (3D ResNet, SegQC)"),
-    ModelSpec("manifoldqc", "1.0.0", "manifoldqc.pt",
-              "ac9d33212bcfc82e21fe3e60f8a8d0dbbd502951ba8d6dfb2bb50e876710ff31",
+    ModelSpec("manifoldqc", "1.1.0", "manifoldqc.pt",
+              "683a1c8eb5103438a3ae9eb147418c9edc5e2528c2d8c0345d2da475495765ce",
               ("seg", "t1w"),
               "Dice of the 14 subcortical structures against a surrogate found on a VAE's "
               "manifold of good image-segmentation pairs (ManifoldQC)",

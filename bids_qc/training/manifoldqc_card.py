@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from bids_qc.models.manifoldqc import COVERED, N_STRUCT
+from bids_qc.models.manifoldqc import COVERED, DICE_WEIGHT, N_STRUCT, SEARCH_STEPS
 from bids_qc.training.eval_protocol import HELDOUT_DAMAGE_FAMILIES, build_case, case_specs
 
 #: The comparison's sets: label, protocol set, role.
@@ -165,6 +165,7 @@ def evaluate(eval_dir: Path) -> dict[str, Any]:
             m = pair_metrics(pred, truth)
             score = np.nanmean(pred, axis=1)
             m["auc_good_vs_damaged"] = auc(score[~bad], score[bad])
+            m["mean_dice_good"] = float(np.mean(score[~bad])) if (~bad).any() else None
             flagged = np.any(pred < THRESHOLD, axis=1)
             m["flag_rate_good"] = float(flagged[~bad].mean()) if (~bad).any() else None
             m["flag_rate_damaged"] = float(flagged[bad].mean()) if bad.any() else None
@@ -215,6 +216,20 @@ def _ablation_rows(train: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _ablation_note(train: dict[str, Any]) -> list[str]:
+    """A paragraph when the ablation ran with an earlier recipe than the final model."""
+    recipes = sorted({a.get("recipe", 1) for a in train["ablation"].values()})
+    final = train.get("recipe", 1)
+    if recipes == [final]:
+        return []
+    return [f"The ablation ran with recipe {', '.join(map(str, recipes))} of the training "
+            f"script and was not re-run for the final model (recipe {final}: leaky ReLUs, He "
+            "initialisation, soft-Dice term, faster template) "
+            "for lack of CPU time; the final model keeps the configuration it chose, which is "
+            "also the paper's latent size. Its numbers rank configurations of the earlier "
+            "recipe only.", ""]  # fmt: skip
+
+
 def _table1(results: dict[str, Any]) -> list[str]:
     rows = ["| set | what | cases (of protocol) | (image, structure) pairs | SegQC r | SegQC MAE "
             "(SD) | ManifoldQC r | ManifoldQC MAE (SD) | constant MAE |",
@@ -231,8 +246,9 @@ def _table1(results: dict[str, Any]) -> list[str]:
 def _detection_rows(results: dict[str, Any]) -> list[str]:
     rows = ["| set | damaged cases | SegQC AUC | ManifoldQC AUC | SegQC flag rate at 0.7 "
             "(good / damaged) | ManifoldQC flag rate at 0.7 (good / damaged) | ManifoldQC "
-            "s/case (batched) | search steps (mean of batches / bound) |",
-            "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+            "mean predicted Dice of good cases | ManifoldQC s/case (batched) | search steps "
+            "(mean of batches / bound) |",
+            "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for name, r in results.items():
         rows.append(f"| `{name}` | {r['n_damaged']} / {r['n_cases']} | "
                     f"{_f(r['segqc']['auc_good_vs_damaged'])} | "
@@ -241,6 +257,7 @@ def _detection_rows(results: dict[str, Any]) -> list[str]:
                     f"{_f(r['segqc']['flag_rate_damaged'], 2)} | "
                     f"{_f(r['manifoldqc']['flag_rate_good'], 2)} / "
                     f"{_f(r['manifoldqc']['flag_rate_damaged'], 2)} | "
+                    f"{_f(r['manifoldqc'].get('mean_dice_good'))} | "
                     f"{_f(r['manifoldqc_s_per_case'], 2)} | {r['mean_search_steps']:.0f} / "
                     f"{r['max_search_steps']} |")
     return rows
@@ -257,9 +274,35 @@ def _structure_rows(results: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _final_choice(train: dict[str, Any], others: list[dict[str, Any]]) -> list[str]:
+    """How the final latent size was chosen, with the validation of every final run."""
+    best = train["ablation"][train["best"]]
+    latent = train.get("final_latent", best["latent"])
+    if latent == best["latent"] and not others:
+        return []
+    rows = ["", "Final runs compared (same recipe and data, time-bounded, run side by side; "
+            "scored on the validation pairs of maps 15-16, which the final runs also train "
+            "on, so this measures fit more than generalisation; search bounded at "
+            f"{train['search_steps']} steps):", "",
+            "| latent | steps | minutes | val Dice MAE | MAE on good pairs | val r | shipped |",
+            "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for t in sorted([train, *others], key=lambda t: t.get("final_latent", best["latent"])):
+        v = t["final_val_on_seen_maps"]
+        rows.append(f"| {t.get('final_latent', best['latent'])} | {t['final_steps']} | "
+                    f"{t['final_minutes']:.1f} | {_f(v['mae'])} | {_f(v['mae_good'])} | "
+                    f"{_f(v['r'])} | {'yes' if t is train else 'no'} |")
+    return rows
+
+
 def render_card(results: dict[str, Any], timing: dict[str, float], train: dict[str, Any],
-                sha: str, version: str) -> str:  # fmt: skip
-    """The model card (markdown) from the evaluation results."""
+                sha: str, version: str,
+                others: list[dict[str, Any]] | None = None) -> str:  # fmt: skip
+    """The model card (markdown) from the evaluation results.
+
+    ``others``: summaries of final runs that were trained and not shipped (compared in the
+    card's Training section).
+    """
+    others = others or []
     from bids_qc.training.licences import licence_section
 
     shift = [results[s] for s in SHIFT_SETS if s in results]
@@ -269,6 +312,8 @@ def render_card(results: dict[str, Any], timing: dict[str, float], train: dict[s
     seg_shift = (sum(r["segqc"]["mae"] * r["segqc"]["pairs"] for r in shift)
                  / shift_pairs) if shift_pairs else None  # fmt: skip
     best = train["ablation"][train["best"]]
+    synth_mqc = results.get("segqc_synth", {}).get("manifoldqc", {})
+    latent = train.get("final_latent", best["latent"])
     status = ("met" if mqc_shift is not None and mqc_shift <= TARGETS["mae_shift"]
               and seg_shift is not None and mqc_shift < seg_shift else "missed")  # fmt: skip
     lines = [
@@ -287,9 +332,13 @@ def render_card(results: dict[str, Any], timing: dict[str, float], train: dict[s
         "- Input: SegQC's conformed 2 mm box (image scaled by its 99th percentile inside the "
         "segmentation, labels nearest), cropped to 48 x 40 x 40 voxels centred on the "
         "centroid of the 14 structures; channels: image + one-hot (background + 14).",
-        f"- Network: 3 stride-2 convolutions (8-16-32) and a linear layer to a {best['latent']}-"
-        f"dimensional latent; mirrored decoder; loss: summed cross-entropy (segmentation) + "
-        f"summed squared error (image) + beta x KL with beta = {best['beta']:g}.",
+        f"- Network: 3 stride-2 convolutions (8-16-32) and a linear layer to a {latent}-"
+        "dimensional latent; mirrored decoder plus a learned per-voxel template (initialised "
+        "to the training crops' probabilistic atlas); leaky ReLUs, He initialisation. "
+        f"Loss: summed cross-entropy (segmentation) + {DICE_WEIGHT:g} x soft-Dice loss "
+        "summed over the 14 structures + summed squared error (image) + beta x KL with "
+        f"beta = {best['beta']:g}; the latent search minimises the same reconstruction "
+        "distance.",
         "- Card generated by `python -m bids_qc.training.manifoldqc_card card` from a real "
         "evaluation run; every number below comes from it.", "",
         "## Targets", "", "| target | measured | goal | status |", "|---|---|---|---|",
@@ -307,14 +356,13 @@ def render_card(results: dict[str, Any], timing: dict[str, float], train: dict[s
         "of the 14 covered structures with a defined true Dice (SegQC's predictions of the "
         "same 14 structures, from its shipped weights). Cases are the first ones of each "
         "frozen set in protocol order (cycling over anatomies and damage families); "
-        "`constant MAE`: predicting the set's mean true Dice. To fit the shared CPU, the "
-        "evaluation bounded ManifoldQC's search at "
-        f"{max(r['max_search_steps'] for r in results.values())} steps (the app's bound is "
-        "50).", "",
+        "`constant MAE`: predicting the set's mean true Dice. The evaluation bounded "
+        f"ManifoldQC's search at {max(r['max_search_steps'] for r in results.values())} "
+        f"steps (the app's bound: {SEARCH_STEPS}).", "",
         *_table1(results), "",
         "Detection of damaged cases (true mean Dice of the 14 structures below 0.999) by the "
         "predicted mean Dice (AUC). The seconds per case are those of the evaluation run: "
-        "batches of 16, four set workers at once on the loaded machine (the per-image "
+        "batches of 16, two set workers at once on the loaded machine (the per-image "
         "timing is the one in Targets):", "", *_detection_rows(results), "",
         "## Ablation (validation maps 15-16, held out of the ablation's training)", "",
         f"Each configuration: {train['ablation_steps']} steps of batch "
@@ -323,7 +371,8 @@ def render_card(results: dict[str, Any], timing: dict[str, float], train: dict[s
         f"by the Dice MAE of a {train['search_steps']}-step search on {train['val_pairs']} "
         "validation pairs (each good pair of maps 15-16 and one damaged copy, training damage "
         "families). The budget is tiny, so the table ranks early learning speed more than "
-        "the capacity of each configuration.", "", *_ablation_rows(train), "",
+        "the capacity of each configuration.", "", *_ablation_note(train),
+        *_ablation_rows(train), "",
         "## Per structure MAE", "", *_structure_rows(results), "",
         "## Training", "",
         f"- Data: {train['pool_cases']} good pairs synthesized from SynthSeg training label maps "
@@ -334,24 +383,32 @@ def render_card(results: dict[str, Any], timing: dict[str, float], train: dict[s
         f"- Ablation: {len(train['ablation'])} configurations, {train['ablation_minutes']:.1f} "
         "minutes of wall time summed over configurations (they ran in parallel worker "
         "processes, one per latent size).",
-        f"- Final: the best configuration (latent {best['latent']}, beta {best['beta']:g}), "
+        f"- Final: latent {latent}, beta {best['beta']:g}, "
         f"{train['final_steps']} steps of batch {train['batch']} = {train['final_samples']} "
         f"samples on all 16 maps, {train['final_minutes']:.1f} minutes; recipe seed "
         f"{train['seed']} (the final run draws its batches from seed + 1).",
         f"- Where: {train['hardware']}, {train['threads']} torch thread per process; "
-        f"{train['total_training_minutes']:.1f} process-minutes in all (ablation summed over "
-        "its configurations + final run).",
-        "- Recipe: `python -m bids_qc.training.manifoldqc --out DIR` (see its docstring).", "",
+        f"{train['total_training_minutes'] + sum(o['final_minutes'] for o in others):.1f} "
+        "process-minutes in all (ablation summed over its configurations + final run"
+        f"{' + final runs not shipped' if others else ''}).",
+        "- Recipe: `python -m bids_qc.training.manifoldqc --out DIR"
+        f"{'' if latent == best['latent'] else f' --final-latent {latent}'}` (see its "
+        "docstring).",
+        *_final_choice(train, others), "",
         "## Limitations", "",
         "- Trained for minutes on a shared CPU: the surrogates are coarse, so good pairs get a "
-        "Dice well below 1 and small structures (accumbens, pallidum, amygdala) suffer most.",
+        "Dice below 1 (mean predicted Dice of the good in-domain cases: "
+        f"{_f(synth_mqc.get('mean_dice_good'))}) "
+        "and small structures (accumbens, pallidum, amygdala) suffer most.",
         "- Predicted Dice is measured on the 2 mm crop; the true Dice on the segmentation's "
         "own grid, so boundary errors finer than 2 mm are invisible to it.",
         "- A structure missing from the input scores 0 (every brain has all 14).",
         "- Read the AUC beside the MAE: the predicted Dice ranks cases, but its values are "
-        "biased low (coarse surrogates), so the flag at a fixed threshold such as 0.7 fires "
-        "on good images too (flag rates above). This is why the model ships as "
-        "experimental.", "",
+        "biased low (coarse surrogates), so the flag at a fixed threshold fires on good "
+        "images too: at 0.7 it flagged "
+        f"{_f(synth_mqc.get('flag_rate_good'), 2)} of the good and "
+        f"{_f(synth_mqc.get('flag_rate_damaged'), 2)} of the damaged in-domain cases. This "
+        "is why the model ships as experimental.", "",
         licence_section(["synthseg_label_maps", "freesurfer_bert"]).rstrip("\n"), "",
     ]
     return "\n".join(lines)
@@ -376,6 +433,8 @@ def main(argv: list[str] | None = None) -> None:
     w.add_argument("--train", required=True, help="training output folder (summary.json)")
     w.add_argument("--weights", default=None, help="weights file (default: the shipped one)")
     w.add_argument("--card", default=None, help="card path (default: the package's)")
+    w.add_argument("--compare", nargs="*", default=[],
+                   help="training folders of final runs not shipped (listed in the card)")
     args = p.parse_args(argv)
     if args.cmd == "cache":
         build_cache(Path(args.out), args.sets, args.max)
@@ -386,7 +445,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from bids_qc.models.manifoldqc import load_model
-    from bids_qc.models.registry import sha256sum
+    from bids_qc.models.registry import get_spec, sha256sum
 
     here = Path(__file__).resolve().parents[1] / "models"
     weights = Path(args.weights) if args.weights else here / "weights" / "manifoldqc.pt"
@@ -395,7 +454,8 @@ def main(argv: list[str] | None = None) -> None:
     timing = cpu_time_per_image(net)
     train = json.loads((Path(args.train) / "summary.json").read_text())
     sha = sha256sum(weights)
-    card = render_card(results, timing, train, sha, "1.0.0")
+    others = [json.loads((Path(d) / "summary.json").read_text()) for d in args.compare]
+    card = render_card(results, timing, train, sha, get_spec("manifoldqc").version, others)
     card_path = Path(args.card) if args.card else here / "cards" / "manifoldqc.md"
     card_path.write_text(card)
     (Path(args.eval) / "results.json").write_text(json.dumps(
