@@ -69,7 +69,7 @@ class ModelSpec:
 #: ShapeQC, VINN); each carries the sha256 that its model card is stamped with.
 REGISTRY: tuple[ModelSpec, ...] = (
     ModelSpec("regqc", "1.1.0", "regqc.pt",
-              "d83e10fe80d6123d29cf7c3b929feda348664aa9d195f4941bdcf47e2cba7e09",
+              "9dda0cffa42bdd97157908e459964cf8dd53cdb273babb07b4a18e2ff67b8c2b",
               ("template_t1w",),
               "Residual misregistration to the template (mm), RegQCNET-style CNN",
               experimental=True),
