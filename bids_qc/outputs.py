@@ -71,6 +71,16 @@ def result_path(output_dir: Path, row: QCInput) -> Path:
     return folder / "anat" / f"{row.bids_name}.json"
 
 
+def dseg_path(output_dir: Path, row: QCInput, desc: str) -> Path:
+    """``sub-X/[ses-Y/]anat/<entities>_desc-<desc>_dseg.nii.gz`` beside the image's JSON.
+
+    The ``_T1w`` suffix is dropped, as BIDS derivatives name a segmentation of a T1w
+    (fMRIPrep's ``sub-X_desc-aseg_dseg``): ``dseg`` is the file's suffix.
+    """
+    stem = row.bids_name.removesuffix("_T1w")
+    return result_path(output_dir, row).parent / f"{stem}_desc-{desc}_dseg.nii.gz"
+
+
 def fingerprint(
     row: QCInput, models: tuple[ModelSpec, ...], options: dict[str, Any]
 ) -> dict[str, Any]:

@@ -217,7 +217,7 @@ def render_markdown() -> str:
         "(FreeSurfer codes, on the T1w's grid) of an image without one from a derivative "
         "(`--segment`) |",
         "| `sub-XX/figures/` | figures of the reports |",
-        "| `sub-XX/[ses-YY/]anat/<bids_name>_desc-manifoldqc_dseg.nii.gz` | ManifoldQC's "
+        "| `sub-XX/[ses-YY/]anat/<entities>_desc-manifoldqc_dseg.nii.gz` | ManifoldQC's "
         "surrogate segmentation (FreeSurfer codes of the 14 subcortical structures, on the "
         "input segmentation's grid) |",
         "| `<bids_name>.html` | participant report |",

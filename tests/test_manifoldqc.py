@@ -167,7 +167,7 @@ def test_app_writes_columns_and_surrogate(tmp_path):
     assert metrics["manifoldqc_flag"] == int(min(dice) < 0.5)
     prov = res["provenance"]["stages"]["manifoldqc"]
     assert prov["threshold"] == 0.5 and prov["weights_sha256"] == get_spec("manifoldqc").sha256
-    dseg = out / "sub-01" / "anat" / "sub-01_T1w_desc-manifoldqc_dseg.nii.gz"
+    dseg = out / "sub-01" / "anat" / "sub-01_desc-manifoldqc_dseg.nii.gz"
     assert prov["surrogate_seg"] == str(dseg) and dseg.is_file()
     img = nib.load(str(dseg))
     assert img.shape == labels.shape and np.allclose(img.affine, affine)

@@ -26,12 +26,10 @@ MANIFOLDQC_METRICS: tuple[str, ...] = (
 
 
 def surrogate_path(output_dir: str | Path, qc_input: dict) -> Path:
-    """``sub-X/[ses-Y/]anat/<bids_name>_desc-manifoldqc_dseg.nii.gz`` in the outputs."""
-    from ..outputs import result_path
+    """``sub-X/[ses-Y/]anat/<entities>_desc-manifoldqc_dseg.nii.gz`` in the outputs."""
+    from ..outputs import dseg_path
 
-    row = qc_input_from_dict(qc_input)
-    name = f"{row.bids_name}_desc-manifoldqc_dseg.nii.gz"
-    return result_path(Path(output_dir), row).parent / name
+    return dseg_path(Path(output_dir), qc_input_from_dict(qc_input), "manifoldqc")
 
 
 class _ManifoldQCInputSpec(BaseInterfaceInputSpec):
@@ -54,7 +52,7 @@ class ManifoldQC(SimpleInterface):
     The segmentation is read with its intensity image (``seg_reference``, else the
     preprocessed or raw T1w), as SegQC reads it. The surrogate segmentation (FreeSurfer
     codes of the 14 structures, on the input segmentation's grid) is written as
-    ``<bids_name>_desc-manifoldqc_dseg.nii.gz`` and named in the provenance
+    ``<entities>_desc-manifoldqc_dseg.nii.gz`` and named in the provenance
     (``surrogate_seg``) for the report. Any failure becomes an error record.
     """
 

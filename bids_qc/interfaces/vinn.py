@@ -41,11 +41,9 @@ class _VINNOutputSpec(TraitedSpec):
 
 def dseg_path(output_dir: Path, row: QCInput) -> Path:
     """``sub-X/[ses-Y/]anat/<entities>_desc-vinn_dseg.nii.gz`` (the ``_T1w`` suffix dropped)."""
-    folder = Path(output_dir) / f"sub-{row.subject}"
-    if row.session:
-        folder = folder / f"ses-{row.session}"
-    stem = row.bids_name.removesuffix("_T1w")
-    return folder / "anat" / f"{stem}_desc-vinn_dseg.nii.gz"
+    from ..outputs import dseg_path as derivative_dseg
+
+    return derivative_dseg(output_dir, row, "vinn")
 
 
 class VINNSegment(SimpleInterface):
