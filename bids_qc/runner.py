@@ -24,7 +24,7 @@ from .io import atomic_write_json
 from .models.registry import KNOWN_MODELS, REGISTRY, ModelSpec, installed_models
 from .outputs import fingerprint, init_output_dir, is_up_to_date, result_path
 from .results import failed_result
-from .scheduling import make_plugin, stop_workers
+from .scheduling import make_plugin, set_nipype_log_level, stop_workers
 from .settings import Settings
 
 LOGGER = logging.getLogger("bids_qc")
@@ -269,14 +269,8 @@ def _run_workflow(settings: Settings, rows: list[QCInput], prints: dict, selecti
 
 def _quiet_nipype(verbosity: int) -> str:
     """Set nipype's log level in this process from ``-v``/``-q``; returns the level."""
-    from nipype import config
-    from nipype import logging as nlogging
-
     level = "INFO" if verbosity > 0 else "WARNING"
-    config.set("logging", "workflow_level", level)
-    config.set("logging", "interface_level", level)
-    config.set("logging", "utils_level", "WARNING")
-    nlogging.update_logging(config)
+    set_nipype_log_level(level)
     return level
 
 

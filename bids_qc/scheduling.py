@@ -34,13 +34,19 @@ def _worker_init(cwd: str, log_level: str) -> None:
     Workers start from a fresh interpreter (forkserver) whose nipype logs at INFO: without
     this, every node's set-up and finish lines reach the terminal whatever ``-q``/``-v`` say.
     """
-    from nipype import config
-    from nipype import logging as nlogging
     from nipype.pipeline.plugins.multiproc import process_initializer
 
     process_initializer(cwd)
-    config.set("logging", "workflow_level", log_level)
-    config.set("logging", "interface_level", log_level)
+    set_nipype_log_level(log_level)
+
+
+def set_nipype_log_level(level: str) -> None:
+    """nipype's workflow and interface loggers at ``level`` in this process (utils: WARNING)."""
+    from nipype import config
+    from nipype import logging as nlogging
+
+    config.set("logging", "workflow_level", level)
+    config.set("logging", "interface_level", level)
     config.set("logging", "utils_level", "WARNING")
     nlogging.update_logging(config)
 
