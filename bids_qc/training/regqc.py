@@ -47,7 +47,7 @@ from ..spatial import TemplateGrid, load_template
 from ..synth.metrics import affine_rmse
 from ..synth.misregistration import sample_affine
 from ..templates_data import get_template
-from .common import export_weights
+from .common import export_weights, train_logger
 
 SEED = 20260521
 #: Spacing of the cached anatomy pool, mm.
@@ -237,13 +237,7 @@ def train(minutes: float, out: Path, resume: bool, cache: Path, batch_size: int 
     """Train for ``minutes`` of wall time (pool building excluded); returns the run's log."""
     torch.set_num_threads(2)
     out.mkdir(parents=True, exist_ok=True)
-    logf = open(out / "train.log", "a")  # noqa: SIM115 - closed at the end
-
-    def log(msg: str) -> None:
-        line = f"{time.strftime('%H:%M:%S')} {msg}"
-        print(line, flush=True)
-        logf.write(line + "\n")
-        logf.flush()
+    log = train_logger(out)
 
     grid = template()
     pool_np, pool, pool_affine = _load_pool(cache, grid, log)
@@ -305,7 +299,6 @@ def train(minutes: float, out: Path, resume: bool, cache: Path, batch_size: int 
     }
     (out / "train_info.json").write_text(json.dumps(info, indent=1))
     log(f"done: {info}")
-    logf.close()
     return info
 
 
