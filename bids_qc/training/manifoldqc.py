@@ -16,10 +16,9 @@ stripping):
 3. ``final``: the best configuration, longer, on maps 1-16, checkpointed and resumable.
 
 Every batch is a pure function of ``(seed, step)``; ``--threads`` 1 by default. The
-ablation results of recipe 1 (:data:`RECIPE`) came from four ablation workers
-(``--latents L --ablation-only``, one per latent size, in parallel); the shipped weights
-(recipe 2) came from one plain call on a folder holding those 16 results (copied, not
-re-run: the final run keeps their choice), whose defaults are the values used.
+shipped weights (recipe 2) came from ``--ablation-only --ablation-steps 600 --val-pairs 40``
+(all 16 configurations in one process), then the same call without ``--ablation-only``,
+which trains the best configuration; the other values are the defaults.
 """
 
 from __future__ import annotations

@@ -100,20 +100,27 @@ def manifold_predict(net: Any, images: np.ndarray, groups: np.ndarray, batch: in
 
 def predict_sets(eval_dir: Path, sets: list[str], n: int, weights: Path,
                  steps: int = 50) -> None:  # fmt: skip
-    """Predictions of both models on the first ``n`` stored cases of each set (cached)."""
+    """Predictions of both models on the first ``n`` stored cases of each set (cached per
+    weights file: predictions of other weights, or of fewer cases, are redone)."""
     import torch
 
     from bids_qc.models.manifoldqc import load_model
+    from bids_qc.models.registry import sha256sum
     from bids_qc.models.segqc import load_model as segqc_model
     from bids_qc.training.segqc_card import predict_cached
 
     torch.set_num_threads(1)
     net = load_model("cpu", torch.load(weights, map_location="cpu", weights_only=True))
     seg_net = segqc_model("cpu")
+    sha = sha256sum(weights)
     for name in sets:
         out = eval_dir / "preds" / f"{name}.npz"
         if out.is_file():
-            continue
+            stored = len(list((eval_dir / name).glob("[0-9]*.npz")))
+            with np.load(out) as z:
+                same = "weights_sha256" in z and str(z["weights_sha256"]) == sha
+                if same and len(z["truth"]) >= min(n, stored):
+                    continue
         images, groups, truth, specs = load_set(eval_dir / name, n)
         t0 = time.time()
         mqc, used = manifold_predict(net, images, groups, steps=steps)
@@ -122,7 +129,7 @@ def predict_sets(eval_dir: Path, sets: list[str], n: int, weights: Path,
         out.parent.mkdir(parents=True, exist_ok=True)
         np.savez(out, manifoldqc=mqc, segqc=seg, truth=truth[:, :N_STRUCT],
                  specs=json.dumps(specs), steps=used, max_steps=steps,
-                 seconds=t1 - t0)  # fmt: skip
+                 seconds=t1 - t0, weights_sha256=sha)  # fmt: skip
         print(f"{name}: {len(truth)} cases, {t1 - t0:.0f}s ManifoldQC", flush=True)
 
 
@@ -280,15 +287,18 @@ def _final_choice(train: dict[str, Any], others: list[dict[str, Any]]) -> list[s
     latent = train.get("final_latent", best["latent"])
     if latent == best["latent"] and not others:
         return []
-    rows = ["", "Final runs compared (same recipe and data, time-bounded, run side by side; "
+    rows = ["", "Final runs compared (same recipe and data, time-bounded, each with its own "
+            "configuration; "
             "scored on the validation pairs of maps 15-16, which the final runs also train "
             "on, so this measures fit more than generalisation; search bounded at "
             f"{train['search_steps']} steps):", "",
-            "| latent | steps | minutes | val Dice MAE | MAE on good pairs | val r | shipped |",
-            "|---|---|---|---|---|---|---|"]  # fmt: skip
+            "| latent | beta | steps | minutes | val Dice MAE | MAE on good pairs | val r | "
+            "shipped |",
+            "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for t in sorted([train, *others], key=lambda t: t.get("final_latent", best["latent"])):
         v = t["final_val_on_seen_maps"]
-        rows.append(f"| {t.get('final_latent', best['latent'])} | {t['final_steps']} | "
+        beta = t["ablation"][t["best"]]["beta"]
+        rows.append(f"| {t.get('final_latent', best['latent'])} | {beta:g} | {t['final_steps']} | "
                     f"{t['final_minutes']:.1f} | {_f(v['mae'])} | {_f(v['mae_good'])} | "
                     f"{_f(v['r'])} | {'yes' if t is train else 'no'} |")
     return rows
@@ -362,7 +372,7 @@ def render_card(results: dict[str, Any], timing: dict[str, float], train: dict[s
         *_table1(results), "",
         "Detection of damaged cases (true mean Dice of the 14 structures below 0.999) by the "
         "predicted mean Dice (AUC). The seconds per case are those of the evaluation run: "
-        "batches of 16, two set workers at once on the loaded machine (the per-image "
+        "batches of 16 on the loaded training machine (the per-image "
         "timing is the one in Targets):", "", *_detection_rows(results), "",
         "## Ablation (validation maps 15-16, held out of the ablation's training)", "",
         f"Each configuration: {train['ablation_steps']} steps of batch "
@@ -370,8 +380,9 @@ def render_card(results: dict[str, Any], timing: dict[str, float], train: dict[s
         f"{train['ablation_train_cases']} good pairs (maps 1-14), the same for all; scored "
         f"by the Dice MAE of a {train['search_steps']}-step search on {train['val_pairs']} "
         "validation pairs (each good pair of maps 15-16 and one damaged copy, training damage "
-        "families). The budget is tiny, so the table ranks early learning speed more than "
-        "the capacity of each configuration.", "", *_ablation_note(train),
+        f"families). The budget is {train['ablation_steps'] / max(train['final_steps'], 1):.0%} "
+        "of the final run's steps, so the table ranks early learning more than the final "
+        "capacity of each configuration.", "", *_ablation_note(train),
         *_ablation_rows(train), "",
         "## Per structure MAE", "", *_structure_rows(results), "",
         "## Training", "",
@@ -381,8 +392,7 @@ def render_card(results: dict[str, Any], timing: dict[str, float], train: dict[s
         "and seed), with random shifts of up to 2 voxels and intensity scaling. No damaged "
         "pair is ever trained on.",
         f"- Ablation: {len(train['ablation'])} configurations, {train['ablation_minutes']:.1f} "
-        "minutes of wall time summed over configurations (they ran in parallel worker "
-        "processes, one per latent size).",
+        "minutes of wall time summed over configurations.",
         f"- Final: latent {latent}, beta {best['beta']:g}, "
         f"{train['final_steps']} steps of batch {train['batch']} = {train['final_samples']} "
         f"samples on all 16 maps, {train['final_minutes']:.1f} minutes; recipe seed "

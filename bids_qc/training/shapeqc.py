@@ -16,7 +16,8 @@
    thresholds and calibration data (scores and truth per structure) are written next to
    the fp16 weights.
 
-Every random draw comes from ``--seed``; a checkpoint after each epoch makes a run resumable.
+Every random draw comes from ``--seed``; a checkpoint after each epoch (``OUT/checkpoint.pt``)
+makes a run resumable.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -141,42 +143,45 @@ def calibration(scores_: np.ndarray, fail: np.ndarray, structures: np.ndarray,
     return doc
 
 
-def train(args: argparse.Namespace) -> dict[str, Any]:
-    """Run (or resume) the recipe; returns a summary."""
-    torch.set_num_threads(1)
-    cache, out = Path(args.cache), Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    log_path = cache / "train.log"
+Split = dict[str, np.ndarray]
 
-    def log(msg: str) -> None:
-        line = f"{time.strftime('%H:%M:%S')} {msg}"
-        print(line, flush=True)
-        with open(log_path, "a") as fh:
-            fh.write(line + "\n")
 
-    t_start = time.time()
+def prepare(args: argparse.Namespace, log: Callable[[str], None]
+            ) -> tuple[Split, Split, dict, np.ndarray, np.ndarray] | None:
+    """Build (or load) the training and evaluation shapes; their templates and maps.
+
+    Returns ``(train, eval, templates, train maps, eval maps)``, or ``None`` with
+    ``--data-only``.
+    """
+    cache = Path(args.cache)
     axes = cached_axes(cache, log)
     train_files = build_split(cache, "train", list(TRAIN_SHAPE_MAPS), "train", args.crops,
                               args.damaged, SHAPE_FAMILIES_TRAINED, axes, args.seed, log)
     eval_files = build_split(cache, "eval", list(EVAL_SHAPE_MAPS), "train", args.eval_crops,
                              args.eval_damaged, SHAPE_FAMILIES_TRAINED, axes, args.seed + 1,
                              log)
-    t_data = time.time() - t_start
     if args.data_only:
-        return {"data_s": t_data}
+        return None
     tr, ev = load_split(train_files), load_split(eval_files)
     templates = make_templates(tr, axes)
     x_tr = assemble_maps(tr, templates).astype(np.float16)
     x_ev = assemble_maps(ev, templates).astype(np.float16)
-    y_tr = tr["fail"].astype(np.float32)
-    log(f"train {len(y_tr)} shapes ({int(y_tr.sum())} FAIL), eval {len(ev['fail'])} "
-        f"({int(ev['fail'].sum())} FAIL)")
+    return tr, ev, templates, x_tr, x_ev
 
-    torch.manual_seed(args.seed)
-    net = ShapeQCNet(args.width)
-    set_templates(net, templates, x_tr, tr)
+
+def fit(net: ShapeQCNet, x_tr: np.ndarray, tr: dict[str, np.ndarray], subset: np.ndarray,
+        args: argparse.Namespace, ckpt: Path, log: Callable[[str], None],
+        eval_set: tuple[np.ndarray, dict[str, np.ndarray]] | None = None) -> list[dict]:
+    """Train ``net`` on the shapes ``subset`` of the training split (resumable from ``ckpt``).
+
+    Each epoch holds every FAIL of the subset and twice as many PASS shapes drawn at random,
+    under a cosine learning rate; ``eval_set`` (maps, data) is scored after each epoch for
+    the log. Returns the per-epoch history.
+    """
+    from bids_qc.calibrate import roc_auc
+
+    y_tr = tr["fail"].astype(np.float32)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
-    ckpt = cache / "checkpoint.pt"
     epoch0, history = 0, []
     if ckpt.is_file():
         state = torch.load(ckpt, weights_only=False)
@@ -184,8 +189,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         opt.load_state_dict(state["opt"])
         epoch0, history = state["epoch"], state["history"]
         log(f"resumed after epoch {epoch0}")
-    fails, passes = np.flatnonzero(y_tr == 1), np.flatnonzero(y_tr == 0)
-    t_train = time.time()
+    fails = subset[y_tr[subset] == 1]
+    passes = subset[y_tr[subset] == 0]
+    t0 = time.time()
     for epoch in range(epoch0, args.epochs):
         rng = np.random.default_rng(args.seed * 1000 + epoch)
         gen = torch.Generator().manual_seed(args.seed * 1000 + epoch)
@@ -206,16 +212,49 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             loss.backward()
             opt.step()
             total, n = total + float(loss.detach()) * len(idx), n + len(idx)
-        p_ev = scores(net, x_ev, ev["structure"], ev["scalars"])
-        from bids_qc.calibrate import roc_auc
-
-        auc = roc_auc(p_ev, ev["fail"].astype(bool))
+        auc = None
+        if eval_set is not None:
+            x_ev, ev = eval_set
+            auc = roc_auc(scores(net, x_ev, ev["structure"], ev["scalars"]),
+                          ev["fail"].astype(bool))
         history.append({"epoch": epoch + 1, "loss": total / n, "eval_auc": auc, "lr": lr})
-        log(f"epoch {epoch + 1}/{args.epochs} loss {total / n:.4f} eval AUC {auc:.3f} "
-            f"({time.time() - t_train:.0f}s)")
+        log(f"epoch {epoch + 1}/{args.epochs} loss {total / n:.4f} eval AUC "
+            f"{'-' if auc is None else f'{auc:.3f}'} ({time.time() - t0:.0f}s)")
         torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "epoch": epoch + 1,
                     "history": history}, ckpt.with_suffix(".tmp"))
         os.replace(ckpt.with_suffix(".tmp"), ckpt)
+    return history
+
+
+def train(args: argparse.Namespace) -> dict[str, Any]:
+    """Run (or resume) the recipe; returns a summary."""
+    torch.set_num_threads(1)
+    cache, out = Path(args.cache), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = cache / "train.log"
+
+    def log(msg: str) -> None:
+        line = f"{time.strftime('%H:%M:%S')} {msg}"
+        print(line, flush=True)
+        with open(log_path, "a") as fh:
+            fh.write(line + "\n")
+
+    t_start = time.time()
+    prepared = prepare(args, log)
+    t_data = time.time() - t_start
+    if prepared is None:
+        return {"data_s": t_data}
+    tr, ev, templates, x_tr, x_ev = prepared
+    y_tr = tr["fail"].astype(np.float32)
+    log(f"train {len(y_tr)} shapes ({int(y_tr.sum())} FAIL), eval {len(ev['fail'])} "
+        f"({int(ev['fail'].sum())} FAIL)")
+
+    torch.manual_seed(args.seed)
+    net = ShapeQCNet(args.width)
+    set_templates(net, templates, x_tr, tr)
+    t_train = time.time()
+    history = fit(net, x_tr, tr, np.arange(len(y_tr)), args, out / "checkpoint.pt", log,
+                  (x_ev, ev))
 
     p_ev = scores(net, x_ev, ev["structure"], ev["scalars"])
     export_weights(net, out / "shapeqc.pt", keep_float32=("template_", "channel_"))
@@ -228,6 +267,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                           for s in SUBCORTICAL_NAMES}}
     (out / "shapeqc_calibration.json").write_text(json.dumps(cal) + "\n")
     summary = {"seed": args.seed, "epochs": args.epochs, "width": args.width,
+               "batch": args.batch, "lr": args.lr,
                "crops_per_map": args.crops, "damaged_per_crop": args.damaged,
                "eval_crops_per_map": args.eval_crops, "eval_damaged_per_crop": args.eval_damaged,
                "n_train": int(len(y_tr)), "n_train_fail": int(y_tr.sum()),

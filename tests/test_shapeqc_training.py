@@ -1,0 +1,103 @@
+"""ShapeQC's training loop and the shared-versus-per-structure comparison's scoring, on
+small synthetic maps (no shared data needed)."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+import torch
+
+from bids_qc.calibrate import roc_auc
+from bids_qc.models.shapeqc import N_CHANNELS, SCALARS, ShapeQCNet
+from bids_qc.structures import SUBCORTICAL_NAMES
+from bids_qc.training.shapeqc import fit, scores
+from bids_qc.training.shapeqc_card import _compare_section
+from bids_qc.training.shapeqc_compare import per_structure, summarise
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _threads():
+    torch.set_num_threads(1)
+
+
+def _toy_split(n: int, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Maps whose FAIL shapes carry a bright blob near the equator (a learnable cue)."""
+    rng = np.random.default_rng(seed)
+    fail = rng.random(n) < 0.3
+    maps = rng.normal(0, 1, (n, N_CHANNELS, 128, 128)).astype(np.float32)
+    maps[fail, :, 48:80, 40:90] += 3.0
+    data = {
+        "structure": np.array([SUBCORTICAL_NAMES[i % 4] for i in range(n)]),
+        "fail": fail,
+        "scalars": np.zeros((n, len(SCALARS)), np.float32),
+    }
+    return maps.astype(np.float16), data
+
+
+def _args(epochs: int) -> argparse.Namespace:
+    return argparse.Namespace(epochs=epochs, seed=3, lr=3e-3, batch=16)
+
+
+def test_fit_learns_a_cue_and_resumes(tmp_path):
+    x_tr, tr = _toy_split(96, 0)
+    x_ev, ev = _toy_split(48, 1)
+    torch.manual_seed(0)
+    net = ShapeQCNet(width=4)
+    ckpt = tmp_path / "checkpoint.pt"
+    before = roc_auc(scores(net, x_ev, ev["structure"], ev["scalars"]), ev["fail"])
+    first = fit(net, x_tr, tr, np.arange(len(tr["fail"])), _args(2), ckpt, lambda m: None,
+                (x_ev, ev))  # fmt: skip
+    assert [h["epoch"] for h in first] == [1, 2] and ckpt.is_file()
+    # A second call with more epochs resumes after epoch 2 instead of starting again.
+    again = ShapeQCNet(width=4)
+    history = fit(again, x_tr, tr, np.arange(len(tr["fail"])), _args(5), ckpt, lambda m: None,
+                  (x_ev, ev))  # fmt: skip
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5]
+    assert history[:2] == first
+    after = roc_auc(scores(again, x_ev, ev["structure"], ev["scalars"]), ev["fail"])
+    assert after > 0.9 and after > before, (before, after)
+
+
+def test_fit_uses_only_its_subset(tmp_path):
+    x_tr, tr = _toy_split(160, 2)
+    # Labels outside the subset are inverted: training on them would unlearn the cue.
+    subset = np.flatnonzero(tr["structure"] == SUBCORTICAL_NAMES[0])
+    others = np.setdiff1d(np.arange(len(tr["fail"])), subset)
+    tr = {**tr, "fail": tr["fail"].copy()}
+    tr["fail"][others] = ~tr["fail"][others]
+    torch.manual_seed(0)
+    net = ShapeQCNet(width=4)
+    fit(net, x_tr, tr, subset, _args(6), tmp_path / "c.pt", lambda m: None)
+    x_ev, ev = _toy_split(96, 3)
+    own = ev["structure"] == SUBCORTICAL_NAMES[0]
+    p = scores(net, x_ev[own], ev["structure"][own], ev["scalars"][own])
+    assert roc_auc(p, ev["fail"][own]) > 0.8
+
+
+def test_per_structure_scores_and_summary():
+    structures = np.repeat(np.array(SUBCORTICAL_NAMES[:2]), 10)
+    fail = np.tile(np.r_[np.ones(3, bool), np.zeros(7, bool)], 2)
+    # First structure separated perfectly; second inverted.
+    p = np.where(fail, 0.9, 0.1)
+    p[10:] = 1 - p[10:]
+    rows = per_structure(p, {"structure": structures, "fail": fail}, {s: 0.5 for s in
+                                                                      SUBCORTICAL_NAMES})
+    a, b = rows[SUBCORTICAL_NAMES[0]], rows[SUBCORTICAL_NAMES[1]]
+    assert (a["auc"], a["f_recall"], a["f_share"]) == (1.0, 1.0, 0.3)
+    assert (b["auc"], b["f_recall"], b["f_share"]) == (0.0, 0.0, 0.7)
+    assert rows[SUBCORTICAL_NAMES[2]] == {"n": 0, "n_fail": 0}
+    summary = summarise(rows)
+    assert summary["mean_auc"] == 0.5 and summary["auc_ge_0.9"] == 1
+    assert summary["recall_ge_0.8_share_le_0.3"] == 1
+
+
+def test_compare_section_renders_every_structure():
+    row = {"n": 10, "n_fail": 3, "auc": 0.8, "f_recall": 0.67, "f_share": 0.3}
+    side = {"eval": {s: row for s in SUBCORTICAL_NAMES}, "test": {s: row for s in
+                                                                  SUBCORTICAL_NAMES}}
+    side["eval_summary"] = side["test_summary"] = summarise(side["test"])
+    text = "\n".join(_compare_section({"shared": side, "per_structure": side}))
+    assert all(f"| {s} | 0.800 / 0.800" in text for s in SUBCORTICAL_NAMES)
+    assert "not compared" in "\n".join(_compare_section(None))
