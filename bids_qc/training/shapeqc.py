@@ -17,7 +17,7 @@
    the fp16 weights.
 
 Every random draw comes from ``--seed``; a checkpoint after each epoch (``OUT/checkpoint.pt``)
-makes a run resumable.
+makes a run resumable; the log is ``OUT/train.log``.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from bids_qc.models.shapeqc import ShapeQCNet, kind_index
 from bids_qc.structures import SUBCORTICAL_KINDS, SUBCORTICAL_NAMES
-from bids_qc.training.common import export_weights
+from bids_qc.training.common import export_weights, train_logger
 from bids_qc.training.eval_protocol import TRAINING_SHAPE_FAMILIES
 from bids_qc.training.shapeqc_data import (
     EVAL_SHAPE_MAPS,
@@ -229,16 +229,9 @@ def fit(net: ShapeQCNet, x_tr: np.ndarray, tr: dict[str, np.ndarray], subset: np
 def train(args: argparse.Namespace) -> dict[str, Any]:
     """Run (or resume) the recipe; returns a summary."""
     torch.set_num_threads(1)
-    cache, out = Path(args.cache), Path(args.out)
+    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    log_path = cache / "train.log"
-
-    def log(msg: str) -> None:
-        line = f"{time.strftime('%H:%M:%S')} {msg}"
-        print(line, flush=True)
-        with open(log_path, "a") as fh:
-            fh.write(line + "\n")
-
+    log = train_logger(out)
     t_start = time.time()
     prepared = prepare(args, log)
     t_data = time.time() - t_start
