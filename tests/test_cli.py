@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -193,16 +196,19 @@ def test_readme_exit_code_table_matches_the_code():
         assert f"| {code} | {name} | {when} |" in block, f"README lacks exit code {code}"
 
 
-def test_worker_processes_follow_quiet_and_verbose(tmp_path, capfd):
+def test_worker_processes_follow_quiet_and_verbose(tmp_path):
     # MultiProc workers are fresh interpreters: nipype's per-node lines must follow -q/-v
-    # there too, not only in the main process.
+    # there too, not only in the main process. A subprocess per run, as a user's: workers
+    # fork from a forkserver that keeps the stderr of the test that started it.
     bids = _fs_dataset(tmp_path / "ds", subjects=("01",))
     out = tmp_path / "out"
-    args = [str(bids), str(out), "participant", "--nprocs", "1"]
-    assert run([*args, "-q", "-w", str(tmp_path / "w1")]) == 0
-    quiet = capfd.readouterr()
-    assert "[Node]" not in quiet.out + quiet.err
-    assert "1 processed" in quiet.err
-    assert run([*args, "-v", "--force", "-w", str(tmp_path / "w2")]) == 0
-    loud = capfd.readouterr()
-    assert "[Node] Finished" in loud.out + loud.err
+    args = [sys.executable, "-m", "bids_qc.cli", str(bids), str(out), "participant",
+            "--nprocs", "1"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    quiet = subprocess.run([*args, "-q", "-w", str(tmp_path / "w1")], capture_output=True,
+                           text=True, env=env, check=True)  # fmt: skip
+    assert "[Node]" not in quiet.stdout + quiet.stderr
+    assert "1 processed" in quiet.stderr
+    loud = subprocess.run([*args, "-v", "--force", "-w", str(tmp_path / "w2")],
+                          capture_output=True, text=True, env=env, check=True)  # fmt: skip
+    assert "[Node] Finished" in loud.stdout + loud.stderr

@@ -1,9 +1,11 @@
-"""Interrupting a MultiProc run (SIGTERM from a scheduler, SIGINT from Ctrl-C) loses nothing.
+"""Interrupting a MultiProc or Linear run (SIGTERM from a scheduler, SIGINT from Ctrl-C)
+loses nothing.
 
 A run is started in a subprocess and signalled once its first participant JSON appears;
 every JSON left must be complete, no temp file may remain, the exit code is non-zero,
 and a rerun finishes the rest without recomputing the finished images. A worker killed
-by the system (out of memory) fails its own image only.
+by the system (out of memory) fails its own image only, also when other workers' jobs were
+lost with its pool.
 """
 
 from __future__ import annotations
@@ -63,14 +65,19 @@ def _interactive_signals() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
-def test_interrupted_run_leaves_complete_results_and_resumes(tmp_path, signum):
+@pytest.mark.parametrize(("signum", "plugin"), [
+    (signal.SIGTERM, "MultiProc"), (signal.SIGINT, "MultiProc"),
+    (signal.SIGTERM, "Linear"), (signal.SIGINT, "Linear"),
+], ids=["TERM", "INT", "Linear-TERM", "Linear-INT"])  # fmt: skip
+def test_interrupted_run_leaves_complete_results_and_resumes(tmp_path, signum, plugin):
     bids = _dataset(tmp_path / "ds")
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    config = tmp_path / "plugin.yml"
+    config.write_text(f"plugin: {plugin}\nplugin_args: {{}}\n")
     proc = subprocess.Popen(
         [sys.executable, "-m", "bids_qc.cli", str(bids), str(out), "participant",
-         "--nprocs", "2"],
+         "--nprocs", "2", "--plugin-config", str(config)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         preexec_fn=_interactive_signals)
     deadline = time.monotonic() + 120
@@ -88,11 +95,32 @@ def test_interrupted_run_leaves_complete_results_and_resumes(tmp_path, signum):
     assert 0 < len(done) < len(SUBJECTS), "the signal must land while images remain"
     assert _leftovers(out) == []
 
-    assert run([str(bids), str(out), "participant", "--nprocs", "2"]) == exitcodes.OK
+    assert run([str(bids), str(out), "participant", "--nprocs", "2",
+                "--plugin-config", str(config)]) == exitcodes.OK
     after = _results(out)
     assert len(after) == len(SUBJECTS)
     assert {name: after[name] for name in done} == done, "finished images were recomputed"
     assert _leftovers(out) == []
+
+
+def _run_forked(tmp_path: Path, out: Path, subjects: tuple[str, ...], n_procs: int
+                ) -> dict[str, dict]:  # fmt: skip
+    """Run FreeSurfer subjects through MultiProc with forked workers (which inherit the
+    test's patches; the default is forkserver), classical nodes only (VINN is a segmenter,
+    not a QC stage, and --segment never keeps it off); one of them fails. Returns the
+    participant JSONs."""
+    bids = tmp_path / "ds"
+    make_raw(bids, list(subjects))
+    for subject in subjects:
+        add_freesurfer(bids, subject, volumes=("norm",))
+    config = tmp_path / "fork.yml"
+    config.write_text(f"plugin: MultiProc\nplugin_args: {{n_procs: {n_procs}, "
+                      "mp_context: fork}\n")  # fmt: skip
+    code = run([str(bids), str(out), "participant", "--plugin-config", str(config),
+                "--models", "vinn", "--segment", "never"])
+    assert code == exitcodes.IMAGE_FAILED
+    return {n: json.loads((out / f"sub-{n}" / "anat" / f"sub-{n}_T1w.json").read_text())
+            for n in subjects}  # fmt: skip
 
 
 def test_a_killed_worker_fails_only_its_image(tmp_path, monkeypatch):
@@ -108,24 +136,49 @@ def test_a_killed_worker_fails_only_its_image(tmp_path, monkeypatch):
         return original(self, runtime)
 
     monkeypatch.setattr(classic.ClassicMetrics, "_run_interface", dies_on_02)
-    bids = tmp_path / "ds"
-    make_raw(bids, ["01", "02", "03"])
-    for subject in ("01", "02", "03"):
-        add_freesurfer(bids, subject, volumes=("norm",))
     out = tmp_path / "out"
-    # fork, so that the worker inherits the patch above (the default is forkserver)
-    config = tmp_path / "fork.yml"
-    config.write_text("plugin: MultiProc\nplugin_args: {n_procs: 1, mp_context: fork}\n")
-    # Classical nodes only (VINN is a segmenter, not a QC stage, and --segment never keeps
-    # it off): with model nodes the neighbour of a killed worker can be lost with it (known
-    # gap, see the closing note).
-    code = run([str(bids), str(out), "participant", "--plugin-config", str(config),
-                "--models", "vinn", "--segment", "never"])
-    assert code == exitcodes.IMAGE_FAILED
-    results = {n: json.loads((out / f"sub-{n}" / "anat" / f"sub-{n}_T1w.json").read_text())
-               for n in ("01", "02", "03")}
+    results = _run_forked(tmp_path, out, ("01", "02", "03"), n_procs=1)
     # Either the node's own crash record or the runner's "no result" record names the kill.
     assert "killed" in results["02"]["qc_error"]
     assert "out of memory" in results["02"]["errors"][0]["problem"]
     assert results["01"]["qc_error"] == "" and results["03"]["qc_error"] == ""
+    assert _leftovers(out) == []
+
+
+def test_jobs_lost_with_a_killed_workers_pool_run_again(tmp_path, monkeypatch):
+    # Two workers: when sub-02's worker dies, the job running beside it dies with the pool.
+    # That job must run again and its image succeed; only sub-02 fails.
+    from bids_qc.interfaces import classic
+
+    original = classic.ClassicMetrics._run_interface
+    marks = tmp_path / "marks"
+    marks.mkdir()
+
+    def slow_and_02_dies(self, runtime):
+        name = self.inputs.qc_input["bids_name"]
+        (marks / f"{name}.{os.getpid()}").touch()  # which images started, in which worker
+        if name == "sub-02_T1w":
+            # Wait until a neighbour is running in the other worker, then die.
+            deadline = time.monotonic() + 30
+            while (len({p.suffix for p in marks.iterdir()}) < 2
+                   and time.monotonic() < deadline):  # fmt: skip
+                time.sleep(0.05)
+            time.sleep(0.3)
+            os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(1.5)
+        return original(self, runtime)
+
+    monkeypatch.setattr(classic.ClassicMetrics, "_run_interface", slow_and_02_dies)
+    subjects = ("01", "02", "03", "04")
+    out = tmp_path / "out"
+    results = _run_forked(tmp_path, out, subjects, n_procs=2)
+    assert "killed" in results["02"]["qc_error"]
+    assert {n for n in subjects if results[n]["qc_error"]} == {"02"}
+    # A neighbour really was in flight: some other image's node started twice.
+    starts = {}
+    for mark in marks.iterdir():
+        starts.setdefault(mark.stem, set()).add(mark.suffix)
+    again = [n for n, pids in starts.items() if len(pids) > 1 and n != "sub-02_T1w"]
+    assert again, starts
+    assert len(starts["sub-02_T1w"]) == 2  # run again once, alone, then failed
     assert _leftovers(out) == []

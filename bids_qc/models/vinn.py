@@ -63,8 +63,10 @@ N_SLICES = 5
 INTERNAL_MM = 1.0
 #: Standard deviation of the training-time jitter of the scale factor.
 SCALE_SIGMA = 0.1
-#: Channels of the input block and of the three encoder levels.
-WIDTHS: tuple[int, int, int, int] = (12, 16, 24, 32)
+#: Channels of the input block and of the encoder levels (the last one the bottom, at 1/8
+#: of the internal resolution: 1.0.0 had 2 poolings, too little context to tell cerebellum
+#: from cortex or brainstem from thalamus).
+WIDTHS: tuple[int, ...] = (12, 16, 24, 32, 48)
 
 
 def code_to_class(labels: np.ndarray) -> np.ndarray:
@@ -139,21 +141,23 @@ class VINNView(nn.Module):
     n_classes : int
         Output classes.
     widths : tuple of int
-        Channels of the input block and of the encoder's three levels.
+        Channels of the input block, then of each encoder level (the last is the bottom);
+        ``len(widths) - 2`` poolings.
     """
 
     def __init__(self, n_classes: int, widths: tuple[int, ...] = WIDTHS) -> None:
         super().__init__()
-        w0, w1, w2, w3 = widths
-        self.inp = _block(N_SLICES, w0)
+        if len(widths) < 3:
+            raise ValueError(f"VINNView needs at least 3 widths, got {widths}")
+        self.inp = _block(N_SLICES, widths[0])
         self.resnorm = ResNorm()
-        self.enc1 = _block(w0, w1)
-        self.enc2 = _block(w1, w2)
-        self.bottom = _block(w2, w3)
-        self.dec2 = _block(w3 + w2, w2)
-        self.dec1 = _block(w2 + w1, w1)
-        self.dec0 = _block(w1 + w0, w0)
-        self.out = nn.Sequential(_block(w0 + w0, w0), nn.Conv2d(w0, n_classes, 1))
+        self.enc = nn.ModuleList(_block(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        # Decoder level i joins the upsampled level i + 1 with encoder level i's input.
+        self.dec = nn.ModuleList(_block(widths[i + 1] + widths[i], widths[i])
+                                 for i in range(len(widths) - 1))  # fmt: skip
+        self.out = nn.Sequential(_block(2 * widths[0], widths[0]),
+                                 nn.Conv2d(widths[0], n_classes, 1))  # fmt: skip
+        self.stride = 2 ** (len(widths) - 2)
 
     def forward(self, x: torch.Tensor, scale: Sequence[float] = (1.0, 1.0)) -> torch.Tensor:
         """Logits ``(N, classes, H, W)`` for slices ``(N, N_SLICES, H, W)`` of voxel size
@@ -161,16 +165,17 @@ class VINNView(nn.Module):
         skip_native = self.inp(x)
         f = self.resnorm(skip_native, scale=scale)
         size = f.shape[-2:]
-        # Pad to a multiple of 8 for the three poolings (replicate: no false edges).
-        ph, pw = (-size[0]) % 8, (-size[1]) % 8
+        # Pad to a multiple of the poolings' total stride (replicate: no false edges).
+        ph, pw = (-size[0]) % self.stride, (-size[1]) % self.stride
         f = F.pad(f, (0, pw, 0, ph), mode="replicate") if ph or pw else f
-        e1 = self.enc1(f)
-        e2 = self.enc2(F.max_pool2d(e1, 2))
-        b = self.bottom(F.max_pool2d(e2, 2))
-        d2 = self.dec2(torch.cat([F.interpolate(b, size=e2.shape[-2:]), e2], 1))
-        d1 = self.dec1(torch.cat([F.interpolate(d2, size=e1.shape[-2:]), e1], 1))
-        d0 = self.dec0(torch.cat([d1, f], 1))[..., : size[0], : size[1]]
-        back = self.resnorm(d0, size=skip_native.shape[-2:])
+        levels = [f]
+        for i, block in enumerate(self.enc):
+            levels.append(block(levels[-1] if i == 0 else F.max_pool2d(levels[-1], 2)))
+        d = levels[-1]
+        for i in reversed(range(len(self.dec))):
+            up = F.interpolate(d, size=levels[i].shape[-2:])
+            d = self.dec[i](torch.cat([up, levels[i]], 1))
+        back = self.resnorm(d[..., : size[0], : size[1]], size=skip_native.shape[-2:])
         return self.out(torch.cat([back, skip_native], 1))
 
 

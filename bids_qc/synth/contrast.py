@@ -5,7 +5,8 @@ class, the range of the class mean and of the within-label standard deviation, o
 scale. A case draws one mean per class, then jitters it per label, so left and right
 structures of one class look alike but not identical.
 
-``t1`` and ``t1_wide`` are training families; ``t2`` is reserved for measuring domain shift
+``t1``, ``t1_wide`` and ``random`` (per-label means, SynthSeg's domain randomisation) are
+training families; ``t2`` is reserved for measuring domain shift
 and is refused for training splits (:func:`check_family`).
 """
 
@@ -72,6 +73,9 @@ class ContrastFamily:
         Standard deviation of the log of the final gamma correction.
     training : bool
         Whether training splits may use the family.
+    per_label : bool
+        Draw every label's mean independently from its class range (no shared class mean):
+        SynthSeg's domain randomisation, where only shapes tell the labels apart.
     """
 
     name: str
@@ -80,6 +84,7 @@ class ContrastFamily:
     stds: tuple[float, float]
     gamma_std: float
     training: bool
+    per_label: bool = False
 
 
 _ANY = (0.0, 255.0)
@@ -108,6 +113,13 @@ CONTRAST_FAMILIES: dict[str, ContrastFamily] = {
          "wm": (50, 80), "brainstem": (65, 100), "vessel": (10, 120), "other": (60, 160),
          "extra": _ANY},
         label_jitter=4.0, stds=(1.0, 12.0), gamma_std=0.15, training=False,
+    ),
+    # Domain randomisation (SynthSeg): any mean for any label, drawn per label, so a network
+    # cannot lean on one contrast's ordering (e.g. putamen as dark as cortex in ``t1``).
+    "random": ContrastFamily(
+        "random",
+        {"background": (0, 40), **{c: _ANY for c in CLASSES if c != "background"}},
+        label_jitter=0.0, stds=(0.0, 25.0), gamma_std=0.3, training=True, per_label=True,
     ),
 }  # fmt: skip
 
@@ -171,7 +183,7 @@ def sample_intensities(
     for n, code in enumerate(codes):
         cls = tissue_class(code)
         lo, hi = fam.means[cls]
-        if cls in ("extra", "other", "vessel"):
+        if fam.per_label or cls in ("extra", "other", "vessel"):
             means[n] = rng.uniform(lo, hi)  # heterogeneous tissues: independent per label
         else:
             means[n] = np.clip(class_mean[cls] + rng.uniform(-1, 1) * fam.label_jitter, lo, hi)

@@ -1,21 +1,23 @@
 """Training recipe of VINN: ``python -m bids_qc.training.vinn --minutes N --out DIR``.
 
 Data, all from the synthetic engine on training label maps 1-16 only (17-20 held out):
-a pool of synthesized cases (contrasts ``t1`` and ``t1_wide``, random resolution 0.7-1.6 mm,
+a pool of synthesized cases (contrasts ``t1``, ``t1_wide`` and ``random``, the last SynthSeg's
+domain randomisation with a random mean per label; random resolution 0.7-1.6 mm,
 anisotropic half of the time, random deformation and skull stripping), reoriented to RAS,
 intensity-normalised as at inference (:func:`bids_qc.models.vinn.normalise_intensity`) and
 cached on disk. The pool starts with :data:`INITIAL_POOL` cases and grows by one new case
 every ``--grow-every`` steps, so the stream sees more anatomy and contrast draws over time.
 
 Each step trains the three views on one batch each of 2D patches (:data:`PATCH_MM` mm
-square at the case's voxel size, 5 neighbouring slices as channels; 70% of the patches are
+square at the case's voxel size, 5 neighbouring slices as channels; half of the patches are
 centred on a subcortical voxel). The resolution normalisation gets the case's in-plane
 voxel size jittered by a Gaussian of sigma :data:`bids_qc.models.vinn.SCALE_SIGMA` (VINN's
 internal scale augmentation).
 
 Loss: pixel-weighted logistic loss plus soft Dice. Pixel weights as in FastSurfer /
 QuickNAT: the median-frequency weight of the pixel's class (class frequencies of the initial
-pool, capped at :data:`MAX_CLASS_WEIGHT`) plus :data:`BOUNDARY_WEIGHT` on label boundaries.
+pool, kept between :data:`MIN_CLASS_WEIGHT` and :data:`MAX_CLASS_WEIGHT`) plus
+:data:`BOUNDARY_WEIGHT` on label boundaries.
 
 Every batch is a pure function of ``(seed, step, view)`` and every pool case of
 ``(seed, index)``, so a resumed run continues the same stream. ``--minutes`` is a time
@@ -54,19 +56,33 @@ from bids_qc.synth.labelmaps import TRAIN_MAPS, check_training_maps, load_label_
 from bids_qc.synth.synthesize import synthesize
 from bids_qc.training.common import export_weights, learning_rate, train_logger
 
-CONTRASTS: tuple[str, ...] = ("t1", "t1_wide")
+#: Contrast families of the pool, in turn. ``random`` makes the network read shapes, not one
+#: contrast's ordering: trained on ``t1``/``t1_wide`` only (1.0.0), it called most of bert's
+#: putamen, pallidum and amygdala white matter.
+CONTRASTS: tuple[str, ...] = ("t1", "t1_wide", "random")
 DEFAULT_SEED = 20261121
 #: Cases synthesized before the first step (maps 1-8; later cases cycle through all 16).
 INITIAL_POOL = 8
 #: Most cases kept in memory (the oldest drop out as new ones arrive).
 MAX_POOL_IN_MEMORY = 16
-#: Side of a training patch, mm.
-PATCH_MM = 96.0
-#: Cap of the median-frequency class weight, and the extra weight of boundary pixels.
+#: Side of a training patch, mm: most of a slice, for context (with 96 mm patches centred
+#: on subcortical voxels 70% of the time, 1.0.0 rarely saw the cerebellum and brainstem
+#: whole and called them cortex, CSF or background).
+PATCH_MM = 128.0
+#: Bounds of the median-frequency class weight, and the extra weight of boundary pixels.
+#: Unbounded below, the weights of background, white matter and cortex fell to 0.001-0.02
+#: (the median class is small), so their errors barely counted: 1.0.0 grew small structures
+#: into them (e.g. the brainstem called thalamus). The floor lets weights only raise a class.
+MIN_CLASS_WEIGHT = 1.0
 MAX_CLASS_WEIGHT = 10.0
 BOUNDARY_WEIGHT = 5.0
-#: Share of patches centred on a subcortical voxel.
-SUBCORTICAL_SHARE = 0.7
+#: Standard deviation of the log of the random gamma of each patch. The engine's ``t1``
+#: family has more grey/white contrast than real T1w images (normalised, cortex about 0.3
+#: of a 0-1 scale against bert's 0.68, white matter 0.7-0.8 against 0.9), and the
+#: 1.0.0 network called real grey matter white matter; gammas of about 0.4-0.6 close the gap.
+GAMMA_STD = 0.4
+#: Share of patches centred on a subcortical voxel (the others on any brain voxel).
+SUBCORTICAL_SHARE = 0.5
 _SUBCORTICAL_CLASSES = np.array(
     [CLASS_CODES.index(c) for s in SUBCORTICAL for c in s.codes], dtype=np.int64
 )
@@ -75,7 +91,7 @@ _SUBCORTICAL_CLASSES = np.array(
 def case_key(index: int, seed: int) -> tuple[int, str, int]:
     """(map, contrast, synthesis seed) of pool case ``index``."""
     maps = list(TRAIN_MAPS)
-    contrast = CONTRASTS[(index + index // len(maps)) % 2]
+    contrast = CONTRASTS[(index + index // len(maps)) % len(CONTRASTS)]
     return maps[index % len(maps)], contrast, seed * 1000 + index
 
 
@@ -114,10 +130,15 @@ class Case:
 
 def class_weights(label_sets: list[np.ndarray], n: int, fold: np.ndarray | None = None
                   ) -> np.ndarray:  # fmt: skip
-    """Median-frequency weights ``median(f) / f_c`` of ``n`` classes, capped."""
+    """Median-frequency weights ``median(f) / f_c`` of ``n`` classes, bounded.
+
+    ``fold`` maps full classes to ``n`` merged ones (the sagittal view's); without it the
+    labels hold ``n`` classes.
+    """
     counts = np.zeros(n)
     for lab in label_sets:
-        c = np.bincount(lab.ravel(), minlength=N_CLASSES)[:N_CLASSES].astype(float)
+        m = N_CLASSES if fold is not None else n
+        c = np.bincount(lab.ravel(), minlength=m)[:m].astype(float)
         if fold is not None:
             c = np.bincount(fold, weights=c, minlength=n)
         counts += c
@@ -125,7 +146,7 @@ def class_weights(label_sets: list[np.ndarray], n: int, fold: np.ndarray | None 
     present = freq > 0
     w = np.ones(n)
     w[present] = np.median(freq[present]) / freq[present]
-    return np.clip(w, 0.0, MAX_CLASS_WEIGHT)
+    return np.clip(w, MIN_CLASS_WEIGHT, MAX_CLASS_WEIGHT)
 
 
 def boundary(labels: torch.Tensor) -> torch.Tensor:
@@ -138,9 +159,11 @@ def boundary(labels: torch.Tensor) -> torch.Tensor:
     return b
 
 
-def make_batch(cases: list[Case], view: str, batch: int, rng: np.random.Generator
+def make_batch(cases: list[Case], view: str, batch: int, rng: np.random.Generator,
+               gamma_std: float = 0.0
                ) -> tuple[torch.Tensor, torch.Tensor, tuple[float, float]]:  # fmt: skip
-    """A batch of 2.5D patches of one view from one case (one voxel size per batch)."""
+    """A batch of 2.5D patches of one view from one case (one voxel size per batch), each
+    patch with its own random gamma (log-normal, ``gamma_std``; none at 0)."""
     case = cases[int(rng.integers(len(cases)))]
     image, labels, vox = case.image, case.labels, case.vox
     axis = VIEW_AXIS[view]
@@ -170,7 +193,11 @@ def make_batch(cases: list[Case], view: str, batch: int, rng: np.random.Generato
         ys.append(yp)
     jitter = rng.normal(0.0, SCALE_SIGMA, 2)
     scale = tuple(float(max(0.3, vox[a] + j)) for a, j in zip(inplane, jitter))
-    return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys)).long(), scale
+    x = np.stack(xs)
+    if gamma_std > 0:
+        gammas = np.exp(rng.normal(0.0, gamma_std, batch)).astype(np.float32)
+        x = np.power(np.clip(x, 0.0, None), gammas[:, None, None, None])
+    return torch.from_numpy(x), torch.from_numpy(np.stack(ys)).long(), scale
 
 
 def loss_fn(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -184,6 +211,12 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -
     present = onehot.sum((0, 2, 3)) > 0
     dice = (2 * inter + 1) / (denom + 1)
     return ce + (1 - dice[present]).mean()
+
+
+def _hardware() -> str:
+    """What trained the model, for the card (this recipe runs on the CPU)."""
+    gpu = "a GPU present but not used" if torch.cuda.is_available() else "no GPU"
+    return f"{os.cpu_count()}-core CPU, {gpu}"
 
 
 def train(args: argparse.Namespace) -> dict[str, Any]:
@@ -229,7 +262,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         opt.zero_grad(set_to_none=True)
         for v, view in enumerate(VIEWS):
             rng = np.random.default_rng([args.seed, state["step"], v])
-            x, y, scale = make_batch(cases, view, args.batch, rng)
+            gamma = args.gamma_std if state["step"] >= args.gamma_from else 0.0
+            x, y, scale = make_batch(cases, view, args.batch, rng, gamma)
             if view == "sagittal":
                 y = fold[y]
             logits = net.views[view](x, scale)
@@ -261,8 +295,11 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "steps": state["step"], "batch_per_view": args.batch,
         "patches": state["step"] * args.batch * len(VIEWS), "patch_mm": PATCH_MM,
         "minutes": state["elapsed"] / 60, "seed": args.seed, "lr": args.lr,
-        "threads": args.threads, "hardware": "2-core CPU shared with other jobs, no GPU",
-        "class_weight_cap": MAX_CLASS_WEIGHT, "boundary_weight": BOUNDARY_WEIGHT,
+        "threads": args.threads, "hardware": _hardware(),
+        "class_weight_bounds": [MIN_CLASS_WEIGHT, MAX_CLASS_WEIGHT],
+        "boundary_weight": BOUNDARY_WEIGHT,
+        "gamma_std": args.gamma_std, "gamma_from": args.gamma_from,
+        "subcortical_share": SUBCORTICAL_SHARE,
         "final_losses": dict(zip(VIEWS, state["losses"][-1][1:])) if state["losses"] else None,
     }  # fmt: skip
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -278,9 +315,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True, help="output folder (log, checkpoint, weights)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--cache", default="/tmp/vinn_cache", help="pool cache folder")
-    p.add_argument("--grow-every", type=int, default=40, help="steps between new pool cases")
-    p.add_argument("--batch", type=int, default=6, help="patches per view and step")
+    p.add_argument("--grow-every", type=int, default=100, help="steps between new pool cases")
+    p.add_argument("--batch", type=int, default=4, help="patches per view and step")
     p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--gamma-std", type=float, default=GAMMA_STD,
+                   help="sigma of the log of each patch's random gamma (0: none)")
+    p.add_argument("--gamma-from", type=int, default=0,
+                   help="first step with the gamma augmentation")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED)
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--checkpoint-minutes", type=float, default=3.0)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -135,9 +136,11 @@ def evaluate_bert(model: Any) -> tuple[dict[str, Any], dict[str, float]]:
     c0, w0 = time.process_time(), time.perf_counter()
     pred = segment_array(model, image, norm.affine)
     timing = {"cpu_s_1thread": time.process_time() - c0, "wall_s_1thread":
-              time.perf_counter() - w0, "shape": list(image.shape)}  # fmt: skip
+              time.perf_counter() - w0, "shape": list(image.shape),
+              "cpus": os.cpu_count()}  # fmt: skip
     torch.set_num_threads(threads)
     out["1.0"] = _dice(truth, pred)
+    out["confusion"] = confusion(truth, pred)
     print(f"bert 1.0 mm: subcortical {out['1.0']['subcortical_mean']:.3f}", flush=True)
     vox = np.linalg.norm(norm.affine[:3, :3], axis=0)
     for res in BERT_RESOLUTIONS:
@@ -155,6 +158,41 @@ def evaluate_bert(model: Any) -> tuple[dict[str, Any], dict[str, float]]:
     return out, timing
 
 
+#: FreeSurfer's names (FreeSurferColorLUT) of the codes VINN writes.
+FS_NAMES: dict[int, str] = {
+    0: "background", 2: "Left-Cerebral-White-Matter", 3: "Left-Cerebral-Cortex",
+    4: "Left-Lateral-Ventricle", 8: "Left-Cerebellum-Cortex", 10: "Left-Thalamus",
+    11: "Left-Caudate", 12: "Left-Putamen", 13: "Left-Pallidum", 14: "3rd-Ventricle",
+    15: "4th-Ventricle", 16: "Brain-Stem", 17: "Left-Hippocampus", 18: "Left-Amygdala",
+    24: "CSF", 26: "Left-Accumbens-area", 28: "Left-VentralDC",
+    41: "Right-Cerebral-White-Matter", 42: "Right-Cerebral-Cortex",
+    43: "Right-Lateral-Ventricle", 47: "Right-Cerebellum-Cortex", 49: "Right-Thalamus",
+    50: "Right-Caudate", 51: "Right-Putamen", 52: "Right-Pallidum",
+    53: "Right-Hippocampus", 54: "Right-Amygdala", 58: "Right-Accumbens-area",
+    60: "Right-VentralDC",
+}  # fmt: skip
+
+
+def confusion(truth: np.ndarray, pred: np.ndarray) -> dict[str, list[Any]]:
+    """Per subcortical structure: the share of its voxels labelled as itself, and the code
+    (and share) that takes most of the rest, from the FreeSurfer-coded ``pred``."""
+    from bids_qc.structures import SUBCORTICAL
+
+    out: dict[str, list[Any]] = {}
+    for s in SUBCORTICAL:
+        sel = np.isin(truth, s.codes)
+        if not sel.any():
+            continue
+        codes, counts = np.unique(pred[sel], return_counts=True)
+        share = counts / sel.sum()
+        own = float(share[np.isin(codes, s.codes)].sum())
+        other = ~np.isin(codes, s.codes)
+        top = int(np.argmax(np.where(other, share, -1.0))) if other.any() else None
+        out[s.name] = [own, int(codes[top]) if top is not None else None,
+                       float(share[top]) if top is not None else 0.0]  # fmt: skip
+    return out
+
+
 def _f(x: Any, nd: int = 3) -> str:
     return "n/a" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.{nd}f}"
 
@@ -165,9 +203,50 @@ def _status(value: float | None, target: float, higher: bool = False) -> str:
     return "met" if (value >= target if higher else value <= target) else "missed"
 
 
+def previous_section(prev: dict[str, Any], bert: dict[str, Any], synth: dict[str, Any]
+                     ) -> list[str]:  # fmt: skip
+    """Markdown rows comparing the headline numbers with the weights this run replaced."""
+
+    def worst(b: dict[str, Any]) -> float:
+        one = b["1.0"]["subcortical_mean"]
+        return max(abs(b[f"{r:.1f}"]["subcortical_mean"] - one) for r in BERT_RESOLUTIONS)
+
+    rows = [("bert 1 mm, mean subcortical Dice", prev["bert"]["1.0"]["subcortical_mean"],
+             bert["1.0"]["subcortical_mean"]),
+            ("bert, largest change across 0.8-1.4 mm", worst(prev["bert"]), worst(bert))]
+    for r in SYNTH_RESOLUTIONS:
+        key = f"{r:.1f}"
+        if key in synth and key in prev.get("synth", {}):
+            rows.append((f"held-out synthetic {r} mm, mean subcortical Dice",
+                         prev["synth"][key]["mean"]["subcortical_mean"],
+                         synth[key]["mean"]["subcortical_mean"]))
+    for n in ("cerebellum", "brainstem"):
+        rows.append((f"bert 1 mm, {n} Dice", prev["bert"]["1.0"][n], bert["1.0"][n]))
+    out = ["", "## Against the weights replaced", "",
+           f"The previous weights (sha256 `{prev['sha256'][:12]}...`), evaluated on the same "
+           "cases by the same script.", "",
+           "| | previous | this |", "|---|---|---|"]
+    out += [f"| {name} | {_f(a)} | {_f(b)} |" for name, a, b in rows]
+    return out
+
+
+def _gamma_line(train: dict[str, Any]) -> str:
+    """The training section's line on the random gamma augmentation."""
+    std, start = train.get("gamma_std"), train.get("gamma_from", 0)
+    if not std:
+        return "- Intensity augmentation: none beyond the engine's."
+    when = "on every step" if not start else (
+        f"from step {start} of {train.get('steps')} on (the run was resumed at that step "
+        "with the augmentation switched on: before it, bert's grey matter came out as white "
+        "matter)")
+    return (f"- Intensity augmentation: a random gamma per patch (log-normal, sigma {std}) "
+            f"{when}.")
+
+
 def render_card(synth: dict[str, Any], bert: dict[str, Any], timing: dict[str, Any],
-                train: dict[str, Any], sha: str, version: str) -> str:  # fmt: skip
-    """The model card's markdown."""
+                train: dict[str, Any], sha: str, version: str,
+                previous: dict[str, Any] | None = None) -> str:  # fmt: skip
+    """The model card's markdown (``previous``: the results JSON of the weights replaced)."""
     from bids_qc.models.vinn import VINN, WIDTHS
     from bids_qc.training.licences import licence_section
 
@@ -195,7 +274,8 @@ def render_card(synth: dict[str, Any], bert: dict[str, Any], timing: dict[str, A
         "the input block, and back before the output block; scale jitter sigma 0.1 in "
         "training); views averaged with weights 0.4 (axial, coronal) and 0.2 (sagittal, "
         "hemisphere-merged labels whose side the other views decide). Loss: median-frequency "
-        "and boundary weighted logistic loss plus soft Dice.",
+        "and boundary weighted logistic loss plus soft Dice (class weights kept within "
+        f"{train.get('class_weight_bounds', 'n/a')}).",
         "- Card generated by `python -m bids_qc.training.vinn_card card` from a real "
         "evaluation run; every number below comes from it.",
         "",
@@ -206,14 +286,17 @@ def render_card(synth: dict[str, Any], bert: dict[str, Any], timing: dict[str, A
         f"{train.get('batch_per_view')} patches per view ({train.get('patches')} 2.5D "
         f"patches of {train.get('patch_mm')} mm in all).",
         f"- Data: {train.get('pool_cases')} images synthesized by `bids_qc.synth` from "
-        "SynthSeg label maps 1-16 (maps 17-20 never seen), contrasts t1 and t1_wide, random "
-        "resolution 0.7-1.6 mm (anisotropic half of the time), random deformation and skull "
-        "stripping. No real image was used for training.",
-        "- Resumed from a checkpoint: " + ("; ".join(train["resumes"]) + " (the run was "
-        "stopped right after a checkpoint and resumed with a longer time budget; the "
-        "learning-rate schedule follows the elapsed fraction of the budget, so it stretched "
-        "from there)." if train.get("resumes") else "never."),
-        "- This is a very short CPU run; the numbers below are what it reached.",
+        "SynthSeg label maps 1-16 (maps 17-20 never seen), contrast families "
+        f"{', '.join(train.get('contrasts', []))} in turn (`random`: a random mean per label, "
+        "SynthSeg's domain randomisation), random resolution 0.7-1.6 mm (anisotropic half "
+        "of the time), random deformation and skull stripping. No real image "
+        "was used for training.",
+        "- Resumed from a checkpoint: " + ("; ".join(train["resumes"]) + " (stopped right "
+        "after a checkpoint and resumed; the learning-rate schedule follows the elapsed "
+        "fraction of the time budget)." if train.get("resumes") else "never."),
+        _gamma_line(train),
+        f"- A short CPU run ({train.get('minutes', 0):.0f} min); the numbers below are what "
+        "it reached.",
         "",
         "## Targets",
         "",
@@ -235,7 +318,8 @@ def render_card(synth: dict[str, Any], bert: dict[str, Any], timing: dict[str, A
         f"GPU time: not measured (no GPU in this session). CPU: bert `norm.mgz` "
         f"({'x'.join(map(str, timing['shape']))}), cropped to the head's box, one torch "
         f"thread, {_f(timing['cpu_s_1thread'], 1)} s of process CPU time and "
-        f"{_f(timing['wall_s_1thread'], 1)} s wall on a shared 2-core machine.",
+        f"{_f(timing['wall_s_1thread'], 1)} s wall on a {timing.get('cpus', '?')}-core "
+        "machine.",
         "",
         "## FreeSurfer's bert (real data, evaluation only)",
         "",
@@ -249,6 +333,20 @@ def render_card(synth: dict[str, Any], bert: dict[str, Any], timing: dict[str, A
     for n in names:
         a, b, c = bert["1.0"][n], bert["0.8"][n], bert["1.4"][n]
         lines.append(f"| {n} | {_f(a)} | {_f(b)} | {_f(b - a)} | {_f(c)} | {_f(c - a)} |")
+    if bert.get("confusion"):
+        lines += [
+            "",
+            "What bert's subcortical voxels were labelled at 1 mm: the share labelled as the "
+            "structure itself, and the label (FreeSurfer code) that took most of the rest.",
+            "",
+            "| structure | as itself | most often instead | share |",
+            "|---|---|---|---|",
+        ]
+        for n, (own, code, share) in bert["confusion"].items():
+            other = "-" if code is None else f"{FS_NAMES.get(code, '?')} ({code})"
+            lines.append(f"| {n} | {_f(own, 2)} | {other} | {_f(share, 2)} |")
+    if previous:
+        lines += previous_section(previous, bert, synth)
     lines += [
         "",
         "## Held-out synthetic images (label maps 17-20)",
@@ -309,6 +407,8 @@ def main(argv: list[str] | None = None) -> None:
     k.add_argument("--weights", default=None, help="weights file (default: the shipped one)")
     k.add_argument("--card", default=None, help="card path (default: the package's)")
     k.add_argument("--threads", type=int, default=1, help="torch threads of the Dice runs")
+    k.add_argument("--previous", default=None,
+                   help="results.json of the weights this run replaces, for a comparison")
     k.add_argument("--stored-only", action="store_true",
                    help="use the stored synth parts only; the card says which are missing")
     q = sub.add_parser("part", help="run one half of the evaluation and store it")
@@ -361,7 +461,10 @@ def main(argv: list[str] | None = None) -> None:
     bert, timing, synth = stored["bert"], stored["timing"], stored["synth"]
     train = json.loads((Path(args.train) / "summary.json").read_text())
     train["resumes"] = resumes(Path(args.train))
-    card = render_card(synth, bert, timing, train, sha, "1.0.0")
+    from bids_qc.models.registry import get_spec
+
+    previous = json.loads(Path(args.previous).read_text()) if args.previous else None
+    card = render_card(synth, bert, timing, train, sha, get_spec("vinn").version, previous)
     card_path = Path(args.card) if args.card else here / "cards" / "vinn.md"
     card_path.write_text(card)
     (Path(args.eval) / "results.json").write_text(json.dumps(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bids_qc.synth.contrast import check_family
+from bids_qc.synth.contrast import check_family, sample_intensities, tissue_class
 from bids_qc.synth.deform import random_deformation
 from bids_qc.synth.grids import grid_coords, normaliser
 from bids_qc.synth.phantom import make_phantom
@@ -98,6 +98,29 @@ def test_t2_is_refused_for_training(phantom: tuple[np.ndarray, np.ndarray]) -> N
         check_family("t2", "train")
     case = synthesize(labels, affine, 0, "t2", split="eval", resolution=1.0)
     assert _mean(case, (4, 43)) > _mean(case, (3, 42)) > _mean(case, (2, 41))
+
+
+def test_random_family_draws_each_label_on_its_own() -> None:
+    # In ``t1`` the labels of one tissue class share a class mean (within the jitter); in
+    # ``random`` (domain randomisation) any ordering is possible, within a class too.
+    gm_codes = np.array([3, 8, 11, 12, 17, 18, 26, 42, 47, 50, 51, 53, 54, 58])
+    assert {tissue_class(c) for c in gm_codes} == {"gm"}
+    spread = {}
+    for family in ("t1", "random"):
+        ranges = []
+        for seed in range(20):
+            means, _ = sample_intensities(gm_codes, family, np.random.default_rng(seed))
+            ranges.append(means.max() - means.min())
+        spread[family] = float(np.median(ranges))
+    assert spread["t1"] <= 8.0  # 2 x label_jitter
+    assert spread["random"] > 100.0
+    # A training family, and the images it makes still carry their labels.
+    check_family("random", "train")
+    labels, affine = make_phantom((24, 24, 24))
+    a = synthesize(labels, affine, 5, "random", resolution=1.0, deform=False)
+    b = synthesize(labels, affine, 6, "random", resolution=1.0, deform=False)
+    assert a.image.shape == a.labels.shape and np.isfinite(a.image).all()
+    assert a.params["intensities"] != b.params["intensities"]
 
 
 def test_bad_inputs(phantom: tuple[np.ndarray, np.ndarray]) -> None:
