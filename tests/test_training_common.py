@@ -1,13 +1,14 @@
-"""The schedule and weights export every training recipe uses."""
+"""The schedule, weights export and hardware line every training recipe uses."""
 
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
 
-from bids_qc.training.common import export_weights, learning_rate
+from bids_qc.training.common import export_weights, hardware, learning_rate
 
 
 def test_schedule_warms_up_then_decays_to_its_floor():
@@ -41,3 +42,9 @@ def test_train_log_is_written_line_by_line(tmp_path):
     log("step 2")  # readable before the run ends (line-buffered)
     lines = (tmp_path / "train.log").read_text().splitlines()
     assert [line.split(" ", 1)[1] for line in lines] == ["step 1", "step 2"]
+
+
+def test_hardware_names_the_machine_the_recipe_runs_on():
+    text = hardware()
+    assert text.startswith(f"{os.cpu_count()}-core CPU, ")
+    assert text.endswith("no GPU") == (not torch.cuda.is_available())

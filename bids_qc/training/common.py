@@ -66,3 +66,9 @@ def train_logger(out: Path) -> Callable[[str], None]:
         logf.write(f"{time.strftime('%H:%M:%S')} {msg}\n")
 
     return log
+
+
+def hardware() -> str:
+    """What a recipe trains on, for its summary and card (the recipes run on the CPU)."""
+    gpu = "a GPU present but not used" if torch.cuda.is_available() else "no GPU"
+    return f"{os.cpu_count()}-core CPU, {gpu}"

@@ -48,7 +48,7 @@ from bids_qc.models.manifoldqc import (
 from bids_qc.models.segqc import group_index
 from bids_qc.synth.damage import DAMAGE_FAMILIES
 from bids_qc.synth.labelmaps import TRAIN_MAPS
-from bids_qc.training.common import export_weights, learning_rate, train_logger
+from bids_qc.training.common import export_weights, hardware, learning_rate, train_logger
 from bids_qc.training.eval_protocol import TRAINING_DAMAGE_FAMILIES
 from bids_qc.training.segqc import CONTRASTS, DEFAULT_SEED, build_pool, fast_dice, pool_keys
 
@@ -322,7 +322,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "ablation_minutes": sum(v["train_s"] + v["val_s"] for v in ablation.values()) / 60,
         "final_minutes": state["elapsed"] / 60, "final_wall_minutes": (time.time() - t0) / 60,
         "final_val_on_seen_maps": val, "search_steps": args.search_steps,
-        "threads": args.threads, "hardware": "2-core CPU shared with other jobs, no GPU",
+        "threads": args.threads, "hardware": hardware(),
         "recipe": RECIPE,
     }  # fmt: skip
     summary["total_training_minutes"] = summary["ablation_minutes"] + summary["final_minutes"]

@@ -47,7 +47,7 @@ from ..spatial import TemplateGrid, load_template
 from ..synth.metrics import affine_rmse
 from ..synth.misregistration import sample_affine
 from ..templates_data import get_template
-from .common import export_weights, train_logger
+from .common import export_weights, hardware, train_logger
 
 SEED = 20260521
 #: Spacing of the cached anatomy pool, mm.
@@ -293,7 +293,7 @@ def train(minutes: float, out: Path, resume: bool, cache: Path, batch_size: int 
         "seed": SEED, "steps": state["step"], "cases_seen": state["cases"],
         "batch_size": batch_size, "train_minutes": state["seconds"] / 60,
         "pool_volumes": int(len(pool_np)), "epochs": state["cases"] / len(pool_np),
-        "hardware": "CPU, 2 cores (torch.set_num_threads(2)), shared",
+        "hardware": hardware(),
         "block_dropout": model.encoder[3].p, "head_dropout": model.head[3].p,
         "calibration": fit, "sittings_minutes": state["sittings"],
     }

@@ -33,7 +33,7 @@ from bids_qc.models.segqc import GRID_SHAPE, OTHER_GROUP, SegQCNet, conform, gro
 from bids_qc.synth.damage import DAMAGE_FAMILIES
 from bids_qc.synth.labelmaps import TRAIN_MAPS, check_training_maps, load_label_map
 from bids_qc.synth.synthesize import synthesize
-from bids_qc.training.common import export_weights, learning_rate, train_logger
+from bids_qc.training.common import export_weights, hardware, learning_rate, train_logger
 from bids_qc.training.eval_protocol import HELDOUT_DAMAGE_FAMILIES, TRAINING_DAMAGE_FAMILIES
 
 #: Contrast families of the training images.
@@ -241,7 +241,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "threads": args.threads, "workers": args.workers,
         "training_damage_families": list(TRAINING_DAMAGE_FAMILIES),
         "heldout_damage_families": list(HELDOUT_DAMAGE_FAMILIES),
-        "n_damage_p": list(N_DAMAGE_P), "hardware": "2-core CPU (shared), no GPU",
+        "n_damage_p": list(N_DAMAGE_P), "hardware": hardware(),
         "final_train_mse": state["losses"][-1][1] if state["losses"] else None,
         "final_train_mae": state["losses"][-1][2] if state["losses"] else None,
     }  # fmt: skip

@@ -54,7 +54,7 @@ from bids_qc.models.vinn import (
 from bids_qc.structures import SUBCORTICAL
 from bids_qc.synth.labelmaps import TRAIN_MAPS, check_training_maps, load_label_map
 from bids_qc.synth.synthesize import synthesize
-from bids_qc.training.common import export_weights, learning_rate, train_logger
+from bids_qc.training.common import export_weights, hardware, learning_rate, train_logger
 
 #: Contrast families of the pool, in turn. ``random`` makes the network read shapes, not one
 #: contrast's ordering: trained on ``t1``/``t1_wide`` only (1.0.0), it called most of bert's
@@ -213,12 +213,6 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -
     return ce + (1 - dice[present]).mean()
 
 
-def _hardware() -> str:
-    """What trained the model, for the card (this recipe runs on the CPU)."""
-    gpu = "a GPU present but not used" if torch.cuda.is_available() else "no GPU"
-    return f"{os.cpu_count()}-core CPU, {gpu}"
-
-
 def train(args: argparse.Namespace) -> dict[str, Any]:
     """Run (or resume) training; returns the summary written to ``summary.json``."""
     out, cache = Path(args.out), Path(args.cache)
@@ -295,7 +289,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "steps": state["step"], "batch_per_view": args.batch,
         "patches": state["step"] * args.batch * len(VIEWS), "patch_mm": PATCH_MM,
         "minutes": state["elapsed"] / 60, "seed": args.seed, "lr": args.lr,
-        "threads": args.threads, "hardware": _hardware(),
+        "threads": args.threads, "hardware": hardware(),
         "class_weight_bounds": [MIN_CLASS_WEIGHT, MAX_CLASS_WEIGHT],
         "boundary_weight": BOUNDARY_WEIGHT,
         "gamma_std": args.gamma_std, "gamma_from": args.gamma_from,
