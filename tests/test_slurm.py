@@ -200,7 +200,7 @@ def test_concurrent_participant_jobs_share_one_output_dir(dataset, tmp_path):
 
 
 @pytest.mark.parametrize("yaml_text, plugin_class, expected", [
-    ("plugin: Linear\n", "LinearPlugin", {}),
+    ("plugin: Linear\n", "ImageFirstLinearPlugin", {}),
     ("plugin: SLURM\nplugin_args:\n  sbatch_args: --mem=4G --cpus-per-task=2\n  max_jobs: 5\n",
      "SLURMPlugin", {"sbatch_args": "--mem=4G --cpus-per-task=2", "max_jobs": 5}),
     ("plugin: MultiProc\nplugin_args: {n_procs: 3}\n", "ImageFirstMultiProcPlugin",
