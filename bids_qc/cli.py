@@ -12,13 +12,14 @@ import json
 import logging
 import os
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 from . import __version__, exitcodes
 from .errors import DatasetError, Terminated
-from .models.registry import KNOWN_MODELS
+from .models.registry import KNOWN_MODELS, installed_models
 from .runtime import prepare_runtime
 from .settings import Settings
 
@@ -58,12 +59,49 @@ def _default_nprocs() -> int:
         return os.cpu_count() or 1
 
 
+def _models_help() -> str:
+    """``--models`` help with the real default, read from the registry."""
+    installed = installed_models()
+    default = [m.name for m in installed if not m.experimental and m.name != "vinn"]
+    experimental = [m.name for m in installed if m.experimental and m.name != "vinn"]
+    text = (f"QC models to run ({', '.join(KNOWN_MODELS)}); default: "
+            f"{', '.join(default) or 'none'} (the classical metrics always run)")
+    if experimental:
+        text += f"; experimental, run only when named: {', '.join(experimental)}"
+    return text
+
+
+def _segment_help() -> str:
+    """``--segment`` help that says what ``auto`` does in this installation."""
+    vinn = next((m for m in installed_models() if m.name == "vinn"), None)
+    if vinn is None:
+        auto = "VINN's weights are not installed, so auto segments nothing"
+    elif vinn.experimental:
+        auto = ("VINN is experimental in this installation, so auto segments only with "
+                "--models vinn, and then only images without a FreeSurfer-coded segmentation "
+                "from a derivative")
+    else:
+        auto = "images without a FreeSurfer-coded segmentation from a derivative"
+    return (f"segment the T1w with VINN (default auto: {auto}; always: every image, replacing "
+            "the derivative's; never: off)")
+
+
+def _exit_code_epilog() -> str:
+    """The exit codes, from :data:`bids_qc.exitcodes.TABLE`."""
+    rows = [textwrap.fill(f"{name}: {trigger}", 78, initial_indent=f"  {code:>3}  ",
+                          subsequent_indent=" " * 7, break_on_hyphens=False)
+            for code, (name, trigger) in exitcodes.TABLE.items()]
+    return "exit codes (BIDS-Apps):\n" + "\n".join(rows)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also the source of the documented option list)."""
     p = _Parser(
         prog="bids_qc",
-        description="Quality control of structural brain MRI and its derivatives "
-        "(registrations, segmentations, subcortical shapes) with deep-learning QC models.",
+        description=textwrap.fill("Quality control of structural brain MRI and its derivatives "
+        "(registrations, segmentations, subcortical shapes) with deep-learning QC models.", 78),
+        epilog=_exit_code_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("bids_dir", type=Path, help="the root of the BIDS dataset")
     p.add_argument("output_dir", type=Path, help="where outputs go (e.g. "
@@ -86,10 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
                      default="auto", help="which derivative's segmentation to check (auto: "
                      "FreeSurfer, then FastSurfer, then fMRIPrep)")
     sel.add_argument("--segment", choices=["auto", "always", "never"], default="auto",
-                     help="segment the T1w with VINN (auto: while VINN is experimental, only with "
-                     "--models vinn, and then only images without a "
-                     "FreeSurfer-coded segmentation from a derivative; always: every image, "
-                     "replacing the derivative's; never: off)")
+                     help=_segment_help())
     sel.add_argument("--skip-bids-validation", action="store_true",
                      help="do not require a valid dataset_description.json")
     sel.add_argument("--bids-database-dir", type=Path, metavar="DIR",
@@ -99,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     mod = p.add_argument_group("models")
     mod.add_argument("--models", nargs="+", metavar="NAME",
-                     help=f"QC models to run ({', '.join(KNOWN_MODELS)}); default: all installed")
+                     help=_models_help())
     mod.add_argument("--device", default="auto", help="auto (GPU when torch sees one), cpu, "
                      "cuda or cuda:N")
     mod.add_argument("--regqc-threshold-mm", type=_positive_float, default=10.0, metavar="MM",
