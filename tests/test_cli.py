@@ -239,3 +239,27 @@ def test_help_states_the_real_defaults_and_the_exit_codes(monkeypatch):
     text = " ".join(cli.build_parser().format_help().split())
     assert "default: none" in text
     assert "default auto: images without a FreeSurfer-coded segmentation" in text
+
+
+@pytest.mark.parametrize("corrupt", [b"", b"not an image at all", "truncated"])
+def test_corrupt_raw_t1w_is_an_error_naming_the_file(tmp_path, linear_config, capsys, corrupt):
+    # raw only, default models: nothing needs the voxels, yet the file must be opened
+    bids = make_raw(tmp_path / "ds", ["01", "02"])
+    bad = bids / "sub-02" / "anat" / "sub-02_T1w.nii.gz"
+    good = bad.read_bytes()
+    bad.write_bytes(good[: len(good) // 2] if corrupt == "truncated" else corrupt)
+    out = tmp_path / "out"
+    code = run([str(bids), str(out), "participant", "--plugin-config", linear_config])
+    err = capsys.readouterr().err
+    assert code == exitcodes.IMAGE_FAILED
+    assert "FAILED sub-02_T1w" in err and "sub-02_T1w.nii.gz" in err
+    assert "FAILED sub-01_T1w" not in err
+    result = json.loads((out / "sub-02" / "anat" / "sub-02_T1w.json").read_text())
+    assert result["errors"][0]["stage"] == "t1w"
+    assert result["errors"][0]["file"].endswith("sub-02_T1w.nii.gz")
+    # when no selected image can be read at all: 65
+    only = make_raw(tmp_path / "ds2", ["03"])
+    (only / "sub-03" / "anat" / "sub-03_T1w.nii.gz").write_bytes(b"")
+    code = run([str(only), str(tmp_path / "out2"), "participant", "--plugin-config",
+                linear_config])
+    assert code == exitcodes.DATA_ERROR

@@ -14,7 +14,7 @@ from nipype.interfaces.base import (
 )
 
 from ..inputs import qc_input_from_dict
-from ..io import check_freesurfer_codes, load_labels
+from ..io import check_freesurfer_codes, load_image, load_labels
 from ..models.classic import registration_metrics, structure_volumes
 from ..results import error_record, stage_result
 from ..spatial import load_template, to_template_space
@@ -52,6 +52,7 @@ class ClassicMetrics(SimpleInterface):
         skipped: list[dict] = []
         self._provenance: dict = {"template": {}, "template_space_t1w": None}
 
+        self._check_t1w(row, errors, warnings)
         self._registration(row, metrics, errors, warnings, skipped, Path(runtime.cwd))
         self._segmentation(row, metrics, errors, warnings, skipped)
 
@@ -59,6 +60,17 @@ class ClassicMetrics(SimpleInterface):
             "classic", metrics, errors, warnings, skipped, self._provenance
         )
         return runtime
+
+    @staticmethod
+    def _check_t1w(row, errors, warnings) -> None:
+        # Every selected T1w is opened, even when no model needs its voxels: a corrupt
+        # raw file must be an error naming it, not an image counted as processed.
+        if row.t1w is None:
+            return
+        try:
+            warnings.extend(load_image(row.t1w, role="T1w").warnings)
+        except Exception as exc:
+            errors.append(error_record("t1w", exc))
 
     def _registration(self, row, metrics, errors, warnings, skipped, cwd: Path) -> None:
         space = row.template_space
