@@ -345,6 +345,22 @@ def _all_unreadable(settings: Settings, todo: list[QCInput]) -> bool:
     return True
 
 
+def _not_checked_lines(settings: Settings, todo: list[QCInput]) -> list[str]:
+    """One line per stage that could not run on some processed image, with the first reason
+    (it says which option or derivative would add the check). Models skipped for the whole
+    run are listed apart, by the caller."""
+    counts: dict[str, list] = {}
+    for row in todo:
+        path = result_path(settings.output_dir, row)
+        if not path.is_file():
+            continue
+        for s in json.loads(path.read_text()).get("skipped", []):
+            if s.get("stage"):
+                counts.setdefault(s["stage"], [0, s.get("reason", "")])[0] += 1
+    return [f"  not checked on {n} of {len(todo)} image(s): {stage} ({reason})"
+            for stage, (n, reason) in counts.items()]
+
+
 def _summary(settings: Settings, rows: list[QCInput], todo: list[QCInput],
              failures: dict[str, str], selection: Selection) -> int:
     lines = [f"bids_qc: {len(rows)} image(s) selected, {len(todo)} processed, "
@@ -352,6 +368,7 @@ def _summary(settings: Settings, rows: list[QCInput], todo: list[QCInput],
     for name, reason in sorted(failures.items()):
         lines.append(f"  FAILED {name}: {reason}")
     lines += _failure_hints(settings, failures)
+    lines += _not_checked_lines(settings, todo)
     for s in selection.skipped:
         lines.append(f"  model {s['model']} skipped: {s['reason']}")
     lines.append(f"  outputs: {settings.output_dir} (run group level next: bids_qc "

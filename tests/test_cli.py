@@ -263,3 +263,15 @@ def test_corrupt_raw_t1w_is_an_error_naming_the_file(tmp_path, linear_config, ca
     code = run([str(only), str(tmp_path / "out2"), "participant", "--plugin-config",
                 linear_config])
     assert code == exitcodes.DATA_ERROR
+
+
+def test_raw_only_run_says_what_it_could_not_check(tmp_path, linear_config, capsys):
+    bids = make_raw(tmp_path / "ds", ["01"])
+    out = tmp_path / "out"
+    assert run([str(bids), str(out), "participant", "--plugin-config", linear_config]) == 0
+    err = capsys.readouterr().err
+    assert "not checked on 1 of 1 image(s): registration (no template-space T1w" in err
+    assert "not checked on 1 of 1 image(s): segmentation (no segmentation" in err
+    html = (out / "sub-01_T1w.html").read_text()
+    assert "Every stage ran." not in html
+    assert "this image was not checked for registration, segmentation" in html

@@ -210,6 +210,16 @@ def _rating_checks(result: dict[str, Any], outcomes: list[Outcome]) -> list[dict
     return [{"check": n, "label": check_spec(n).label} for n in names]
 
 
+def not_checked(result: dict[str, Any]) -> list[str]:
+    """What a result's skipped stages and models left unchecked, in order, once each."""
+    names = []
+    for s in result.get("skipped") or []:
+        name = s.get("stage") or (f"model {s['model']}" if s.get("model") else None)
+        if name and name not in names:
+            names.append(name)
+    return names
+
+
 def participant_context(
     result: dict[str, Any],
     output_dir: Path,
@@ -223,6 +233,7 @@ def participant_context(
     return {
         "result": result,
         "status": "failed" if result.get("qc_error") else "ok",
+        "not_checked": not_checked(result),
         "verdicts": [_verdict(o) for o in outcomes],
         "metric_rows": _metric_rows(result.get("metrics") or {}),
         "registration": _registration(result, stages, outcomes),
