@@ -67,6 +67,13 @@ class ClassicMetrics(SimpleInterface):
         # raw file must be an error naming it, not an image counted as processed.
         if row.t1w is None:
             return
+        raw = Path(row.t1w)
+        if row.t1w_preproc is not None and raw.is_symlink() and not raw.exists():
+            # a git-annex/DataLad raw file not fetched, beside a derivative's T1w that the
+            # stages read and check: the image is usable, so it is not failed for that
+            warnings.append(f"{raw} is a link whose content is not present (git-annex/DataLad "
+                            "file not fetched); the derivative's T1w was used")
+            return
         try:
             warnings.extend(load_image(row.t1w, role="T1w").warnings)
         except Exception as exc:
