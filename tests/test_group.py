@@ -200,10 +200,3 @@ def test_group_table_has_robust_z_scores_scaled_by_icv(caplog):
         single = group_table(results[:1])
     assert single["vol_left_hippocampus_rz"].isna().all()
     assert "need at least 10" in caplog.text
-
-
-def test_small_group_report_says_outlier_checks_need_more_images(tmp_path):
-    _write(tmp_path, [_result("sub-01_T1w", 4000.0)])
-    _, html, _, _ = write_group_outputs(tmp_path)
-    text = html.read_text()
-    assert 'id="few-images-note"' in text and "this group has 1" in text
