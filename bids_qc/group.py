@@ -22,7 +22,6 @@ import pandas as pd
 from .io import atomic_write_text
 from .ratings import RATINGS_FILE, failing_images, read_rating_file
 from .review import build_review, flagged_table, queue_table
-from .robust_z import acquisition_groups, icv_scaled, robust_z
 from .schema import COLUMNS, column_names
 from .structures import STRUCTURE_NAMES
 
@@ -174,48 +173,8 @@ def group_table(results: list[dict[str, Any]]) -> pd.DataFrame:
     for name in STRUCTURE_NAMES:
         frame[f"vol_{name}"] = pd.to_numeric(frame[f"vol_{name}"], errors="coerce")
         frame[f"vol_{name}_outlier"] = outlier_flags(frame[f"vol_{name}"])
-    frame = add_robust_z(frame)
     ordered = [c.name for c in COLUMNS] + extra
     return frame[ordered]
-
-
-_ACQ_ENTITIES = re.compile(r"_(acq|run)-([a-zA-Z0-9]+)")
-
-
-def add_robust_z(frame: pd.DataFrame) -> pd.DataFrame:
-    """The ``*_rz`` columns and ``rz_outliers`` of :mod:`bids_qc.robust_z`, added to ``frame``.
-
-    Acquisition groups come from the ``acq`` and ``run`` entities of ``bids_name``; volumes
-    are scaled by ``vol_whole_brain`` (the segmentation's intracranial content) first.
-    Warnings are logged once per reason, not once per column.
-    """
-    entities = frame["bids_name"].map(lambda n: dict(_ACQ_ENTITIES.findall(str(n))))
-    keys = acquisition_groups(pd.DataFrame({
-        "acquisition": entities.map(lambda e: e.get("acq")),
-        "run": entities.map(lambda e: e.get("run")),
-    }, index=frame.index))
-    icv = frame["vol_whole_brain"]
-    warned: set[str] = set()
-    hits = pd.Series("", index=frame.index, dtype="object")
-    new = {}
-    for col in (c.name for c in COLUMNS if c.name.endswith("_rz")):
-        metric = col[:-3]
-        values = pd.to_numeric(frame[metric], errors="coerce")
-        if metric.startswith("vol_") and metric != "vol_whole_brain":
-            values = icv_scaled(values, icv)
-        scored = robust_z(values, keys, name=metric)
-        new[col] = scored.z
-        for text in scored.warnings:
-            reason = text.split(": ", 1)[1]
-            if "image(s) have a value" not in reason or reason not in warned:
-                LOGGER.warning("dataset-relative outliers: %s", text)
-            warned.add(reason)
-        out = scored.outliers().fillna(0).astype(bool)
-        hits[out] = hits[out] + " " + metric
-    frame = pd.concat([frame, pd.DataFrame(new, index=frame.index)], axis=1)
-    frame["rz_outliers"] = hits.str.strip()
-    frame["rz_noutliers"] = hits.str.split().map(len)
-    return frame
 
 
 _SPECIAL = re.compile('[\t\n\r"]')

@@ -134,32 +134,11 @@ def _group_columns() -> list[Column]:
     ]
 
 
-def _robust_z_columns(metrics: list[Column]) -> list[Column]:
-    # One dataset-relative score per numeric metric (bids_qc.robust_z has the rules).
-    cols = []
-    for c in metrics:
-        if c.kind not in ("float", "int") or c.level != "participant":
-            continue
-        scaled = " of the volume divided by vol_whole_brain" if c.name.startswith("vol_") \
-            and c.name != "vol_whole_brain" else ""
-        cols.append(Column(f"{c.name}_rz", "float", "", f"Robust z-score{scaled} of "
-                           f"{c.name} in the dataset (per acquisition group of 10+ images); "
-                           "n/a below 10 images or at MAD 0.", "group", level="group"))
-    cols += [
-        Column("rz_noutliers", "int", "", "Number of `*_rz` scores of this image beyond "
-               "the dataset-relative cut-off (|z| > 3.5); advisory.", "group", level="group"),
-        Column("rz_outliers", "str", "", "The metrics whose `*_rz` lies beyond |z| > 3.5, "
-               "separated by spaces.", "group", level="group"),
-    ]
-    return cols
-
-
-_PARTICIPANT_COLUMNS = (_identity_columns() + _classic_columns() + _segqc_columns()
-                        + _manifoldqc_columns() + _shapeqc_columns())
-
 #: Every column, in the stable order of ``group_T1w.tsv``.
 COLUMNS: tuple[Column, ...] = tuple(
-    _PARTICIPANT_COLUMNS + _group_columns() + _robust_z_columns(_PARTICIPANT_COLUMNS)
+    _identity_columns() + _classic_columns() + _segqc_columns() + _manifoldqc_columns()
+    + _shapeqc_columns()
+    + _group_columns()
 )
 
 _BY_NAME = {c.name: c for c in COLUMNS}
