@@ -22,7 +22,8 @@ import pandas as pd
 from .io import atomic_write_text
 from .ratings import RATINGS_FILE, failing_images, read_rating_file
 from .review import build_review, flagged_table, queue_table
-from .schema import COLUMNS, column_names
+from .robust_z import acquisition_groups, icv_scaled, robust_z
+from .schema import COLUMNS, RZ_COLUMNS, column_names
 from .structures import STRUCTURE_NAMES
 
 LOGGER = logging.getLogger("bids_qc")
@@ -87,6 +88,7 @@ def _slim(data: dict[str, Any], path: Path | str) -> dict[str, Any]:
         "seg_source": data.get("seg_source"),
         "qc_error": data.get("qc_error") or "",
         "metrics": data.get("metrics") or {},
+        "acquisition": data.get("acquisition") or {},
         "provenance": {"fingerprint": {"options": {"thresholds": options.get("thresholds")}},
                        "stages": stages},
         "_path": str(path),
@@ -173,8 +175,90 @@ def group_table(results: list[dict[str, Any]]) -> pd.DataFrame:
     for name in STRUCTURE_NAMES:
         frame[f"vol_{name}"] = pd.to_numeric(frame[f"vol_{name}"], errors="coerce")
         frame[f"vol_{name}_outlier"] = outlier_flags(frame[f"vol_{name}"])
+    sidecars = {r["bids_name"]: r.get("acquisition") or {} for r in results}
+    frame = add_robust_z(frame, acquisition_keys(frame["bids_name"], sidecars))
     ordered = [c.name for c in COLUMNS] + extra
     return frame[ordered]
+
+
+_ACQ_ENTITIES = re.compile(r"_(acq|run)-([a-zA-Z0-9]+)")
+#: Sidecar fields (kept in the participant JSON's ``acquisition``) that tell scanners apart.
+SIDECAR_KEYS = ("Manufacturer", "MagneticFieldStrength")
+
+
+def acquisition_keys(names: pd.Series, sidecars: dict[str, dict[str, Any]] | None = None
+                     ) -> pd.Series | None:
+    """Each image's acquisition group, from its entities and sidecar fields.
+
+    Parameters
+    ----------
+    names : pd.Series
+        The ``bids_name`` of each image (its ``acq`` and ``run`` entities are read).
+    sidecars : dict, optional
+        bids_name -> the ``acquisition`` object of its participant JSON
+        (:data:`SIDECAR_KEYS`); images without one count as ``n/a``.
+
+    Returns
+    -------
+    pd.Series or None
+        One key per image (same index), None when nothing distinguishes the images.
+    """
+    sidecars = sidecars or {}
+    entities = names.map(lambda n: dict(_ACQ_ENTITIES.findall(str(n))))
+    parts = {"acquisition": entities.map(lambda e: e.get("acq")),
+             # run-1 and run-01 are the same run
+             "run": entities.map(lambda e: e["run"].lstrip("0") or "0" if "run" in e else None)}
+    for key in SIDECAR_KEYS:
+        parts[key] = names.map(lambda n, k=key: _sidecar_value(sidecars.get(n, {}).get(k)))
+    return acquisition_groups(pd.DataFrame(parts, index=names.index))
+
+
+def _sidecar_value(value: Any) -> str | None:
+    """A sidecar field as a group key: 3 and 3.0 T are one field strength, case is noise."""
+    if value is None or isinstance(value, (dict, list)):
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{float(value):g}"
+    return str(value).strip().lower() or None
+
+
+def add_robust_z(frame: pd.DataFrame, groups: pd.Series | None = None) -> pd.DataFrame:
+    """``frame`` with the ``rz_*`` scores of :mod:`bids_qc.robust_z`, ``rz_noutliers`` and
+    ``rz_outliers``.
+
+    Volumes are divided by ``vol_whole_brain`` (the segmentation's intracranial content)
+    first, so that big heads do not read as big structures. The scores are advisory: no
+    flag or check reads them. Warnings are logged once per reason, not once per column.
+
+    Parameters
+    ----------
+    frame : pd.DataFrame
+        The group table, with every metric column of the schema.
+    groups : pd.Series, optional
+        Each image's acquisition group (:func:`acquisition_keys`); None: one dataset.
+    """
+    icv = frame["vol_whole_brain"]
+    warned: set[str] = set()
+    hits = pd.Series("", index=frame.index, dtype="object")
+    scores = {}
+    for metric, col in RZ_COLUMNS.items():
+        values = pd.to_numeric(frame[metric], errors="coerce")
+        if metric.startswith("vol_") and metric != "vol_whole_brain":
+            values = icv_scaled(values, icv)
+        scored = robust_z(values, groups, name=metric)
+        scores[col] = scored.z
+        for text in scored.warnings:
+            reason = text.split(": ", 1)[1]
+            if reason not in warned:  # "only 3 image(s) have a value" once, not per metric
+                LOGGER.warning("dataset-relative outliers: %s", text)
+            if "image(s) have a value" in reason:
+                warned.add(reason)
+        out = scored.outliers().fillna(0).astype(bool)
+        hits[out] = hits[out] + " " + metric
+    frame = pd.concat([frame, pd.DataFrame(scores, index=frame.index)], axis=1)
+    frame["rz_outliers"] = hits.str.strip()
+    frame["rz_noutliers"] = hits.str.split().map(len).astype("int64")
+    return frame
 
 
 _SPECIAL = re.compile('[\t\n\r"]')

@@ -80,8 +80,9 @@ def robust_z(values: pd.Series, groups: pd.Series | None = None, name: str = "me
     warnings: list[str] = []
     present = values.dropna()
     if len(present) < min_images:
-        warnings.append(f"{name}: only {len(present)} image(s) have a value; dataset-relative "
-                        f"outliers need at least {min_images}")
+        if len(present):  # a metric no image has (a model that did not run) says nothing
+            warnings.append(f"{name}: only {len(present)} image(s) have a value; "
+                            f"dataset-relative outliers need at least {min_images}")
         return RobustZ(z, reference, warnings)
     keys = (pd.Series("dataset", index=values.index) if groups is None
             else groups.reindex(values.index).astype("object").fillna("unknown").astype(str))

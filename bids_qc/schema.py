@@ -134,12 +134,53 @@ def _group_columns() -> list[Column]:
     ]
 
 
+#: Prefix of the robust z-score columns. A prefix, not a suffix: code that recognises a
+#: model's columns by their start (``shapeqc_pfail_``, ``segqc_dice_``) must not take a
+#: score for a model output.
+RZ_PREFIX = "rz_"
+#: ``|z|`` beyond which a robust z-score is an outlier (:data:`bids_qc.robust_z.OUTLIER_Z`).
+RZ_CUTOFF = 3.5
+
+
+def _robust_z_columns(metrics: list[Column]) -> list[Column]:
+    # One dataset-relative score per numeric metric (bids_qc.robust_z has the rules).
+    cols = []
+    for c in metrics:
+        if c.kind not in ("float", "int"):
+            continue
+        scaled = (" of the volume divided by vol_whole_brain (intracranial content)"
+                  if c.name.startswith("vol_") and c.name != "vol_whole_brain" else "")
+        cols.append(Column(
+            f"{RZ_PREFIX}{c.name}", "float", "",
+            f"Robust z-score{scaled} of {c.name}: 0.6745 (x - median) / MAD over the images "
+            "of its acquisition group (acq, run, Manufacturer, MagneticFieldStrength) when "
+            "the group has 10 or more, else over the dataset; n/a when the dataset has "
+            f"fewer than 10 images or the MAD is 0. Beyond |z| > {RZ_CUTOFF}: listed in "
+            "rz_outliers (advisory).", "group", level="group"))
+    cols += [
+        Column("rz_noutliers", "int", "", f"Number of `rz_*` scores of this image beyond "
+               f"the dataset-relative cut-off |z| > {RZ_CUTOFF}. Advisory: it changes no "
+               "model's flag and no `*_flag` column.", "group", level="group"),
+        Column("rz_outliers", "str", "", f"The metrics whose `rz_*` score lies beyond "
+               f"|z| > {RZ_CUTOFF}, separated by spaces (empty: none).", "group",
+               level="group"),
+    ]
+    return cols
+
+
+_PARTICIPANT_COLUMNS = (_identity_columns() + _classic_columns() + _segqc_columns()
+                        + _manifoldqc_columns() + _shapeqc_columns())
+
 #: Every column, in the stable order of ``group_T1w.tsv``.
 COLUMNS: tuple[Column, ...] = tuple(
-    _identity_columns() + _classic_columns() + _segqc_columns() + _manifoldqc_columns()
-    + _shapeqc_columns()
-    + _group_columns()
+    _PARTICIPANT_COLUMNS + _group_columns() + _robust_z_columns(_PARTICIPANT_COLUMNS)
 )
+
+#: Metric -> its robust z-score column, in table order.
+RZ_COLUMNS: dict[str, str] = {
+    c.name[len(RZ_PREFIX):]: c.name for c in COLUMNS
+    if c.name.startswith(RZ_PREFIX) and c.name not in ("rz_noutliers", "rz_outliers")
+}
 
 _BY_NAME = {c.name: c for c in COLUMNS}
 
@@ -247,6 +288,17 @@ def render_markdown() -> str:
         "## Columns of `group_T1w.tsv`",
         "",
         "Missing values are `n/a` in the TSV and `null` in the JSONs. Flags are 0/1.",
+        "",
+        "The `rz_*` columns are dataset-relative robust z-scores, 0.6745 (x - median) / MAD, "
+        "of every numeric metric (volumes first divided by `vol_whole_brain`, the "
+        "segmentation's intracranial content). They are computed per acquisition group "
+        "(the `acq` and `run` entities, and the sidecar's `Manufacturer` and "
+        "`MagneticFieldStrength` where the participant JSON holds them) when the group has "
+        "10 or more images, else against the whole dataset; a dataset of fewer than 10 "
+        "images, or a metric whose MAD is 0, gets none and a warning. An image is a robust "
+        f"outlier for a metric when |z| > {RZ_CUTOFF}: `rz_outliers` names those metrics. "
+        "They are advisory: they change no model's PASS/FAIL, no `*_flag` column and no "
+        "review-queue risk.",
         "",
         "| column | type | unit | level | producer | description |",
         "|---|---|---|---|---|---|",

@@ -169,3 +169,101 @@ def test_group_level_renders_missing_participant_reports(tmp_path):
     assert not (tmp_path / "sub-03_T1w.html").exists()
     write_group_outputs(tmp_path)
     assert all((tmp_path / f"sub-0{i}_T1w.html").is_file() for i in range(1, 6))
+
+
+def _acq_result(i: int, hippo: float, brain: float, acq: str = "mp",
+                sidecar: dict | None = None) -> dict:
+    name = f"sub-{i:02d}_acq-{acq}_T1w"
+    row = {"bids_name": name, "entities": {"subject": f"{i:02d}"}, "reg_source": None,
+           "seg_source": "freesurfer", "seg_kind": "aseg", "sources": {}, "candidates": {}}
+    metrics = {"vol_left_hippocampus": hippo, "vol_whole_brain": brain,
+               "reg_cc": 0.9 + 0.001 * i}
+    res = assemble(row, [stage_result("classic", metrics, [], [], [])],
+                   {"inputs": {}, "models": {}}, "cpu")
+    if sidecar is not None:
+        res["acquisition"] = sidecar
+    return res
+
+
+def test_group_table_has_robust_z_scores_scaled_by_icv(caplog):
+    # 14 images of one acquisition, hippocampi in proportion to their heads
+    results = [_acq_result(i, (4000 + 10 * i) * (1 + 0.02 * (i % 5)),
+                           1.2e6 * (1 + 0.02 * (i % 5))) for i in range(14)]
+    results.append(_acq_result(20, 2000, 1.2e6))        # a half-size hippocampus
+    results.append(_acq_result(21, 2040, 0.6e6))        # a small head, in proportion
+    frame = group_table(results).set_index("bids_name")
+    assert frame.loc["sub-20_acq-mp_T1w", "rz_vol_left_hippocampus"] < -3.5
+    assert "vol_left_hippocampus" in frame.loc["sub-20_acq-mp_T1w", "rz_outliers"].split()
+    others = frame.drop("sub-20_acq-mp_T1w")
+    assert (others["rz_vol_left_hippocampus"].abs() < 3.5).all()
+    assert "vol_left_hippocampus" not in " ".join(others["rz_outliers"])
+    # scaling by the intracranial content is what clears the small head: unscaled, its
+    # hippocampus is as far out as the half-size one
+    from bids_qc.robust_z import robust_z
+    unscaled = robust_z(frame["vol_left_hippocampus"]).z
+    assert unscaled["sub-21_acq-mp_T1w"] < -3.5
+    assert abs(frame.loc["sub-21_acq-mp_T1w", "rz_vol_left_hippocampus"]) < 1.5
+    # a single image: no scores, and the log says why
+    with caplog.at_level("WARNING", logger="bids_qc"):
+        single = group_table(results[:1])
+    assert single["rz_vol_left_hippocampus"].isna().all()
+    assert single["rz_noutliers"].tolist() == [0] and single["rz_outliers"].tolist() == [""]
+    assert "need at least 10" in caplog.text
+
+
+def test_acquisition_groups_come_from_entities_and_sidecars():
+    from bids_qc.group import acquisition_keys
+
+    names = pd.Series(["sub-01_acq-a_run-1_T1w", "sub-02_acq-a_run-01_T1w",
+                       "sub-03_acq-b_T1w", "sub-04_T1w"])
+    keys = acquisition_keys(names, {"sub-01_acq-a_run-1_T1w": {"MagneticFieldStrength": 3},
+                                    "sub-02_acq-a_run-01_T1w": {"MagneticFieldStrength": 3.0,
+                                                                "Manufacturer": "Siemens"}})
+    assert keys[0] != keys[1]  # the manufacturer tells them apart, not run-1 vs run-01
+    assert "run=1" in keys[0] and "run=1" in keys[1] and "MagneticFieldStrength=3" in keys[1]
+    assert keys[2] != keys[3]
+    assert acquisition_keys(pd.Series(["sub-01_T1w", "sub-02_T1w"])) is None
+
+
+def test_a_scanner_of_its_own_is_scored_within_its_group():
+    # 12 images at 1.5 T with smaller hippocampi (relative to the head) than 12 at 3 T:
+    # against the dataset the 1.5 T images would spread it; per group none is an outlier,
+    # and a half-size hippocampus at 3 T still is.
+    results = [_acq_result(i, 3000 + 10 * i, 1.2e6, sidecar={"MagneticFieldStrength": 1.5})
+               for i in range(12)]
+    results += [_acq_result(i, 4000 + 10 * i, 1.2e6, sidecar={"MagneticFieldStrength": 3})
+                for i in range(20, 32)]
+    results.append(_acq_result(40, 2000, 1.2e6, sidecar={"MagneticFieldStrength": 3}))
+    frame = group_table(results).set_index("bids_name")
+    assert frame.loc["sub-40_acq-mp_T1w", "rz_vol_left_hippocampus"] < -3.5
+    assert (frame.drop("sub-40_acq-mp_T1w")["rz_vol_left_hippocampus"].abs() < 3.5).all()
+
+
+def test_robust_outliers_change_no_model_flag():
+    """The rz_* columns are advisory: checks, flags and the review queue ignore them."""
+    from bids_qc.group import volume_bounds
+    from bids_qc.review import build_review
+    from bids_qc.schema import RZ_COLUMNS
+    from tests.generated_results import generated_result
+
+    results = [generated_result(i, seed=5) for i in range(60)]
+    # one image far off on a model output that its model does not flag
+    metrics = results[7]["metrics"]
+    metrics["shapeqc_pfail_left_thalamus"] = 0.45
+    metrics["reg_cc"] = -0.5
+    frame = group_table(results)
+    row = frame.index[frame["bids_name"] == results[7]["bids_name"]][0]
+    assert {"shapeqc_pfail_left_thalamus", "reg_cc"} <= set(frame.at[row, "rz_outliers"].split())
+    bare = frame.drop(columns=[*RZ_COLUMNS.values(), "rz_outliers", "rz_noutliers"])
+    with_rz = build_review(results, frame, volume_bounds(frame))
+    without = build_review(results, bare, volume_bounds(bare))
+    pd.testing.assert_frame_equal(with_rz.checks, without.checks)
+    pd.testing.assert_frame_equal(with_rz.queue, without.queue)
+    assert not with_rz.checks["check"].str.startswith("rz_").any()
+    flag_cols = [c for c in frame.columns if c.endswith(("_flag", "_outlier")) or "_flag_" in c]
+    for res in results:
+        got = frame.loc[frame["bids_name"] == res["bids_name"], flag_cols].iloc[0]
+        for col in flag_cols:
+            if col in res["metrics"]:
+                want = res["metrics"][col]
+                assert (pd.isna(got[col]) and want is None) or got[col] == want

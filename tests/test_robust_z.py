@@ -60,3 +60,15 @@ def test_icv_scaling_and_acquisition_keys():
     assert keys.tolist() == ["acquisition=mp,Manufacturer=GE", "acquisition=mp,Manufacturer=n/a",
                              "acquisition=sp,Manufacturer=GE"]
     assert acquisition_groups(frame[["run"]]) is None
+
+
+def test_schema_documents_the_cut_off_in_force():
+    from bids_qc.reports.checks import model_checks
+    from bids_qc.schema import RZ_COLUMNS, RZ_CUTOFF, column
+
+    assert RZ_CUTOFF == OUTLIER_Z
+    assert f"|z| > {OUTLIER_Z}" in column("rz_outliers").description
+    # a prefix, so that no code matching a model's column prefix takes a score for it
+    assert RZ_COLUMNS["shapeqc_pfail_left_thalamus"] == "rz_shapeqc_pfail_left_thalamus"
+    every = {c: 0.5 for c in RZ_COLUMNS.values()}
+    assert model_checks(every) == []
