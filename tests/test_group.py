@@ -267,3 +267,24 @@ def test_robust_outliers_change_no_model_flag():
             if col in res["metrics"]:
                 want = res["metrics"][col]
                 assert (pd.isna(got[col]) and want is None) or got[col] == want
+
+
+def test_small_group_report_says_outlier_checks_need_more_images(tmp_path):
+    _write(tmp_path, [_result("sub-01_T1w", 4000.0)])
+    _, html, _, _ = write_group_outputs(tmp_path)
+    text = html.read_text()
+    assert 'id="few-images-note"' in text and "this group has 1" in text
+    assert 'id="rz-note"' not in text
+
+
+def test_group_report_counts_robust_outliers(tmp_path):
+    results = [_acq_result(i, 4000 + 10 * i, 1.2e6) for i in range(14)]
+    results.append(_acq_result(20, 2000, 1.2e6))
+    _write(tmp_path, results)
+    tsv, html, _, _ = write_group_outputs(tmp_path)
+    text = html.read_text()
+    assert 'id="few-images-note"' not in text
+    assert re.search(r'id="rz-note">1 image\(s\) have a metric beyond', text)
+    table = pd.read_csv(tsv, sep="\t", na_values="n/a", keep_default_na=False)
+    assert table.set_index("bids_name").loc["sub-20_acq-mp_T1w", "rz_outliers"] \
+        == "vol_left_hippocampus"

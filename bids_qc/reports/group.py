@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from ..review import RECALLS, Review
+from ..robust_z import MIN_IMAGES, OUTLIER_Z
 from ..schema import COLUMNS
 from .checks import CheckSpec, check_spec, is_check
 from .render import fmt, render
@@ -207,6 +208,10 @@ def render_group_report(frame: pd.DataFrame, review: Review, truth_file: Path | 
     return render(
         "group.html.j2",
         n_images=len(frame),
+        min_rz_images=MIN_IMAGES,
+        rz_cutoff=OUTLIER_Z,
+        n_rz_outliers=int((frame["rz_noutliers"].fillna(0) > 0).sum())
+        if "rz_noutliers" in frame else 0,
         n_failed=int((frame["qc_error"].fillna("") != "").sum()),
         data=data,
         queue=_queue_rows(review),
