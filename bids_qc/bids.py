@@ -36,7 +36,7 @@ import os
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -263,6 +263,7 @@ def _collect(settings: Settings, bids_dir: Path, database: Path | None,
     for bundle in bundles:
         by_subject[bundle.entities["subject"]].append(bundle)
     specific = _session_specific(bundles)
+    listings: dict[str, list[str]] = {}
     out = []
     for row in chosen:
         picks: dict[str, _Bundle] = {}  # per source, the most specific (then first) match
@@ -271,8 +272,87 @@ def _collect(settings: Settings, bids_dir: Path, database: Path | None,
             if _pairs(bundle, row.entities, specific) and (
                     best is None or len(bundle.entities) > len(best.entities)):
                 picks[bundle.source] = bundle
-        out.append(_assemble(row, picks, settings.seg_source))
+        qc_input = _assemble(row, picks, settings.seg_source)
+        if row.t1w is not None:
+            qc_input = replace(qc_input, acquisition=_sidecar_fields(row.t1w, bids_dir,
+                                                                     listings))
+        out.append(qc_input)
     return sorted(out, key=lambda r: r.bids_name)
+
+
+#: Sidecar fields that tell scanners apart: the group level's robust z-scores are computed
+#: per acquisition group (see :mod:`bids_qc.robust_z`).
+SIDECAR_FIELDS = ("Manufacturer", "MagneticFieldStrength")
+
+
+def _sidecar_fields(t1w: Path, bids_dir: Path, listings: dict[str, list[str]]
+                    ) -> dict[str, str | float]:
+    """:data:`SIDECAR_FIELDS` of a raw T1w, by the BIDS inheritance principle.
+
+    Every ``*T1w.json`` in the image's folder or a folder above it (up to ``bids_dir``)
+    whose entities the image has applies; deeper and more specific files win. Read here,
+    not through pybids (which does not index metadata, see :func:`_layout`), so that one
+    sidecar that is not JSON costs its own fields only.
+
+    Parameters
+    ----------
+    t1w : Path
+        The raw image.
+    bids_dir : Path
+        The dataset root.
+    listings : dict
+        Folder -> its file names, shared between the images of one walk (the root and
+        subject folders are listed once).
+    """
+    image = _name_entities(t1w.name)
+    if image is None:
+        return {}
+    folders = []
+    folder = t1w.parent
+    while True:
+        folders.append(folder)
+        if folder == bids_dir or folder.parent == folder or bids_dir not in folder.parents:
+            break
+        folder = folder.parent
+    found: dict[str, str | float] = {}
+    for folder in reversed(folders):  # the root first: deeper files override
+        key = str(folder)
+        if key not in listings:
+            try:
+                listings[key] = sorted(n for n in os.listdir(folder) if n.endswith("T1w.json"))
+            except OSError:
+                listings[key] = []
+        applicable = []
+        for name in listings[key]:
+            entities = _name_entities(name)
+            if entities is not None and entities.get("suffix") == "T1w" and all(
+                    k in image and _equal(k, v, image[k])
+                    for k, v in entities.items() if k != "suffix"):
+                applicable.append((len(entities), name))
+        for _, name in sorted(applicable):
+            data = _read_json(folder / name)
+            if not isinstance(data, dict):
+                LOGGER.debug("sidecar %s is not a JSON object; ignored", folder / name)
+                continue
+            for field_name in SIDECAR_FIELDS:
+                value = data.get(field_name)
+                if isinstance(value, str) or (isinstance(value, (int, float))
+                                              and not isinstance(value, bool)):
+                    found[field_name] = value
+    return found
+
+
+def _name_entities(name: str) -> dict[str, str] | None:
+    """Entities (and ``suffix``) of a BIDS file name with or without ``sub-``."""
+    stem = name[: len(name) - len(_extension(name))]
+    *pairs, suffix = stem.split("_")
+    entities = {"suffix": suffix}
+    for pair in pairs:
+        key, sep, value = pair.partition("-")
+        if not sep or not value:
+            return None
+        entities[_LONG.get(key, key)] = value
+    return entities
 
 
 # --- raw images ------------------------------------------------------------------------

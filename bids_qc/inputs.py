@@ -61,6 +61,9 @@ class QCInput:
     candidates : dict
         Every segmentation found, by source (``freesurfer``, ``fastsurfer``, ``fmriprep``,
         ``fmriprep_tissue``), so a user can see what was not chosen.
+    acquisition : dict
+        The raw image's sidecar fields that tell scanners apart (``Manufacturer``,
+        ``MagneticFieldStrength``) where its sidecars hold them.
     """
 
     bids_name: str
@@ -79,6 +82,7 @@ class QCInput:
     seg_source: Source | None = None
     sources: dict[str, str] = field(default_factory=dict)
     candidates: dict[str, str] = field(default_factory=dict)
+    acquisition: dict[str, str | float] = field(default_factory=dict)
 
     def input_files(self) -> dict[str, Path]:
         """Role -> path of every input file this row uses (for md5 provenance and resume)."""

@@ -95,6 +95,7 @@ def assemble(
     return {
         "bids_name": qc_input["bids_name"],
         "entities": qc_input["entities"],
+        "acquisition": qc_input.get("acquisition") or {},
         "reg_source": qc_input.get("reg_source"),
         "seg_source": qc_input.get("seg_source") if qc_input.get("seg_kind") else None,
         "qc_error": short_error(errors),

@@ -195,6 +195,9 @@ METRIC_COLUMNS: tuple[str, ...] = tuple(
 JSON_KEYS: tuple[tuple[str, str], ...] = (
     ("bids_name", "the T1w image (`sub-X[_ses-Y][_acq-Z][_run-N]_T1w`)"),
     ("entities", "its BIDS entities (`subject`, `session`, `acquisition`, `run`, ...)"),
+    ("acquisition", "the raw image's sidecar fields `Manufacturer` and "
+     "`MagneticFieldStrength` where its sidecars (BIDS inheritance) hold them; the group "
+     "level's `rz_*` scores are per acquisition group"),
     ("reg_source", "the derivative that supplied the template-space image, or null"),
     ("seg_source", "the derivative that supplied the segmentation, or null"),
     ("qc_error", "short reason a stage failed; empty when every stage ran"),

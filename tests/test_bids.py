@@ -506,3 +506,22 @@ def test_real_ds002748():
     rows = collect_inputs(_settings(root))
     assert [r.bids_name for r in rows] == [f"sub-{i:02d}_T1w" for i in range(1, 11)]
     assert all(r.t1w is not None and os.path.lexists(r.t1w) for r in rows)
+
+
+def test_sidecar_scanner_fields_follow_inheritance(tmp_path):
+    root = fb.make_raw(tmp_path / "ds", ["01", "02", "03"], sessions=["A"], runs=["1"],
+                       sidecar={})
+    fb.write_json(root / "T1w.json", {"Manufacturer": "Siemens", "MagneticFieldStrength": 3})
+    fb.write_json(root / "sub-02/sub-02_T1w.json", {"MagneticFieldStrength": 1.5})
+    fb.write_json(root / "sub-02/ses-A/anat/sub-02_ses-A_run-1_T1w.json",
+                  {"Manufacturer": "GE", "RepetitionTime": 2.3})
+    fb.write_json(root / "sub-03/ses-A/anat/sub-03_ses-A_run-1_T1w.json", "{ not JSON")
+    fb.write_json(root / "sub-03/ses-A/anat/sub-03_ses-A_run-2_T1w.json",  # another run's
+                  {"Manufacturer": "Philips"})
+    rows = _collect(root)
+    assert rows["sub-01_ses-A_run-1_T1w"].acquisition == {
+        "Manufacturer": "Siemens", "MagneticFieldStrength": 3}
+    assert rows["sub-02_ses-A_run-1_T1w"].acquisition == {
+        "Manufacturer": "GE", "MagneticFieldStrength": 1.5}
+    assert rows["sub-03_ses-A_run-1_T1w"].acquisition == {
+        "Manufacturer": "Siemens", "MagneticFieldStrength": 3}

@@ -175,14 +175,12 @@ def _acq_result(i: int, hippo: float, brain: float, acq: str = "mp",
                 sidecar: dict | None = None) -> dict:
     name = f"sub-{i:02d}_acq-{acq}_T1w"
     row = {"bids_name": name, "entities": {"subject": f"{i:02d}"}, "reg_source": None,
-           "seg_source": "freesurfer", "seg_kind": "aseg", "sources": {}, "candidates": {}}
+           "seg_source": "freesurfer", "seg_kind": "aseg", "sources": {}, "candidates": {},
+           "acquisition": sidecar or {}}
     metrics = {"vol_left_hippocampus": hippo, "vol_whole_brain": brain,
                "reg_cc": 0.9 + 0.001 * i}
-    res = assemble(row, [stage_result("classic", metrics, [], [], [])],
-                   {"inputs": {}, "models": {}}, "cpu")
-    if sidecar is not None:
-        res["acquisition"] = sidecar
-    return res
+    return assemble(row, [stage_result("classic", metrics, [], [], [])],
+                    {"inputs": {}, "models": {}}, "cpu")
 
 
 def test_group_table_has_robust_z_scores_scaled_by_icv(caplog):
@@ -234,9 +232,13 @@ def test_a_scanner_of_its_own_is_scored_within_its_group():
     results += [_acq_result(i, 4000 + 10 * i, 1.2e6, sidecar={"MagneticFieldStrength": 3})
                 for i in range(20, 32)]
     results.append(_acq_result(40, 2000, 1.2e6, sidecar={"MagneticFieldStrength": 3}))
+    assert results[0]["acquisition"] == {"MagneticFieldStrength": 1.5}  # in the JSON
     frame = group_table(results).set_index("bids_name")
     assert frame.loc["sub-40_acq-mp_T1w", "rz_vol_left_hippocampus"] < -3.5
     assert (frame.drop("sub-40_acq-mp_T1w")["rz_vol_left_hippocampus"].abs() < 3.5).all()
+    from bids_qc.robust_z import robust_z
+    pooled = robust_z(frame["vol_left_hippocampus"] / frame["vol_whole_brain"]).z
+    assert abs(pooled["sub-40_acq-mp_T1w"]) < 3.5  # the two scanners would hide it
 
 
 def test_robust_outliers_change_no_model_flag():
