@@ -21,6 +21,7 @@ from . import __version__, exitcodes
 from .errors import DatasetError, Terminated
 from .models.registry import KNOWN_MODELS, installed_models
 from .runtime import prepare_runtime
+from .scheduling import NIPYPE_PLUGINS
 from .settings import Settings
 
 LOGGER = logging.getLogger("bids_qc")
@@ -212,7 +213,12 @@ def _read_plugin(path: Path | None, nprocs: int, mem_gb: float | None) -> tuple[
         if not isinstance(data, dict) or "plugin" not in data:
             raise UsageError(f"--plugin-config {path}: needs a 'plugin' key (MultiProc, Linear, "
                              "SLURM, ...) and optional 'plugin_args'")
-        plugin, args = str(data["plugin"]), dict(data.get("plugin_args") or {})
+        # nipype accepts "SLURM" and "SLURMPlugin" alike; bids_qc compares the short name.
+        plugin = str(data["plugin"]).removesuffix("Plugin")
+        if plugin not in NIPYPE_PLUGINS:
+            raise UsageError(f"--plugin-config {path}: unknown plugin {data['plugin']!r}; "
+                             f"choose from {', '.join(NIPYPE_PLUGINS)}")
+        args = dict(data.get("plugin_args") or {})
     if plugin == "MultiProc":
         args.setdefault("n_procs", nprocs)
         # Workers start from a clean server process: a worker forked from a process that

@@ -162,6 +162,37 @@ def test_plugin_config_precedence(tmp_path):
     assert s.plugin_args == {"n_procs": 3, "memory_gb": 4.0, "mp_context": "forkserver"}
 
 
+def test_unknown_plugin_is_64_naming_the_file_and_the_plugins(tmp_path, capsys):
+    bids = make_raw(tmp_path / "ds", ["01"])
+    cfg = tmp_path / "bogus.yml"
+    cfg.write_text("plugin: Bogus\n")
+    out = tmp_path / "out"
+    code = run([str(bids), str(out), "participant", "--plugin-config", str(cfg)])
+    err = capsys.readouterr().err
+    assert code == exitcodes.USAGE
+    assert str(cfg) in err and "Bogus" in err
+    assert "MultiProc" in err and "Linear" in err and "SLURM" in err
+    assert not out.exists()
+
+
+def test_known_plugins_are_nipypes():
+    # The CLI checks plugin names without importing nipype (too early: see prepare_runtime).
+    from nipype.pipeline import plugins
+
+    from bids_qc.scheduling import NIPYPE_PLUGINS
+
+    names = {n.removesuffix("Plugin") for n in dir(plugins) if n.endswith("Plugin")}
+    assert set(NIPYPE_PLUGINS) == names
+
+
+def test_plugin_suffix_is_optional(tmp_path):
+    cfg = tmp_path / "p.yml"
+    cfg.write_text("plugin: MultiProcPlugin\n")
+    s = parse_settings([str(tmp_path), str(tmp_path / "o"), "participant", "--plugin-config",
+                        str(cfg), "--nprocs", "2"])
+    assert s.plugin == "MultiProc" and s.plugin_args["n_procs"] == 2
+
+
 def test_version(capsys):
     with pytest.raises(SystemExit) as exc:
         run(["--version"])
