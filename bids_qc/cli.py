@@ -106,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("bids_dir", type=Path, help="the root of the BIDS dataset")
     p.add_argument("output_dir", type=Path, help="where outputs go (e.g. "
-                   "BIDS_DIR/derivatives/bids_qc); never BIDS_DIR itself")
+                   "BIDS_DIR/derivatives/bids_qc); never BIDS_DIR itself, nor another "
+                   "dataset (such as BIDS_DIR/derivatives/fmriprep)")
     p.add_argument("analysis_level", help="participant (per image) or group (tables, report)")
     p.add_argument("--version", action="version", version=f"bids_qc {__version__}")
 
@@ -252,7 +253,41 @@ def _shapeqc_recall_thresholds(recall: float | None) -> dict[str, float]:
     return {f"shapeqc_pfail_{s}": v for s, v in found.items()}
 
 
+def _other_dataset(output_dir: Path) -> str | None:
+    """What other dataset ``output_dir`` holds, or None when it holds none or bids_qc's.
+
+    bids_qc writes its own ``dataset_description.json`` into OUTPUT_DIR, so a folder whose
+    description another pipeline (GeneratedBy, or the older PipelineDescription) or no
+    pipeline (a raw dataset) wrote would lose it.
+    """
+    path = output_dir / "dataset_description.json"
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return "a dataset_description.json that is not readable JSON"
+    if not isinstance(data, dict):
+        return "a dataset_description.json that is not a JSON object"
+    generated = data.get("GeneratedBy")
+    entries = [*(generated if isinstance(generated, list) else [generated]),
+               data.get("PipelineDescription")]
+    names = [str(e["Name"]) for e in entries if isinstance(e, dict) and e.get("Name")]
+    if any(n.lower() == "bids_qc" for n in names):
+        return None
+    if names:
+        return f"the derivative dataset of {', '.join(names)}"
+    return "a dataset that bids_qc did not generate"
+
+
 def _check_output_dir(bids_dir: Path, output_dir: Path) -> None:
+    """Refuse an OUTPUT_DIR that is, or lies inside, BIDS_DIR, or holds another dataset.
+
+    Raises
+    ------
+    UsageError
+        Exit code 64; nothing has been written.
+    """
     bids = bids_dir.resolve()
     out = output_dir.resolve()
     if out == bids:
@@ -261,6 +296,11 @@ def _check_output_dir(bids_dir: Path, output_dir: Path) -> None:
     if bids in out.parents and (bids / "derivatives") not in out.parents:
         raise UsageError(f"OUTPUT_DIR {output_dir} lies inside BIDS_DIR; write to "
                          f"{bids_dir}/derivatives/bids_qc or outside the dataset")
+    other = _other_dataset(output_dir)
+    if other is not None:
+        raise UsageError(f"OUTPUT_DIR {output_dir} holds {other}, whose "
+                         "dataset_description.json bids_qc would overwrite; write to a folder "
+                         f"of its own, e.g. {bids_dir}/derivatives/bids_qc")
 
 
 def parse_settings(argv: Sequence[str] | None = None) -> Settings:

@@ -109,6 +109,41 @@ def test_output_inside_bids_is_refused_with_64(tmp_path):
     assert not (bids / "qc").exists()
 
 
+@pytest.mark.parametrize("description", [
+    {"Name": "fMRIPrep outputs", "DatasetType": "derivative",
+     "GeneratedBy": [{"Name": "fMRIPrep", "Version": "23.2.0"}]},
+    {"Name": "old-style", "PipelineDescription": {"Name": "fmriprep"}},
+    {"Name": "a raw dataset", "BIDSVersion": "1.9.0"},
+])
+def test_output_in_another_pipelines_dataset_is_refused_with_64(tmp_path, capsys,
+                                                                 description):
+    bids = make_raw(tmp_path / "ds", ["01"])
+    other = bids / "derivatives" / "fmriprep"
+    other.mkdir(parents=True)
+    (other / "dataset_description.json").write_text(json.dumps(description))
+    before = _tree(other)
+    for level in ("participant", "group"):
+        assert run([str(bids), str(other), level]) == exitcodes.USAGE
+        err = capsys.readouterr().err
+        assert str(other) in err and "derivatives/bids_qc" in err
+    assert _tree(other) == before
+
+
+def test_output_of_an_earlier_bids_qc_run_is_reused(tmp_path):
+    from bids_qc.cli import _check_output_dir
+    from bids_qc.outputs import init_output_dir
+
+    bids = make_raw(tmp_path / "ds", ["01"])
+    out = bids / "derivatives" / "bids_qc"
+    init_output_dir(out, bids)
+    _check_output_dir(bids, out)  # no UsageError
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "dataset_description.json").write_text(
+        json.dumps({"PipelineDescription": {"Name": "bids_qc"}}))
+    _check_output_dir(bids, legacy)
+
+
 def test_bad_filter_file_is_64(tmp_path):
     bids = make_raw(tmp_path / "ds", ["01"])
     bad = tmp_path / "filter.json"
