@@ -112,9 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"bids_qc {__version__}")
 
     sel = p.add_argument_group("selecting images")
-    sel.add_argument("--participant-label", "--participant_label", nargs="+", default=[],
-                     metavar="LABEL", help="subjects to process, with or without 'sub-'; a "
-                     "file path reads one label per line")
+    # One or the other: a file added to labels would widen a SLURM array task's selection.
+    subjects = sel.add_mutually_exclusive_group()
+    subjects.add_argument("--participant-label", "--participant_label", nargs="+", default=[],
+                          metavar="LABEL", help="subjects to process, with or without 'sub-' "
+                          "(a value is always a label, even where a file has its name)")
+    subjects.add_argument("--participant-label-file", type=Path, metavar="FILE",
+                          help="read the subjects to process from FILE, one label per line "
+                          "(instead of --participant-label)")
     sel.add_argument("--session-label", nargs="+", default=[], metavar="LABEL",
                      help="sessions to process, with or without 'ses-'")
     sel.add_argument("--bids-filter-file", type=Path, metavar="FILE",
@@ -175,15 +180,36 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _read_labels(values: Sequence[str]) -> list[str]:
-    labels: list[str] = []
+def _read_labels(values: Sequence[str], path: Path | None) -> list[str]:
+    """The participant labels: ``--participant-label``'s, or ``--participant-label-file``'s.
+
+    As in fMRIPrep, a ``--participant-label`` value is a label even where a file of that
+    name exists (``01`` in the working directory); a file is read only when
+    ``--participant-label-file`` names it.
+
+    Raises
+    ------
+    UsageError
+        The file cannot be read or holds no label (which would select every subject), or a
+        ``--participant-label`` value cannot be a BIDS label but names a file (earlier
+        versions read such a value as a file of labels).
+    """
     for value in values:
-        path = Path(value)
-        if path.is_file():
-            lines = path.read_text().split()
-            labels.extend(line.strip() for line in lines if line.strip())
-        else:
-            labels.append(value)
+        label = value.strip().removeprefix("sub-")
+        if not label.isalnum() and Path(value).is_file():
+            raise UsageError(f"--participant-label {value}: labels are letters and digits, "
+                             "and this is a file; to read labels from it, pass "
+                             f"--participant-label-file {value}")
+    labels = list(values)
+    if path is not None:
+        try:
+            found = path.read_text().split()
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "not text"
+            raise UsageError(f"--participant-label-file {path}: cannot read it ({why})") from None
+        if not found:
+            raise UsageError(f"--participant-label-file {path}: holds no label")
+        labels.extend(found)
     return labels
 
 
@@ -326,11 +352,12 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
                              f"{', '.join(KNOWN_MODELS)}")
     nprocs = ns.nprocs or _default_nprocs()
     plugin, plugin_args = _read_plugin(ns.plugin_config, nprocs, ns.mem_gb)
+    labels = _read_labels(ns.participant_label, ns.participant_label_file)
     return Settings(
         bids_dir=ns.bids_dir.absolute(),
         output_dir=ns.output_dir.absolute(),
         analysis_level=ns.analysis_level,
-        participant_label=normalise_labels(_read_labels(ns.participant_label), "sub-"),
+        participant_label=normalise_labels(labels, "sub-"),
         session_label=normalise_labels(ns.session_label, "ses-"),
         bids_filters=_read_filters(ns.bids_filter_file),
         derivatives=tuple(p.absolute() for p in ns.derivatives) if ns.derivatives else None,

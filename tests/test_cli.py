@@ -182,11 +182,53 @@ def test_label_forms_and_label_file(tmp_path):
     bids = make_raw(tmp_path / "ds", ["01", "02"])
     labels = tmp_path / "labels.txt"
     labels.write_text("sub-01\n02\n\n")
-    s = parse_settings([str(bids), str(tmp_path / "o"), "participant", "--participant-label",
-                        str(labels), "sub-01", "--session-label", "ses-A", "B"])
+    s = parse_settings([str(bids), str(tmp_path / "o"), "participant",
+                        "--participant-label-file", str(labels), "--session-label", "ses-A",
+                        "B"])
     assert s.participant_label == ("01", "02")
     assert s.session_label == ("A", "B")
     assert s.plugin == "MultiProc" and s.plugin_args["n_procs"] >= 1
+    s = parse_settings([str(bids), str(tmp_path / "o"), "participant", "--participant-label",
+                        "sub-02", "01", "sub-02"])
+    assert s.participant_label == ("02", "01")
+
+
+def test_a_label_is_a_label_even_where_a_file_has_its_name(tmp_path, monkeypatch, capsys):
+    # As in fMRIPrep: `--participant-label 01` means sub-01, whatever the working directory
+    # holds; a file of labels is read only when --participant-label-file names it.
+    bids = make_raw(tmp_path / "ds", ["01", "02"])
+    monkeypatch.chdir(tmp_path)
+    Path("01").write_text("02\n")
+    s = parse_settings([str(bids), str(tmp_path / "o"), "participant", "--participant-label",
+                        "01"])
+    assert s.participant_label == ("01",)
+    # A value that cannot be a label but names a file: say how to read it as labels.
+    Path("labels.txt").write_text("01\n")
+    assert run([str(bids), str(tmp_path / "o"), "participant", "--participant-label",
+                "labels.txt"]) == exitcodes.USAGE
+    assert "--participant-label-file labels.txt" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content", [None, "", "\n \n"])
+def test_unreadable_or_empty_label_file_is_64(tmp_path, capsys, content):
+    # An empty file must not select every subject (an empty --participant-label list does).
+    bids = make_raw(tmp_path / "ds", ["01"])
+    labels = tmp_path / "labels.txt"
+    if content is not None:
+        labels.write_text(content)
+    out = tmp_path / "o"
+    assert run([str(bids), str(out), "participant", "--participant-label-file",
+                str(labels)]) == exitcodes.USAGE
+    assert str(labels) in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_label_file_and_labels_together_are_64(tmp_path):
+    # A SLURM array task appends its --participant-label: a file beside it would widen it.
+    labels = tmp_path / "labels.txt"
+    labels.write_text("01\n")
+    assert run([str(tmp_path), str(tmp_path / "o"), "participant", "--participant-label-file",
+                str(labels), "--participant-label", "02"]) == exitcodes.USAGE
 
 
 def test_plugin_config_precedence(tmp_path):
