@@ -21,6 +21,7 @@ from . import __version__, exitcodes
 from .errors import DatasetError, Terminated
 from .models.registry import KNOWN_MODELS, installed_models
 from .runtime import prepare_runtime
+from .scheduling import NIPYPE_PLUGINS
 from .settings import Settings
 
 LOGGER = logging.getLogger("bids_qc")
@@ -105,14 +106,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("bids_dir", type=Path, help="the root of the BIDS dataset")
     p.add_argument("output_dir", type=Path, help="where outputs go (e.g. "
-                   "BIDS_DIR/derivatives/bids_qc); never BIDS_DIR itself")
+                   "BIDS_DIR/derivatives/bids_qc); never BIDS_DIR itself, nor another "
+                   "dataset (such as BIDS_DIR/derivatives/fmriprep)")
     p.add_argument("analysis_level", help="participant (per image) or group (tables, report)")
     p.add_argument("--version", action="version", version=f"bids_qc {__version__}")
 
     sel = p.add_argument_group("selecting images")
-    sel.add_argument("--participant-label", "--participant_label", nargs="+", default=[],
-                     metavar="LABEL", help="subjects to process, with or without 'sub-'; a "
-                     "file path reads one label per line")
+    # One or the other: a file added to labels would widen a SLURM array task's selection.
+    subjects = sel.add_mutually_exclusive_group()
+    subjects.add_argument("--participant-label", "--participant_label", nargs="+", default=[],
+                          metavar="LABEL", help="subjects to process, with or without 'sub-' "
+                          "(a value is always a label, even where a file has its name)")
+    subjects.add_argument("--participant-label-file", type=Path, metavar="FILE",
+                          help="read the subjects to process from FILE, one label per line "
+                          "(instead of --participant-label)")
     sel.add_argument("--session-label", nargs="+", default=[], metavar="LABEL",
                      help="sessions to process, with or without 'ses-'")
     sel.add_argument("--bids-filter-file", type=Path, metavar="FILE",
@@ -173,15 +180,36 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _read_labels(values: Sequence[str]) -> list[str]:
-    labels: list[str] = []
+def _read_labels(values: Sequence[str], path: Path | None) -> list[str]:
+    """The participant labels: ``--participant-label``'s, or ``--participant-label-file``'s.
+
+    As in fMRIPrep, a ``--participant-label`` value is a label even where a file of that
+    name exists (``01`` in the working directory); a file is read only when
+    ``--participant-label-file`` names it.
+
+    Raises
+    ------
+    UsageError
+        The file cannot be read or holds no label (which would select every subject), or a
+        ``--participant-label`` value cannot be a BIDS label but names a file (earlier
+        versions read such a value as a file of labels).
+    """
     for value in values:
-        path = Path(value)
-        if path.is_file():
-            lines = path.read_text().split()
-            labels.extend(line.strip() for line in lines if line.strip())
-        else:
-            labels.append(value)
+        label = value.strip().removeprefix("sub-")
+        if not label.isalnum() and Path(value).is_file():
+            raise UsageError(f"--participant-label {value}: labels are letters and digits, "
+                             "and this is a file; to read labels from it, pass "
+                             f"--participant-label-file {value}")
+    labels = list(values)
+    if path is not None:
+        try:
+            found = path.read_text().split()
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "not text"
+            raise UsageError(f"--participant-label-file {path}: cannot read it ({why})") from None
+        if not found:
+            raise UsageError(f"--participant-label-file {path}: holds no label")
+        labels.extend(found)
     return labels
 
 
@@ -212,7 +240,12 @@ def _read_plugin(path: Path | None, nprocs: int, mem_gb: float | None) -> tuple[
         if not isinstance(data, dict) or "plugin" not in data:
             raise UsageError(f"--plugin-config {path}: needs a 'plugin' key (MultiProc, Linear, "
                              "SLURM, ...) and optional 'plugin_args'")
-        plugin, args = str(data["plugin"]), dict(data.get("plugin_args") or {})
+        # nipype accepts "SLURM" and "SLURMPlugin" alike; bids_qc compares the short name.
+        plugin = str(data["plugin"]).removesuffix("Plugin")
+        if plugin not in NIPYPE_PLUGINS:
+            raise UsageError(f"--plugin-config {path}: unknown plugin {data['plugin']!r}; "
+                             f"choose from {', '.join(NIPYPE_PLUGINS)}")
+        args = dict(data.get("plugin_args") or {})
     if plugin == "MultiProc":
         args.setdefault("n_procs", nprocs)
         # Workers start from a clean server process: a worker forked from a process that
@@ -246,7 +279,41 @@ def _shapeqc_recall_thresholds(recall: float | None) -> dict[str, float]:
     return {f"shapeqc_pfail_{s}": v for s, v in found.items()}
 
 
+def _other_dataset(output_dir: Path) -> str | None:
+    """What other dataset ``output_dir`` holds, or None when it holds none or bids_qc's.
+
+    bids_qc writes its own ``dataset_description.json`` into OUTPUT_DIR, so a folder whose
+    description another pipeline (GeneratedBy, or the older PipelineDescription) or no
+    pipeline (a raw dataset) wrote would lose it.
+    """
+    path = output_dir / "dataset_description.json"
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return "a dataset_description.json that is not readable JSON"
+    if not isinstance(data, dict):
+        return "a dataset_description.json that is not a JSON object"
+    generated = data.get("GeneratedBy")
+    entries = [*(generated if isinstance(generated, list) else [generated]),
+               data.get("PipelineDescription")]
+    names = [str(e["Name"]) for e in entries if isinstance(e, dict) and e.get("Name")]
+    if any(n.lower() == "bids_qc" for n in names):
+        return None
+    if names:
+        return f"the derivative dataset of {', '.join(names)}"
+    return "a dataset that bids_qc did not generate"
+
+
 def _check_output_dir(bids_dir: Path, output_dir: Path) -> None:
+    """Refuse an OUTPUT_DIR that is, or lies inside, BIDS_DIR, or holds another dataset.
+
+    Raises
+    ------
+    UsageError
+        Exit code 64; nothing has been written.
+    """
     bids = bids_dir.resolve()
     out = output_dir.resolve()
     if out == bids:
@@ -255,6 +322,11 @@ def _check_output_dir(bids_dir: Path, output_dir: Path) -> None:
     if bids in out.parents and (bids / "derivatives") not in out.parents:
         raise UsageError(f"OUTPUT_DIR {output_dir} lies inside BIDS_DIR; write to "
                          f"{bids_dir}/derivatives/bids_qc or outside the dataset")
+    other = _other_dataset(output_dir)
+    if other is not None:
+        raise UsageError(f"OUTPUT_DIR {output_dir} holds {other}, whose "
+                         "dataset_description.json bids_qc would overwrite; write to a folder "
+                         f"of its own, e.g. {bids_dir}/derivatives/bids_qc")
 
 
 def parse_settings(argv: Sequence[str] | None = None) -> Settings:
@@ -280,11 +352,12 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
                              f"{', '.join(KNOWN_MODELS)}")
     nprocs = ns.nprocs or _default_nprocs()
     plugin, plugin_args = _read_plugin(ns.plugin_config, nprocs, ns.mem_gb)
+    labels = _read_labels(ns.participant_label, ns.participant_label_file)
     return Settings(
         bids_dir=ns.bids_dir.absolute(),
         output_dir=ns.output_dir.absolute(),
         analysis_level=ns.analysis_level,
-        participant_label=normalise_labels(_read_labels(ns.participant_label), "sub-"),
+        participant_label=normalise_labels(labels, "sub-"),
         session_label=normalise_labels(ns.session_label, "ses-"),
         bids_filters=_read_filters(ns.bids_filter_file),
         derivatives=tuple(p.absolute() for p in ns.derivatives) if ns.derivatives else None,

@@ -34,7 +34,8 @@ TABLE: dict[int, tuple[str, str]] = {
     UNKNOWN_LEVEL: ("unknown analysis level", "the third argument is not participant or group"),
     NOTHING_SELECTED: ("nothing selected", "--participant-label, --session-label or "
                        "--bids-filter-file selected no T1w image"),
-    USAGE: ("usage error", "an unknown option, a bad option value, or OUTPUT_DIR inside BIDS_DIR"),
+    USAGE: ("usage error", "an unknown option, a bad option value, OUTPUT_DIR inside BIDS_DIR, "
+            "or OUTPUT_DIR holding another dataset (e.g. derivatives/fmriprep)"),
     DATA_ERROR: ("bad data", "no selected image could be read at all"),
     NO_INPUT: ("no usable input", "the dataset holds no T1w image, or group level finds no "
                "participant results"),

@@ -17,6 +17,14 @@ from .errors import Terminated
 #: Times a MultiProc job may be lost with a dead worker's pool before it fails.
 MAX_LOSSES = 3
 
+#: nipype's execution plugins (``<name>Plugin`` in ``nipype.pipeline.plugins``), listed here
+#: so that the command line can check ``--plugin-config`` before nipype is imported
+#: (``tests/test_cli.py`` checks the list against the installed nipype).
+NIPYPE_PLUGINS = (
+    "MultiProc", "Linear", "SLURM", "SLURMGraph", "SGE", "SGEGraph", "PBS", "PBSGraph",
+    "LSF", "OAR", "Condor", "CondorDAGMan", "IPython", "SomaFlow", "Debug", "LegacyMultiProc",
+)
+
 
 def make_plugin(name: str, args: dict[str, Any], log_level: str = "WARNING") -> Any:
     """The nipype plugin object (so that an interrupted run can stop its workers).

@@ -5,9 +5,11 @@ the page (every request URL is ``file:`` or ``data:``), every group point's link
 existing report, and "download ratings" saves a valid ratings JSON. Screenshots (PNG) are
 saved under the pytest tmp dir and their paths printed.
 
-Chromium comes from Debian (``chromium``, ``chromium-driver``), installed by the session
-fixture where missing. Without it the tests skip with the reason, except under CI
-(``CI=true``), where a skip would hide a broken setup: there they fail.
+Chromium and chromedriver are taken from PATH. Only under CI (``CI=true``) does the session
+fixture install them where missing (Debian's ``chromium``, ``chromium-driver``), and there a
+missing browser fails the tests, since a skip would hide a broken setup. Elsewhere the tests
+skip, saying what to install: a test run never changes a developer's system packages, even
+as root.
 """
 
 from __future__ import annotations
@@ -25,11 +27,12 @@ from bids_qc.group import write_group_outputs
 from bids_qc.ratings import RATINGS_FILE, read_rating_file
 from bids_qc.reports.participant import write_participant_report
 from bids_qc.results import stage_result
-from tests.system_tools import say, unavailable
+from tests.system_tools import apt_install, say, unavailable, under_ci
 from tests.test_reports_helpers import synthetic_result, tiny_png, tiny_volumes, write_results
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
+#: The commands the tests need, and the Debian packages that provide them.
+COMMANDS = ("chromium", "chromedriver")
+PACKAGES = ["chromium", "chromium-driver"]
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run",
          "--disable-dev-shm-usage", "--window-size=1280,1600",
@@ -38,33 +41,43 @@ FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
          "--proxy-bypass-list=<-loopback>")
 
 
-def _apt_install(config) -> str:
-    """Install Debian's chromium and chromium-driver; returns what went wrong, or ""."""
-    if shutil.which("apt-get") is None:
-        return "apt-get is not available"
-    cmd = ["apt-get", "install", "-y", "--no-install-recommends", "chromium", "chromium-driver"]
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    started = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if done.returncode != 0:  # stale or missing package lists: update once, then retry
-        subprocess.run(["apt-get", "update"], capture_output=True, text=True, env=env)
-        done = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    say(config, f"chromium install took {time.perf_counter() - started:.1f} s")
-    return "" if done.returncode == 0 else (done.stderr or done.stdout)[-500:]
+def _chromium_plan() -> tuple[str, str]:
+    """What the session does about Chromium: ``("use" | "install" | "skip", reason)``.
+
+    ``use`` when Chromium and chromedriver are on PATH; otherwise ``install`` under CI
+    (``CI=true``: a throw-away machine, where a skip would hide a broken setup) and ``skip``
+    elsewhere, with the reason saying what to install.
+    """
+    missing = [name for name in COMMANDS if shutil.which(name) is None]
+    if not missing:
+        return "use", ""
+    if under_ci():
+        return "install", ""
+    return "skip", (f"{' and '.join(missing)} not on PATH: install them (Debian: apt-get "
+                    f"install {' '.join(PACKAGES)}); the tests install them only under "
+                    "CI=true")
 
 
-@pytest.fixture(scope="session")
-def chrome_paths(pytestconfig) -> tuple[Path, Path]:
-    """Chromium and chromedriver, installed where missing (or skip/fail with the reason)."""
-    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        problem = _apt_install(pytestconfig)
-        if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-            unavailable(f"Chromium could not be installed with apt-get: {problem}")
+def _get_chromium(config) -> tuple[Path, Path]:
+    """Chromium and chromedriver, installed under CI where missing (or skip/fail)."""
+    action, reason = _chromium_plan()
+    if action == "skip":
+        pytest.skip(reason)
+    if action == "install":
+        took = apt_install(PACKAGES, list(COMMANDS))
+        say(config, f"chromium install took {took:.1f} s")
     try:
         import selenium  # noqa: F401
     except ImportError:
         unavailable("selenium is not installed (pip install -e '.[test]')")
-    return CHROMIUM, CHROMEDRIVER
+    chromium, driver = (shutil.which(name) for name in COMMANDS)
+    return Path(chromium), Path(driver)
+
+
+@pytest.fixture(scope="session")
+def chrome_paths(pytestconfig) -> tuple[Path, Path]:
+    """Chromium and chromedriver (see :func:`_get_chromium`)."""
+    return _get_chromium(pytestconfig)
 
 
 @pytest.fixture
@@ -213,3 +226,33 @@ def test_the_checks_catch_a_page_that_reaches_out(browser, tmp_path):
     time.sleep(0.5)
     with pytest.raises(AssertionError):
         _assert_clean(browser)
+
+
+@pytest.mark.parametrize(("ci", "found", "plan"), [
+    ("true", True, "use"), (None, True, "use"),
+    ("true", False, "install"),
+    (None, False, "skip"), ("false", False, "skip"), ("1", False, "skip"),
+])
+def test_chromium_is_installed_only_under_ci(monkeypatch, ci, found, plan):
+    if ci is None:
+        monkeypatch.delenv("CI", raising=False)
+    else:
+        monkeypatch.setenv("CI", ci)
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}" if found else None)
+    action, reason = _chromium_plan()
+    assert action == plan
+    if plan == "skip":
+        assert "chromium" in reason and "CI=true" in reason
+
+
+def test_missing_chromium_outside_ci_skips_without_apt_even_as_root(monkeypatch):
+    def no_install(*args, **kwargs):
+        raise AssertionError(f"ran {args[0] if args else kwargs}")
+
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/apt-get" if name == "apt-get"
+                        else None)
+    monkeypatch.setattr(subprocess, "run", no_install)
+    with pytest.raises(pytest.skip.Exception, match="chromium"):
+        _get_chromium(None)

@@ -109,6 +109,41 @@ def test_output_inside_bids_is_refused_with_64(tmp_path):
     assert not (bids / "qc").exists()
 
 
+@pytest.mark.parametrize("description", [
+    {"Name": "fMRIPrep outputs", "DatasetType": "derivative",
+     "GeneratedBy": [{"Name": "fMRIPrep", "Version": "23.2.0"}]},
+    {"Name": "old-style", "PipelineDescription": {"Name": "fmriprep"}},
+    {"Name": "a raw dataset", "BIDSVersion": "1.9.0"},
+])
+def test_output_in_another_pipelines_dataset_is_refused_with_64(tmp_path, capsys,
+                                                                 description):
+    bids = make_raw(tmp_path / "ds", ["01"])
+    other = bids / "derivatives" / "fmriprep"
+    other.mkdir(parents=True)
+    (other / "dataset_description.json").write_text(json.dumps(description))
+    before = _tree(other)
+    for level in ("participant", "group"):
+        assert run([str(bids), str(other), level]) == exitcodes.USAGE
+        err = capsys.readouterr().err
+        assert str(other) in err and "derivatives/bids_qc" in err
+    assert _tree(other) == before
+
+
+def test_output_of_an_earlier_bids_qc_run_is_reused(tmp_path):
+    from bids_qc.cli import _check_output_dir
+    from bids_qc.outputs import init_output_dir
+
+    bids = make_raw(tmp_path / "ds", ["01"])
+    out = bids / "derivatives" / "bids_qc"
+    init_output_dir(out, bids)
+    _check_output_dir(bids, out)  # no UsageError
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "dataset_description.json").write_text(
+        json.dumps({"PipelineDescription": {"Name": "bids_qc"}}))
+    _check_output_dir(bids, legacy)
+
+
 def test_bad_filter_file_is_64(tmp_path):
     bids = make_raw(tmp_path / "ds", ["01"])
     bad = tmp_path / "filter.json"
@@ -147,11 +182,53 @@ def test_label_forms_and_label_file(tmp_path):
     bids = make_raw(tmp_path / "ds", ["01", "02"])
     labels = tmp_path / "labels.txt"
     labels.write_text("sub-01\n02\n\n")
-    s = parse_settings([str(bids), str(tmp_path / "o"), "participant", "--participant-label",
-                        str(labels), "sub-01", "--session-label", "ses-A", "B"])
+    s = parse_settings([str(bids), str(tmp_path / "o"), "participant",
+                        "--participant-label-file", str(labels), "--session-label", "ses-A",
+                        "B"])
     assert s.participant_label == ("01", "02")
     assert s.session_label == ("A", "B")
     assert s.plugin == "MultiProc" and s.plugin_args["n_procs"] >= 1
+    s = parse_settings([str(bids), str(tmp_path / "o"), "participant", "--participant-label",
+                        "sub-02", "01", "sub-02"])
+    assert s.participant_label == ("02", "01")
+
+
+def test_a_label_is_a_label_even_where_a_file_has_its_name(tmp_path, monkeypatch, capsys):
+    # As in fMRIPrep: `--participant-label 01` means sub-01, whatever the working directory
+    # holds; a file of labels is read only when --participant-label-file names it.
+    bids = make_raw(tmp_path / "ds", ["01", "02"])
+    monkeypatch.chdir(tmp_path)
+    Path("01").write_text("02\n")
+    s = parse_settings([str(bids), str(tmp_path / "o"), "participant", "--participant-label",
+                        "01"])
+    assert s.participant_label == ("01",)
+    # A value that cannot be a label but names a file: say how to read it as labels.
+    Path("labels.txt").write_text("01\n")
+    assert run([str(bids), str(tmp_path / "o"), "participant", "--participant-label",
+                "labels.txt"]) == exitcodes.USAGE
+    assert "--participant-label-file labels.txt" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content", [None, "", "\n \n"])
+def test_unreadable_or_empty_label_file_is_64(tmp_path, capsys, content):
+    # An empty file must not select every subject (an empty --participant-label list does).
+    bids = make_raw(tmp_path / "ds", ["01"])
+    labels = tmp_path / "labels.txt"
+    if content is not None:
+        labels.write_text(content)
+    out = tmp_path / "o"
+    assert run([str(bids), str(out), "participant", "--participant-label-file",
+                str(labels)]) == exitcodes.USAGE
+    assert str(labels) in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_label_file_and_labels_together_are_64(tmp_path):
+    # A SLURM array task appends its --participant-label: a file beside it would widen it.
+    labels = tmp_path / "labels.txt"
+    labels.write_text("01\n")
+    assert run([str(tmp_path), str(tmp_path / "o"), "participant", "--participant-label-file",
+                str(labels), "--participant-label", "02"]) == exitcodes.USAGE
 
 
 def test_plugin_config_precedence(tmp_path):
@@ -160,6 +237,37 @@ def test_plugin_config_precedence(tmp_path):
     s = parse_settings([str(tmp_path), str(tmp_path / "o"), "participant", "--plugin-config",
                         str(cfg), "--nprocs", "5", "--mem-gb", "4"])
     assert s.plugin_args == {"n_procs": 3, "memory_gb": 4.0, "mp_context": "forkserver"}
+
+
+def test_unknown_plugin_is_64_naming_the_file_and_the_plugins(tmp_path, capsys):
+    bids = make_raw(tmp_path / "ds", ["01"])
+    cfg = tmp_path / "bogus.yml"
+    cfg.write_text("plugin: Bogus\n")
+    out = tmp_path / "out"
+    code = run([str(bids), str(out), "participant", "--plugin-config", str(cfg)])
+    err = capsys.readouterr().err
+    assert code == exitcodes.USAGE
+    assert str(cfg) in err and "Bogus" in err
+    assert "MultiProc" in err and "Linear" in err and "SLURM" in err
+    assert not out.exists()
+
+
+def test_known_plugins_are_nipypes():
+    # The CLI checks plugin names without importing nipype (too early: see prepare_runtime).
+    from nipype.pipeline import plugins
+
+    from bids_qc.scheduling import NIPYPE_PLUGINS
+
+    names = {n.removesuffix("Plugin") for n in dir(plugins) if n.endswith("Plugin")}
+    assert set(NIPYPE_PLUGINS) == names
+
+
+def test_plugin_suffix_is_optional(tmp_path):
+    cfg = tmp_path / "p.yml"
+    cfg.write_text("plugin: MultiProcPlugin\n")
+    s = parse_settings([str(tmp_path), str(tmp_path / "o"), "participant", "--plugin-config",
+                        str(cfg), "--nprocs", "2"])
+    assert s.plugin == "MultiProc" and s.plugin_args["n_procs"] == 2
 
 
 def test_version(capsys):

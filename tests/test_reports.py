@@ -127,6 +127,61 @@ def test_broken_figure_inputs_leave_a_note_not_a_failure(tmp_path):
     assert html.count("could not draw this figure") == 2
 
 
+def _shape_result():
+    """A stand-in for ShapeQC's StructureResult: a tetrahedron and flat maps."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    vertices = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=float)
+    faces = np.array([[0, 1, 2], [0, 1, 3], [0, 2, 3], [1, 2, 3]])
+    features = SimpleNamespace(maps=np.zeros((4, 8, 8)), faces=faces, vertices=vertices)
+    return SimpleNamespace(structure="left_putamen", pfail=0.9, heat=np.zeros((8, 8)),
+                           features=features, vertex_heat=np.linspace(0, 1, 4))
+
+
+def test_gradcam_figure_writes_a_png(tmp_path):
+    from bids_qc.reports.shape_figures import gradcam_figure
+
+    path = gradcam_figure(_shape_result(), tmp_path / "figures" / "x_shapeqc.png")
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    assert sorted(p.name for p in path.parent.iterdir()) == ["x_shapeqc.png"]
+
+
+@pytest.mark.parametrize("failure", ["save", "rename"])
+def test_gradcam_figure_leaves_no_temp_file_on_error(tmp_path, monkeypatch, failure):
+    import os
+    from pathlib import Path
+
+    from matplotlib.figure import Figure
+
+    from bids_qc.reports.shape_figures import gradcam_figure
+
+    def interrupted_save(fig, fname, *args, **kwargs):
+        # Part of a file, then Ctrl-C: as a run stopped while the PNG was written.
+        if isinstance(fname, (str, os.PathLike)):
+            Path(fname).write_bytes(PNG_MAGIC)
+        else:
+            fname.write(PNG_MAGIC)
+        raise KeyboardInterrupt
+
+    def failed_rename(*args, **kwargs):
+        raise OSError("no space left on device")
+
+    if failure == "save":
+        monkeypatch.setattr(Figure, "savefig", interrupted_save)
+    else:
+        monkeypatch.setattr(os, "replace", failed_rename)
+        monkeypatch.setattr(Path, "replace", failed_rename)
+    import matplotlib.pyplot as plt
+
+    open_figures = plt.get_fignums()
+    with pytest.raises((KeyboardInterrupt, OSError)):
+        gradcam_figure(_shape_result(), tmp_path / "figures" / "x_shapeqc.png")
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []  # no temp, no partial PNG
+    assert plt.get_fignums() == open_figures  # the figure is closed too
+
+
 def test_report_is_self_contained(tmp_path):
     vols = tiny_volumes(tmp_path / "v")
     classic = stage_result("classic", {}, [], [], [], {

@@ -3,9 +3,16 @@ the Grad-CAM projected on the vertices (matplotlib, Agg; small PNGs)."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+from ..io import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 #: Most triangles drawn in a mesh rendering (a random subset beyond; keeps it fast).
 MAX_FACES = 10000
@@ -21,6 +28,9 @@ def _faces_for_render(faces: np.ndarray) -> np.ndarray:
 def gradcam_figure(result, path: str | Path, title: str | None = None) -> Path:
     """Write a 2-panel PNG: thickness map + heat map, and the mesh coloured by the heat.
 
+    The PNG is rendered in memory and written atomically: a failed or interrupted run
+    leaves neither a temp file nor a partial PNG, and the figure is closed either way.
+
     Parameters
     ----------
     result : bids_qc.models.shapeqc.StructureResult
@@ -31,10 +41,25 @@ def gradcam_figure(result, path: str | Path, title: str | None = None) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(5.6, 2.6), dpi=80)
+    buffer = io.BytesIO()
+    try:
+        _draw_gradcam(fig, result, title)
+        fig.savefig(buffer, format="png")
+    finally:
+        plt.close(fig)
+    path = Path(path)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def _draw_gradcam(fig: Figure, result, title: str | None) -> None:
+    """Draw :func:`gradcam_figure`'s two panels and title into ``fig``."""
+    import matplotlib.pyplot as plt
     from mpl_toolkits.mplot3d.art3d import Poly3DCollection
 
     f = result.features
-    fig = plt.figure(figsize=(5.6, 2.6), dpi=80)
     ax = fig.add_subplot(1, 2, 1)
     ax.imshow(f.maps[0], cmap="gray", extent=(0, 360, 180, 0), aspect="auto")
     ax.imshow(result.heat, cmap="jet", alpha=0.45, vmin=0, vmax=1, extent=(0, 360, 180, 0),
@@ -59,10 +84,3 @@ def gradcam_figure(result, path: str | Path, title: str | None = None) -> Path:
     ax3.set_title("mesh, Grad-CAM", fontsize=7)
     fig.suptitle(title or f"{result.structure}: P(FAIL) {result.pfail:.2f}", fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
