@@ -1,0 +1,191 @@
+"""The real-data evaluation sets: good real images as a BIDS dataset the app runs on.
+
+``python -m bids_qc.training.real_sets --part calibration --out DIR`` lays out every good
+real image of one part of ``splits.tsv`` (see :mod:`bids_qc.training.realdata`) as a raw
+BIDS dataset with an fMRIPrep-style derivative beside it:
+
+- ``sub-<label>/anat/sub-<label>_T1w.nii.gz``: the real T1w (linked, or converted once);
+- ``derivatives/fmriprep/sub-<label>/anat/``: ``desc-preproc_T1w`` (the same image),
+  ``desc-aseg_dseg`` (its real segmentation in FreeSurfer codes, where it has one) and
+  ``from-T1w_to-MNI152NLin2009cAsym_mode-image_xfm.txt``, an affine registration to the
+  template made with SimpleITK (:mod:`bids_qc.training.real_register`).
+
+The app then runs on it as a user's dataset would (:mod:`bids_qc.training.real_gate`).
+Registrations are cached in ``DIR`` and reused. Exclusions were decided by eye on a mosaic
+of every calibration and test image before any model ran on them (``real_exclusions.tsv``,
+with the reason); nothing is excluded after seeing a model's output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from .realdata import Part, ixi_people, load_splits, muse_to_freesurfer
+
+#: The template space the real images are registered to (fMRIPrep's default).
+SPACE = "MNI152NLin2009cAsym"
+
+
+@dataclass(frozen=True)
+class RealImage:
+    """One good real image.
+
+    Parameters
+    ----------
+    dataset, item : str
+        Its row in ``splits.tsv``.
+    t1w : Path
+        The image file.
+    seg : Path or None
+        Its segmentation; ``seg_kind`` says how it is coded.
+    seg_kind : {"muse", "freesurfer", "npz", ""}
+        ``muse`` (IXI DLMUSE, mapped to FreeSurfer codes), ``freesurfer`` (aseg),
+        ``npz`` (voxelmorph's ``seg`` array on the image's grid), ``""`` (none).
+    """
+
+    dataset: str
+    item: str
+    t1w: Path
+    seg: Path | None = None
+    seg_kind: str = ""
+
+    @property
+    def label(self) -> str:
+        """BIDS subject label: the dataset's initials and the item, alphanumerics only."""
+        prefix = "".join(w[0] for w in self.dataset.split("_"))
+        return re.sub(r"[^a-zA-Z0-9]", "", f"{prefix}{self.item}")
+
+
+def exclusions() -> dict[tuple[str, str], str]:
+    """``(dataset, item) -> reason`` of the images left out by eye (before any model ran)."""
+    path = Path(str(resources.files("bids_qc.training") / "real_exclusions.tsv"))
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    return {(r["dataset"], r["item"]): r["reason"] for r in rows}
+
+
+def good_images(data_dir: str | Path, part: Part) -> list[RealImage]:
+    """Every good real image of ``part`` (exclusions removed), in a stable order."""
+    data_dir = Path(data_dir)
+    splits = load_splits(data_dir)
+    images = [RealImage("ixi_dlmuse", p.item, p.t1w, p.dlmuse, "muse")
+              for p in ixi_people(data_dir, part, splits)]
+    for item in splits.items("freesurfer_bert", part):
+        mri = data_dir / "freesurfer_bert" / "mri"
+        images.append(RealImage("freesurfer_bert", item, mri / "norm.mgz", mri / "aseg.mgz",
+                                "freesurfer"))
+    for item in splits.items("voxelmorph_subject", part):
+        folder = data_dir / "voxelmorph_subject"
+        images.append(RealImage("voxelmorph_subject", item, folder / f"{item}.nii.gz",
+                                folder / "test_scan.npz", "npz"))
+    for item in splits.items("ds002748", part):
+        images.append(RealImage("ds002748", item,
+                                data_dir / "ds002748" / item / "anat" / f"{item}_T1w.nii.gz"))
+    for item in splits.items("scanners", part):
+        images.append(RealImage("scanners", item, data_dir / "scanners" / f"{item}.nii.gz"))
+    left_out = exclusions()
+    return [im for im in images if (im.dataset, im.item) not in left_out]
+
+
+def segmentation(image: RealImage) -> tuple[np.ndarray, np.ndarray] | None:
+    """The image's segmentation in FreeSurfer codes and its affine (None without one)."""
+    if image.seg is None:
+        return None
+    if image.seg_kind == "npz":
+        labels = np.load(image.seg)["seg"]
+        return labels.astype(np.int16), nib.load(str(image.t1w)).affine
+    seg = nib.load(str(image.seg))
+    labels = np.asarray(seg.dataobj).astype(np.int32)
+    if image.seg_kind == "muse":
+        labels = muse_to_freesurfer(labels)
+    return labels.astype(np.int16), seg.affine
+
+
+def brain_mask(image: RealImage) -> np.ndarray | None:
+    """The brain of an image with a segmentation (its labelled voxels), on the image's grid.
+
+    DLMUSE's code 1 (outside the brain, not in its list of ROIs) is left out; an image
+    without a segmentation gets None (a skull-stripped image needs no mask).
+    """
+    if image.seg is None:
+        return None
+    if image.seg_kind == "npz":
+        return np.load(image.seg)["seg"] > 0
+    labels = np.asarray(nib.load(str(image.seg)).dataobj)
+    return labels > 1 if image.seg_kind == "muse" else labels > 0
+
+
+def _nifti(src: Path, dst: Path) -> None:
+    if dst.exists():
+        return
+    if src.name.endswith(".nii.gz"):
+        dst.symlink_to(src.resolve())
+    else:  # FreeSurfer .mgz: the app reads NIfTI raw data
+        img = nib.load(str(src))
+        nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine), str(dst))
+
+
+def build_dataset(data_dir: str | Path, part: Part, out: str | Path,
+                  log=print) -> list[RealImage]:
+    """Lay out the good images of ``part`` under ``out`` (see the module docstring).
+
+    Returns the images, in the order of :func:`good_images`. Existing files (registrations
+    included) are kept, so a second call only adds what is missing.
+    """
+    from ..templates_data import get_template
+    from .real_register import register_affine
+
+    out = Path(out)
+    template = get_template(SPACE)
+    if template is None:
+        raise RuntimeError(f"no {SPACE} template is installed")
+    images = good_images(data_dir, part)
+    (out / "dataset_description.json").parent.mkdir(parents=True, exist_ok=True)
+    (out / "dataset_description.json").write_text(
+        '{"Name": "bids_qc real-data set (' + part + ')", "BIDSVersion": "1.8.0"}\n')
+    deriv = out / "derivatives" / "fmriprep"
+    deriv.mkdir(parents=True, exist_ok=True)
+    (deriv / "dataset_description.json").write_text(
+        '{"Name": "real-data derivatives", "BIDSVersion": "1.8.0", "DatasetType": '
+        '"derivative", "GeneratedBy": [{"Name": "fMRIPrep"}]}\n')
+    for im in images:
+        stem = f"sub-{im.label}"
+        raw = out / stem / "anat"
+        anat = deriv / stem / "anat"
+        raw.mkdir(parents=True, exist_ok=True)
+        anat.mkdir(parents=True, exist_ok=True)
+        _nifti(im.t1w, raw / f"{stem}_T1w.nii.gz")
+        _nifti(im.t1w, anat / f"{stem}_desc-preproc_T1w.nii.gz")
+        seg = segmentation(im)
+        aseg = anat / f"{stem}_desc-aseg_dseg.nii.gz"
+        if seg is not None and not aseg.exists():
+            nib.save(nib.Nifti1Image(seg[0], seg[1]), str(aseg))
+        xfm = anat / f"{stem}_from-T1w_to-{SPACE}_mode-image_xfm.txt"
+        if not xfm.exists():
+            reg = register_affine(raw / f"{stem}_T1w.nii.gz", template.t1w, xfm,
+                                  brain=brain_mask(im))
+            log(f"{im.dataset}/{im.item}: registered (MI {reg.metric:.3f})")
+    return images
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: build one part's dataset."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default="../shared/data", help="the shared data folder")
+    p.add_argument("--part", choices=("calibration", "test"), required=True)
+    p.add_argument("--out", required=True, help="dataset folder (cached)")
+    args = p.parse_args(argv)
+    images = build_dataset(args.data, args.part, args.out)
+    print(f"{len(images)} good {args.part} images in {args.out}")
+
+
+if __name__ == "__main__":
+    main()
