@@ -114,7 +114,7 @@ def test_figures_are_png_data_uris(tmp_path):
     for fig in (reg, seg):
         assert fig.note is None and fig.uri.startswith("data:image/png;base64,")
         assert base64.b64decode(fig.uri.split(",", 1)[1])[:8] == PNG_MAGIC
-    assert {name for name, _ in seg.legend} >= {"left hippocampus", "right hippocampus"}
+    assert {item.name for item in seg.legend} >= {"left hippocampus", "right hippocampus"}
 
 
 def test_broken_figure_inputs_leave_a_note_not_a_failure(tmp_path):
@@ -217,3 +217,120 @@ def test_write_results_keeps_internal_keys_out_of_the_json(tmp_path):
     assert "template_space_t1w" not in data["provenance"]["stages"]["classic"]
     html = (tmp_path / "sub-07_T1w.html").read_text()
     assert html.count('src="data:image/png;base64,') == 2  # registration and segmentation
+
+
+@pytest.fixture
+def contour_calls(monkeypatch):
+    """Every ``Axes.contour`` call of the figures: (colours, keyword arguments)."""
+    from matplotlib.axes import Axes
+
+    calls = []
+    draw = Axes.contour
+
+    def record(self, *args, **kwargs):
+        calls.append((list(kwargs.get("colors") or []), kwargs))
+        return draw(self, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "contour", record)
+    return calls
+
+
+def _halo(kwargs) -> list[str]:
+    from matplotlib import patheffects
+
+    return [e._gc["foreground"] for e in kwargs["path_effects"]
+            if isinstance(e, patheffects.Stroke)]
+
+
+def test_contours_are_wide_opaque_and_ringed_in_black(tmp_path, contour_calls):
+    from bids_qc.reports.figures import structure_colour
+    from bids_qc.structures import SUBCORTICAL
+
+    vols = tiny_volumes(tmp_path / "v")
+    registration_mosaic(vols["t1w_tpl"], vols["template"])
+    segmentation_mosaic(vols["t1w_tpl"], vols["seg"])
+    assert len(contour_calls) == 4  # template edges; left thalamus, both hippocampi
+    for _, kwargs in contour_calls:
+        # 0.7-0.8 pt pale lines vanished on bright T1w; a black halo keeps them on white.
+        assert kwargs["linewidths"] >= 1.5 and kwargs["alpha"] == 1.0
+        assert _halo(kwargs) == ["black"]
+    # Saturated, bright colours only: no pale tints (tab20's have a saturation near 0.3).
+    from matplotlib.colors import rgb_to_hsv, to_rgb
+
+    for s in SUBCORTICAL:
+        _, saturation, value = rgb_to_hsv(to_rgb(structure_colour(s)))
+        assert saturation >= 0.65 and value >= 0.9, s.name
+
+
+def _speck_outside_the_slices(vols) -> tuple[int, int, int]:
+    """A voxel inside the subcortical box that no slice of the default mosaic shows."""
+    import nibabel as nib
+    import numpy as np
+
+    from bids_qc.reports.figures import Layout
+    from bids_qc.structures import SUBCORTICAL
+
+    labels = np.asarray(nib.load(str(vols["seg"])).dataobj)
+    sub = np.zeros(labels.shape, dtype=bool)
+    for s in SUBCORTICAL:
+        sub |= s.mask(labels)
+    layout = Layout.around(sub, margin=6)
+    assert layout.step == 1
+    voxel = []
+    for axis, box in enumerate(layout.box):
+        n = box.stop - box.start
+        shown = set((layout.picks(axis, n) + box.start).tolist())
+        lo, hi = np.nonzero(sub.any(axis=tuple(a for a in range(3) if a != axis)))[0][[0, -1]]
+        voxel.append(next(i for i in range(lo, hi + 1) if i not in shown))
+    return voxel[0], voxel[1], voxel[2]
+
+
+def test_a_small_failing_structure_is_drawn_highlighted_and_kept_in_the_legend(
+        tmp_path, contour_calls):
+    import nibabel as nib
+    import numpy as np
+
+    from bids_qc.reports.figures import HIGHLIGHT_WIDTH, structure_colour
+    from bids_qc.structures import get_structure
+
+    vols = tiny_volumes(tmp_path / "v")
+    img = nib.load(str(vols["seg"]))
+    labels = np.asarray(img.dataobj).copy()
+    labels[_speck_outside_the_slices(vols)] = 13  # a one-voxel left pallidum
+    nib.save(nib.Nifti1Image(labels, img.affine), str(vols["seg"]))
+    pallidum = structure_colour(get_structure("left_pallidum"))
+
+    plain = segmentation_mosaic(vols["t1w_tpl"], vols["seg"])
+    item = next(i for i in plain.legend if i.name == "left pallidum")
+    assert item.note == "not in these slices" and not item.failing
+    assert [pallidum] not in [c for c, _ in contour_calls]
+
+    contour_calls.clear()
+    failed = segmentation_mosaic(vols["t1w_tpl"], vols["seg"],
+                                 failing=["left_pallidum", "left_amygdala"])
+    first, second = failed.legend[:2]
+    assert (first.name, first.failing, first.note) == ("left pallidum", True, "")
+    assert (second.name, second.failing) == ("left amygdala", True)
+    assert second.note == "not in this segmentation"
+    assert not any(i.failing for i in failed.legend[2:])
+    drawn = {c[0]: kwargs for c, kwargs in contour_calls}
+    assert drawn[pallidum]["linewidths"] == HIGHLIGHT_WIDTH
+    assert _halo(drawn[pallidum]) == ["white", "black"]
+    assert all(k["linewidths"] < HIGHLIGHT_WIDTH for c, k in drawn.items() if c != pallidum)
+
+
+def test_participant_report_highlights_the_failing_structures(tmp_path):
+    from bids_qc.reports.checks import evaluate
+    from bids_qc.reports.participant import failing_structures
+
+    # SegQC fails only the left hippocampus (0.67 < 0.7); ShapeQC flags the left putamen.
+    res = synthetic_result("sub-08_T1w", dice=0.72, pfail=0.1)
+    assert failing_structures(res["metrics"], evaluate(res)) == ["left_hippocampus",
+                                                                 "left_putamen"]
+    vols = tiny_volumes(tmp_path / "v")
+    html = write_participant_report(res, tmp_path, qc_input={
+        "seg": str(vols["seg"]), "seg_reference": str(vols["t1w_tpl"])}).read_text()
+    failing = re.findall(r'<span class="failing"[^>]*><i[^>]*></i>([^<]*)', html)
+    assert sorted(f.strip() for f in failing) == ["left hippocampus (failed)",
+                                                  "left putamen (failed)"]
+    assert "not in this segmentation" in html  # the tiny segmentation has no putamen

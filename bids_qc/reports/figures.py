@@ -13,7 +13,7 @@ import io
 import math
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,35 @@ _MIME = {
 }
 
 
+#: Contours: wide enough, opaque, and ringed in black (:data:`HALO_WIDTH` more) so that
+#: they stand out on bright T1w tissue as well as on the dark background.
+CONTOUR_WIDTH = 1.6
+HIGHLIGHT_WIDTH = 3.2
+HALO_WIDTH = 1.6
+CONTOUR_ALPHA = 1.0
+#: One saturated hue per structure kind (left and right share it; the legend names both):
+#: matplotlib's tab20 alternates with pale tints that vanish on white matter.
+KIND_COLOURS = {
+    "thalamus": "#00e5ff",
+    "caudate": "#ffd400",
+    "putamen": "#ff3df5",
+    "pallidum": "#3dff5a",
+    "hippocampus": "#ff8a00",
+    "amygdala": "#4d8bff",
+    "accumbens": "#ff2a2a",
+}
+
+
+@dataclass(frozen=True)
+class LegendItem:
+    """One legend entry: what a colour shows, whether it failed, and a note (e.g. where)."""
+
+    name: str
+    colour: str
+    failing: bool = False
+    note: str = ""
+
+
 @dataclass
 class Figure:
     """A drawn figure (``uri``) or the note saying why there is none."""
@@ -46,7 +75,7 @@ class Figure:
     title: str
     uri: str | None = None
     note: str | None = None
-    legend: list[tuple[str, str]] = field(default_factory=list)  # (name, css colour)
+    legend: list[LegendItem] = field(default_factory=list)
 
 
 def safe_figure(label: str, draw: Callable[..., Figure], /, *args: Any,
@@ -96,20 +125,34 @@ class Layout:
 
     box: tuple[slice, slice, slice]
     step: int
+    #: Full-grid slice indices (one per axis) that the mosaic must show, or None.
+    through: tuple[int, int, int] | None = None
 
     @classmethod
-    def around(cls, mask: np.ndarray, margin: int = 4) -> Layout:
+    def around(cls, mask: np.ndarray, margin: int = 4,
+               through: tuple[int, int, int] | None = None) -> Layout:
         box = _bbox(mask, margin)
         longest = max(s.stop - s.start for s in box)
-        return cls(box, max(1, math.ceil(longest / MAX_TILE)))
+        return cls(box, max(1, math.ceil(longest / MAX_TILE)), through)
+
+    def picks(self, axis: int, n: int) -> np.ndarray:
+        """The N_SLICES slices of ``axis`` (of ``n`` after cropping and downsampling)."""
+        picks = np.linspace(0, n - 1, N_SLICES + 2)[1:-1].round().astype(int)
+        if self.through is not None:
+            # Even spacing can step over a small structure: the nearest pick moves onto it.
+            want = round((self.through[axis] - self.box[axis].start) / self.step)
+            want = int(np.clip(want, 0, n - 1))
+            if want not in picks:
+                picks[np.argmin(np.abs(picks - want))] = want
+                picks.sort()
+        return picks
 
     def tile(self, volume: np.ndarray) -> np.ndarray:
         """The mosaic of ``volume``: 3 rows (sagittal, coronal, axial) of N_SLICES slices."""
         crop = volume[self.box][:: self.step, :: self.step, :: self.step]
         rows = []
         for axis in range(3):
-            n = crop.shape[axis]
-            picks = np.linspace(0, n - 1, N_SLICES + 2)[1:-1].round().astype(int)
+            picks = self.picks(axis, crop.shape[axis])
             # Superior (or anterior, for axial) up: RAS array slices transposed and flipped.
             rows.append([np.flipud(np.take(crop, k, axis=axis).T) for k in picks])
         height = max(t.shape[0] for row in rows for t in row)
@@ -170,22 +213,56 @@ def registration_mosaic(t1w_template_space: str | Path, template: str | Path) ->
     _show_gray(ax, tiled)
     brain = tpl[tpl > 0]
     levels = sorted({float(np.percentile(brain, 5)), float(np.percentile(brain, 60))})
-    ax.contour(
-        tiled_tpl, levels=levels, colors=["#ff5050", "#40c0ff"][: len(levels)], linewidths=0.7
-    )
+    colours = ["#ff3030", "#00d0ff"]
+    ax.contour(tiled_tpl, levels=levels, colors=colours[: len(levels)],
+               **contour_style())
     return Figure(
         title,
         uri=_png_uri(fig),
-        legend=[("template brain outline", "#ff5050"), ("template grey/white edge", "#40c0ff")],
+        legend=[LegendItem("template brain outline", colours[0]),
+                LegendItem("template grey/white edge", colours[1])],
     )
 
 
-def _structure_colours(structures: tuple[Structure, ...]) -> list[str]:
-    from matplotlib import colormaps
-    from matplotlib.colors import to_hex
+def contour_style(width: float = CONTOUR_WIDTH, failing: bool = False) -> dict[str, Any]:
+    """``contour`` keyword arguments: an opaque line of ``width`` ringed by a black halo.
 
-    cmap = colormaps["tab20"]
-    return [to_hex(cmap(i % 20)) for i in range(len(structures))]
+    Parameters
+    ----------
+    width : float
+        The coloured line's width (points).
+    failing : bool
+        Ring the halo in white as well: a failing structure stands out from its neighbours
+        (dimming those instead would turn their colours muddy on grey tissue).
+
+    Returns
+    -------
+    dict
+        ``linewidths``, ``alpha`` and ``path_effects`` for ``Axes.contour``.
+    """
+    from matplotlib import patheffects
+
+    effects = [patheffects.Stroke(linewidth=width + HALO_WIDTH, foreground="black"),
+               patheffects.Normal()]
+    if failing:
+        effects.insert(0, patheffects.Stroke(linewidth=width + 2.5 * HALO_WIDTH,
+                                             foreground="white"))
+    return {"linewidths": width, "alpha": CONTOUR_ALPHA, "path_effects": effects}
+
+
+def structure_colour(structure: Structure) -> str:
+    """The contour colour of a subcortical structure (its kind's hue)."""
+    kind = structure.name.removeprefix("left_").removeprefix("right_")
+    return KIND_COLOURS.get(kind, "#ffffff")
+
+
+def _busiest_slices(mask: np.ndarray) -> tuple[int, int, int]:
+    """Per axis, the slice holding most of ``mask`` (so a small structure is in the mosaic)."""
+    out = []
+    for axis in range(3):
+        others = tuple(a for a in range(3) if a != axis)
+        out.append(int(np.argmax(mask.sum(axis=others))))
+    return out[0], out[1], out[2]
 
 
 def segmentation_mosaic(
@@ -193,11 +270,30 @@ def segmentation_mosaic(
     seg: str | Path,
     title: str = "Segmentation contours over the T1w",
     layout_from: str | Path | None = None,
+    failing: Collection[str] = (),
 ) -> Figure:
     """Subcortical contours of ``seg`` over ``image``, around the subcortical structures.
 
-    ``layout_from`` (another segmentation on the same grid) fixes the slices, so that a
-    surrogate's mosaic shows the same slices as the input's.
+    Parameters
+    ----------
+    image : str or Path or None
+        The T1w on the segmentation's grid (None: contours over the label mask).
+    seg : str or Path
+        A FreeSurfer-coded segmentation.
+    title : str
+        The figure's title.
+    layout_from : str or Path, optional
+        Another segmentation on the same grid that fixes the slices, so that a surrogate's
+        mosaic shows the same slices as the input's.
+    failing : collection of str
+        Structures a check failed: drawn thicker and ringed in white, listed first in the
+        legend, and shown in every row of the mosaic, however small.
+
+    Returns
+    -------
+    Figure
+        The mosaic, and a legend of every subcortical structure in ``seg`` (and of every
+        failing one, with a note when the mosaic cannot show it).
     """
     labels = _load_ras(seg, dtype=np.int32)
     base = _load_ras(image) if image is not None else None
@@ -207,22 +303,43 @@ def segmentation_mosaic(
     ref = labels if layout_from is None else _load_ras(layout_from, dtype=np.int32)
     if ref.shape != labels.shape:
         raise ValueError(f"{seg} and {layout_from} are not on one grid")
+    failing = set(failing)
     sub = np.zeros(ref.shape, dtype=bool)
+    bad = np.zeros(ref.shape, dtype=bool)
     for s in SUBCORTICAL:
-        sub |= s.mask(ref)
-    layout = Layout.around(sub if sub.any() else ref > 0, margin=6)
+        mask = s.mask(ref)
+        sub |= mask
+        if s.name in failing:
+            bad |= mask
+    if not bad.any():  # the layout's segmentation lacks it: this one may have it
+        for s in SUBCORTICAL:
+            if s.name in failing:
+                bad |= s.mask(labels)
+    through = _busiest_slices(bad) if bad.any() else None
+    layout = Layout.around(sub if sub.any() else ref > 0, margin=6, through=through)
     tiled_labels = layout.tile(labels)
     tiled = layout.tile(base) if base is not None else (tiled_labels > 0).astype(np.float32)
     fig, ax = _canvas(tiled.shape, scale=max(1.0, 900 / tiled.shape[1]))
     _show_gray(ax, tiled)
-    colours = _structure_colours(SUBCORTICAL)
-    legend = []
-    for s, colour in zip(SUBCORTICAL, colours, strict=True):
+    first, rest = [], []
+    for s in SUBCORTICAL:
+        colour, is_bad = structure_colour(s), s.name in failing
+        name = s.name.replace("_", " ")
         mask = s.mask(tiled_labels)
         if mask.any():
-            ax.contour(mask.astype(np.float32), levels=[0.5], colors=[colour], linewidths=0.8)
-            legend.append((s.name.replace("_", " "), colour))
-    return Figure(title, uri=_png_uri(fig), note=note, legend=legend)
+            style = contour_style(HIGHLIGHT_WIDTH, failing=True) if is_bad else contour_style()
+            # Failing structures on top of their neighbours.
+            ax.contour(mask.astype(np.float32), levels=[0.5], colors=[colour],
+                       zorder=3 if is_bad else 2, **style)
+            item_note = ""
+        elif s.mask(labels).any():
+            item_note = "not in these slices"
+        elif is_bad:
+            item_note = "not in this segmentation"
+        else:
+            continue
+        (first if is_bad else rest).append(LegendItem(name, colour, is_bad, item_note))
+    return Figure(title, uri=_png_uri(fig), note=note, legend=first + rest)
 
 
 def embed_file(path: str | Path, title: str, base_dir: Path | None = None) -> Figure:

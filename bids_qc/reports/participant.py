@@ -136,6 +136,38 @@ def _dice_table(metrics: dict[str, Any], outcomes: list[Outcome]) -> dict[str, A
     }
 
 
+def failing_structures(metrics: dict[str, Any], outcomes: list[Outcome]) -> list[str]:
+    """Subcortical structures a check failed, in check order.
+
+    Parameters
+    ----------
+    metrics : dict
+        The participant's metrics.
+    outcomes : list of Outcome
+        Its checks (:func:`~bids_qc.reports.checks.evaluate`).
+
+    Returns
+    -------
+    list of str
+        Structures whose predicted Dice (SegQC, ManifoldQC) is below its check's threshold,
+        then those ShapeQC flagged.
+    """
+    out: list[str] = []
+    for o in outcomes:
+        if o.spec.flag in ("segqc_flag", "manifoldqc_flag"):
+            prefix = o.spec.metric[:-1]
+            for key, value in metrics.items():
+                s = key.removeprefix(prefix)
+                if (key.startswith(prefix) and s != "mean" and value is not None
+                        and o.spec.fails(float(value), o.threshold) and s not in out):
+                    out.append(s)
+        elif o.spec.flag.startswith("shapeqc_flag_") and o.flag == 1:
+            s = o.spec.flag.removeprefix("shapeqc_flag_")
+            if s not in out:
+                out.append(s)
+    return out
+
+
 def _segmentation(
     result: dict[str, Any],
     stages: list[dict[str, Any]] | None,
@@ -145,8 +177,11 @@ def _segmentation(
     seg = paths.get("seg")
     base = paths.get("seg_reference") or paths.get("t1w_preproc") or paths.get("t1w")
     figures = []
+    failing = failing_structures(result.get("metrics") or {}, outcomes)
     if seg and result.get("seg_source"):
-        figures.append(safe_figure("segmentation", segmentation_mosaic, base, seg))
+        figures.append(
+            safe_figure("segmentation", segmentation_mosaic, base, seg, failing=failing)
+        )
         surrogate = _stage_prov(result, stages, "manifoldqc").get("surrogate_seg")
         if surrogate:
             figures.append(
@@ -157,6 +192,7 @@ def _segmentation(
                     surrogate,
                     title="ManifoldQC surrogate contours",
                     layout_from=seg,
+                    failing=failing,
                 )
             )
     else:
