@@ -290,3 +290,128 @@ def test_group_report_counts_robust_outliers(tmp_path):
     table = pd.read_csv(tsv, sep="\t", na_values="n/a", keep_default_na=False)
     assert table.set_index("bids_name").loc["sub-20_acq-mp_T1w", "rz_outliers"] \
         == "vol_left_hippocampus"
+
+
+_DOM_STUB = """
+// Just enough DOM for templates/group.js: prints each plot's SVG, one JSON string a line.
+const fs = require("fs");
+const data = fs.readFileSync(process.argv[2], "utf8");
+const code = fs.readFileSync(process.argv[3], "utf8");
+let slots = [];
+const container = {
+  set innerHTML(html) {
+    slots = [...html.matchAll(/data-k="(\\d+)"/g)].map((m) => ({dataset: {k: m[1]}}));
+  },
+  querySelectorAll: () => slots,
+  addEventListener: () => {},
+};
+const elements = {"plot-data": {textContent: data}, plots: container, tooltip: {style: {}}};
+global.window = {};
+global.document = {
+  getElementById: (id) => elements[id],
+  createElement: () => ({}),
+  head: {appendChild: () => {}},
+};
+eval(code);
+slots.forEach((s) => console.log(JSON.stringify(s.innerHTML)));
+"""
+
+
+def _drawn_plots(html: str, tmp_path) -> dict[str, str]:
+    """The SVG ``templates/group.js`` draws for each metric of a group report, by name
+    (run in node over a stub DOM; skips where node is missing)."""
+    import shutil
+    import subprocess
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed: the page's script cannot run")
+    data = re.search(r'id="plot-data" type="application/json">(.*?)</script>', html,
+                     re.S).group(1)
+    code = re.search(r"<script>\n(.*?)</script>", html, re.S).group(1)
+    paths = [tmp_path / "data.json", tmp_path / "group.js", tmp_path / "stub.js"]
+    for path, text in zip(paths, (data, code, _DOM_STUB), strict=True):
+        path.write_text(text)
+    out = subprocess.run([node, str(paths[2]), str(paths[0]), str(paths[1])],
+                         capture_output=True, text=True, check=True, timeout=60).stdout
+    plots = [json.loads(line) for line in out.splitlines()]
+    return {re.search(r"<h3><code>(\w+)</code>", p).group(1): p for p in plots}
+
+
+def _good_group(tmp_path):
+    """Six good images that one check flags every time (as a strict RegQC threshold would),
+    and one of them a second check flags too."""
+    results = [synthetic_result(f"sub-0{i}_T1w", rmse=11.0 + i, volume=4000.0 + 25 * i,
+                                pfail=None, dice=0.72 if i == 3 else 0.85)  # 0.67: SegQC
+               for i in range(1, 7)]
+    write_results(tmp_path, results)
+
+
+def test_group_report_opens_with_the_riskiest_images(tmp_path):
+    _model_group(tmp_path)
+    _, html, _, _ = write_group_outputs(tmp_path)
+    text = html.read_text()
+    first_section = re.search(r"<h2[^>]*>(.*?)</h2>", text).group(1)
+    assert first_section == "Images, riskiest first"
+    order = [text.index(marker) for marker in (
+        'id="queue-table"', 'id="queue-quality"', '<th>check</th><th>what</th>',
+        'id="metrics"', '<div id="plots">', 'id="plot-data"')]
+    assert order == sorted(order)
+    assert text.count('id="plots"') == 1  # the script draws into the div, not a heading
+
+
+def test_plot_points_are_coloured_only_where_their_own_check_flags(tmp_path):
+    _good_group(tmp_path)
+    _, html, _, _ = write_group_outputs(tmp_path)
+    text = html.read_text()
+    assert "#ef8f00" not in text and "circle.other" not in text  # no "another check" colour
+    plots = _drawn_plots(text, tmp_path)
+    red = {name: re.findall(r'data-i="(\d+)"[^>]*><circle [^>]*class="own"', svg)
+           for name, svg in plots.items()}
+    drawn = {name: len(re.findall(r"<circle ", svg)) for name, svg in plots.items()}
+    assert drawn["regqc_rmse_mm"] == 6 and len(red["regqc_rmse_mm"]) == 6
+    data = json.loads(re.search(r'id="plot-data" type="application/json">(.*?)</script>',
+                                text).group(1))
+    assert [data["names"][int(i)] for i in red["segqc_dice_left_hippocampus"]] == [
+        "sub-03_T1w"]
+    coloured = {name for name, points in red.items() if points}
+    assert coloured == {"regqc_rmse_mm", "segqc_dice_left_hippocampus"}
+    # Every image is flagged by RegQC, yet the other plots show all six points uncoloured.
+    assert all(drawn[name] == 6 for name in plots)
+    assert len(data["flagged"]) == 6
+
+
+def test_plot_axes_have_round_ticks(tmp_path):
+    _good_group(tmp_path)
+    _, html, _, _ = write_group_outputs(tmp_path)
+    text = html.read_text()
+    data = json.loads(re.search(r'id="plot-data" type="application/json">(.*?)</script>',
+                                text).group(1))
+    for m in data["metrics"]:
+        values = [v for v in m["values"] if v is not None]
+        ticks = [t[0] for t in m["ticks"]]
+        assert len(ticks) >= 3 and ticks == sorted(ticks), m["name"]
+        assert m["axis"] == [ticks[0], ticks[-1]]
+        assert ticks[0] <= min(values) and max(values) <= ticks[-1], m["name"]
+    rmse = next(m for m in data["metrics"] if m["name"] == "regqc_rmse_mm")
+    assert [t[1] for t in rmse["ticks"]] == ["12", "13", "14", "15", "16", "17"]
+    for name, svg in _drawn_plots(text, tmp_path).items():
+        labels = re.findall(r'<text class="tick"[^>]*>([^<]*)</text>', svg)
+        want = next(m for m in data["metrics"] if m["name"] == name)["ticks"]
+        assert labels == [t[1] for t in want] and len(labels) > 2, name
+
+
+@pytest.mark.parametrize(("lo", "hi"), [(0.61, 0.93), (3012.0, 5230.0), (0.5, 0.5), (0.0, 0.0),
+                                        (-0.4, 0.9), (2.1, 2.3), (1.2e6, 1.21e6)])
+def test_axis_ticks_cover_the_range_in_round_steps(lo, hi):
+    from bids_qc.reports.group import axis_ticks
+
+    start, end, ticks = axis_ticks(lo, hi)
+    values = [v for v, _ in ticks]
+    assert start == values[0] <= lo and hi <= values[-1] == end and end > start
+    assert 3 <= len(values) <= 12
+    steps = np.diff(values)
+    assert np.allclose(steps, steps[0])
+    mantissa = steps[0] / 10 ** np.floor(np.log10(steps[0]))
+    assert any(np.isclose(mantissa, m) for m in (1, 2, 2.5, 5))
+    assert len({label for _, label in ticks}) == len(ticks)  # labels tell ticks apart

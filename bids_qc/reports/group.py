@@ -3,8 +3,10 @@
 The plots are drawn in the page from compact JSON (an inline SVG per metric, built by
 ``templates/group.js``): at 5,000 images a pre-drawn SVG with one link per point would
 weigh tens of MB. Each point links to its participant report (``<bids_name>.html`` beside
-the group report); points flagged by the metric's own check are red, points of images
-flagged by another check orange.
+the group report). Only points flagged by the metric's own check are coloured (red):
+colouring the images another check flagged too turned every point orange on groups where
+one check flags most images, and colour then said nothing. The axis and its ticks are
+computed here (:func:`axis_ticks`), so the page only places them.
 
 Large groups (more than :data:`STRIP_MAX_IMAGES` images) switch to an aggregate view, so
 that the page stays a few MB at 100,000 images: each metric gets a histogram and a box of
@@ -116,6 +118,39 @@ def shown_images(frame: pd.DataFrame, review: Review) -> np.ndarray | None:
     return np.union1d(riskiest, others[take]).astype(int)
 
 
+def axis_ticks(lo: float, hi: float, target: int = 5) -> tuple[float, float, list[list[Any]]]:
+    """An axis over ``[lo, hi]`` widened to round ends, and its ticks.
+
+    Parameters
+    ----------
+    lo, hi : float
+        The data's range (equal values get a unit-wide axis).
+    target : int
+        About how many intervals the ticks should cut the axis into.
+
+    Returns
+    -------
+    lo, hi : float
+        The axis' ends: multiples of the tick step around the data.
+    ticks : list of [float, str]
+        Every tick from end to end (at least 3), with its label.
+    """
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"an axis needs finite ends, not {lo}, {hi}")
+    if hi <= lo:
+        half = 0.5 * (abs(lo) or 1.0)
+        lo, hi = lo - half, hi + half
+    raw = (hi - lo) / target
+    power = 10.0 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
+    first, last = math.floor(lo / step + 1e-9), math.ceil(hi / step - 1e-9)
+    if last - first < 2:  # keep a middle tick
+        last = first + 2
+    digits = max(0, -math.floor(math.log10(step) + 1e-9) + (1 if step / power == 2.5 else 0))
+    ticks = [[_round(k * step), f"{k * step:,.{digits}f}"] for k in range(first, last + 1)]
+    return ticks[0][0], ticks[-1][0], ticks
+
+
 def _histogram(present: np.ndarray) -> dict[str, Any]:
     counts, edges = np.histogram(present, bins=HIST_BINS)
     return {"lo": _round(edges[0]), "hi": _round(edges[-1]), "counts": counts.tolist()}
@@ -133,9 +168,11 @@ def split_checks(checks: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 def plot_data(frame: pd.DataFrame, review: Review,
               by_check: dict[str, pd.DataFrame] | None = None) -> dict[str, Any]:
-    """The JSON the page draws from: names once, then per metric values, box and flags.
+    """The JSON the page draws from: names once, then per metric values, box, axis and flags.
 
-    Boxes, counts and histograms describe every image; ``values``, ``own`` and ``flagged``
+    Only ``own`` (images the metric's own check flagged) is coloured in the page;
+    ``flagged`` (images any check flagged) only feeds the tooltips. Boxes, axes, counts and
+    histograms describe every image; ``values``, ``own`` and ``flagged``
     refer to the drawn images (``names``), every image below :data:`STRIP_MAX_IMAGES`.
     """
     checks = review.checks
@@ -155,8 +192,10 @@ def plot_data(frame: pd.DataFrame, review: Review,
         inside = present[(present >= q1 - 1.5 * iqr) & (present <= q3 + 1.5 * iqr)]
         unit = next((c.unit for c in COLUMNS if c.name == col), "")
         own = _own_flags(col, frame, by_check)
+        lo, hi, ticks = axis_ticks(float(present.min()), float(present.max()))
         metric = {
             "name": col, "unit": unit, "n": int(present.size),
+            "axis": [lo, hi], "ticks": ticks,
             "n_flagged": int(np.count_nonzero(own & np.isfinite(values))),
             "values": [_round(v) for v in values[pick]],
             "box": [_round(v) for v in (inside.min(), q1, med, q3, inside.max())],
