@@ -21,6 +21,7 @@ import numpy as np
 from .io import atomic_write_json, atomic_write_text, resample_to_grid
 from .structures import STRUCTURES
 from .templates_data import DEFAULT_SPACE, dk_atlas_path, get_template
+from .transforms import FS_MNI152_TO_MNI305
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,9 @@ def build_dataset(outdir: Path, subjects: Sequence[DemoSubject] = SUBJECTS, seed
                      str(mri / "norm.mgz"))
             nib.save(nib.MGHImage(seg_labels.astype(np.int32), native_affine),
                      str(mri / "aseg.mgz"))
-            _write_talairach(mri / "transforms" / "talairach.xfm", native_to_mni)
+            # talairach.xfm ends in MNI305, and the app composes MNI305 -> MNI152 on read.
+            _write_talairach(mri / "transforms" / "talairach.xfm",
+                             FS_MNI152_TO_MNI305 @ native_to_mni)
 
         voxel_mm3 = float(abs(np.linalg.det(native_affine[:3, :3])))
         truth.append({

@@ -36,8 +36,9 @@ FREESURFER_T1 = ("norm.mgz", "T1.mgz", "orig.mgz")
 #: FastSurfer's segmentations, in order of preference.
 FASTSURFER_SEGS = ("aparc.DKTatlas+aseg.deep.mgz", "aseg.auto_noCCseg.mgz")
 
-#: ``talairach.xfm`` maps to MNI305 space; it is close enough to
-#: MNI152NLin2009cAsym for the registration check's tolerance, so rows say that space.
+#: ``talairach.xfm`` maps to MNI305, not MNI152; the app composes it with FreeSurfer's
+#: MNI305 -> MNI152 affine (:func:`bids_qc.transforms.read_talairach_mni152`), so rows say
+#: the MNI152 template's space.
 TALAIRACH_SPACE = "MNI152NLin2009cAsym"
 
 

@@ -32,7 +32,12 @@ import numpy as np
 
 from bids_qc.errors import InputError
 from bids_qc.structures import looks_freesurfer_coded
-from bids_qc.transforms import read_itk_affine, read_talairach_xfm, resample_to_grid
+from bids_qc.transforms import (
+    read_itk_affine,
+    read_talairach_mni152,
+    read_talairach_xfm,
+    resample_to_grid,
+)
 
 __all__ = [
     "LoadedImage",
@@ -42,6 +47,7 @@ __all__ = [
     "reorient_ras",
     "resample_to_grid",
     "read_talairach_xfm",
+    "read_talairach_mni152",
     "read_itk_affine",
     "require_file",
     "md5sum",

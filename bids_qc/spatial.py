@@ -14,7 +14,7 @@ import numpy as np
 
 from .errors import InputError
 from .inputs import QCInput
-from .io import load_image, read_itk_affine, read_talairach_xfm, resample_to_grid
+from .io import load_image, read_itk_affine, read_talairach_mni152, resample_to_grid
 from .templates_data import Template
 
 
@@ -133,7 +133,8 @@ def to_template_space(
     loaded = load_image(path, role="T1w")
     img = loaded.img
     if how == "talairach":
-        world = read_talairach_xfm(qc_input.xfm)
+        # talairach.xfm ends in MNI305; the templates are MNI152.
+        world = read_talairach_mni152(qc_input.xfm)
     else:
         world = read_itk_affine(qc_input.xfm)
     data = _resample_footprint(

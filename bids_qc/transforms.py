@@ -5,7 +5,9 @@ Conventions
 Every affine here is a 4x4 matrix in world RAS millimetres (nibabel's convention).
 A *world transform* maps points of a SOURCE world to a TARGET world, e.g. FreeSurfer's
 ``talairach.xfm`` maps subject scanner RAS to MNI305 RAS, and :func:`read_itk_affine`
-returns the map from the moving (T1w) world to the template world.
+returns the map from the moving (T1w) world to the template world. MNI305 is not the
+MNI152 world of the app's templates: :func:`read_talairach_mni152` composes
+``talairach.xfm`` with FreeSurfer's published MNI305 -> MNI152 affine.
 
 Use these through :mod:`bids_qc.io`, which re-exports them.
 """
@@ -21,7 +23,15 @@ from scipy import ndimage
 
 from bids_qc.errors import InputError
 
-__all__ = ["resample_to_grid", "read_talairach_xfm", "read_itk_affine", "LPS_TO_RAS"]
+__all__ = [
+    "resample_to_grid",
+    "read_talairach_xfm",
+    "read_talairach_mni152",
+    "talairach_to_mni152",
+    "read_itk_affine",
+    "LPS_TO_RAS",
+    "FS_MNI152_TO_MNI305",
+]
 
 #: Target voxels resampled per slab: bounds the coordinate arrays (3 float64 per voxel,
 #: about 50 MB) whatever the image size.
@@ -29,6 +39,19 @@ _SLAB_VOXELS = 1 << 21
 
 #: ITK works in LPS, nibabel in RAS: flipping x and y converts points either way.
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+#: FreeSurfer's MNI152 RAS -> MNI305 RAS affine, exactly as published (FreeSurfer wiki,
+#: https://surfer.nmr.mgh.harvard.edu/fswiki/CoordinateSystems, use case 8b, derived from
+#: ``$FREESURFER_HOME/average/mni152.register.dat``). The wiki publishes it in this
+#: direction only, so MNI305 -> MNI152 is its inverse (:func:`talairach_to_mni152`); its
+#: worked example, (10, -20, 35) -> (9.3131, -21.5849, 33.8345), fixes the direction.
+#: Kept as published so the digits can be checked against the wiki.
+FS_MNI152_TO_MNI305 = np.array([
+    [1.0022, 0.0071, -0.0177, 0.0528],
+    [-0.0146, 0.9990, 0.0027, -1.5519],
+    [0.0129, 0.0094, 1.0027, -1.2012],
+    [0.0, 0.0, 0.0, 1.0],
+])  # fmt: skip
 
 _ITK_AFFINE_TYPE = re.compile(r"^(AffineTransform|MatrixOffsetTransformBase)_(double|float)_3_3$")
 
@@ -188,6 +211,54 @@ def read_talairach_xfm(path: str | Path) -> np.ndarray:
     matrix = np.eye(4)
     matrix[:3, :] = np.reshape(values, (3, 4))
     return _check_matrix(path, matrix, ".xfm")
+
+
+def talairach_to_mni152(talairach: np.ndarray) -> np.ndarray:
+    """Native RAS -> MNI152 RAS from a native RAS -> MNI305 RAS ``talairach.xfm`` matrix.
+
+    ``talairach.xfm`` first, then FreeSurfer's MNI305 -> MNI152 affine (the inverse of
+    :data:`FS_MNI152_TO_MNI305`). Without it a FreeSurfer image lands a few mm off MNI152
+    (Eq. 1 over the template grid: ``fs_transform_check``), which RegQC would charge to
+    the registration.
+
+    Parameters
+    ----------
+    talairach : ndarray (4, 4)
+        The matrix of :func:`read_talairach_xfm`.
+
+    Returns
+    -------
+    ndarray (4, 4)
+        ``inv(FS_MNI152_TO_MNI305) @ talairach``.
+    """
+    # solve(A, B) = inv(A) @ B, without forming the inverse.
+    return np.linalg.solve(FS_MNI152_TO_MNI305, np.asarray(talairach, dtype=np.float64))
+
+
+def read_talairach_mni152(path: str | Path) -> np.ndarray:
+    """Read ``talairach.xfm`` as a native RAS -> MNI152 RAS world transform.
+
+    The app's templates (MNI152NLin2009cAsym) are MNI152, so this, not
+    :func:`read_talairach_xfm`, is the world transform for resampling a FreeSurfer image
+    onto a template. FreeSurfer's MNI152 is not necessarily the 2009c one; the rest of
+    the gap is measured by ``python -m bids_qc.training.fs_transform_check``.
+
+    Parameters
+    ----------
+    path : str or Path
+        FreeSurfer's ``talairach.xfm``.
+
+    Returns
+    -------
+    ndarray (4, 4)
+        :func:`talairach_to_mni152` of :func:`read_talairach_xfm`.
+
+    Raises
+    ------
+    InputError
+        As :func:`read_talairach_xfm`.
+    """
+    return talairach_to_mni152(read_talairach_xfm(path))
 
 
 def _itk_to_ras(params: np.ndarray, centre: np.ndarray) -> np.ndarray:

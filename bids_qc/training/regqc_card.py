@@ -15,6 +15,8 @@
 ``python -m bids_qc.training.regqc_card render --evaluation RUN/evaluation.json``
     re-renders the card from that saved JSON (after a change of the card's text or licence
     terms), measuring nothing again.
+    ``--fs-check DIR/fs_transform_check.json`` (either command) adds the FreeSurfer section
+    measured by :mod:`bids_qc.training.fs_transform_check`.
 scikit-learn is imported here only (an evaluation dependency, not a runtime one).
 """
 
@@ -288,6 +290,15 @@ def _f(v: float) -> str:
     return "n/a" if v != v else f"{v:.3f}"
 
 
+def fs_section(check: dict[str, Any] | None) -> list[str]:
+    """The card's FreeSurfer section from ``fs_transform_check.json``, when measured."""
+    if not check:
+        return []
+    from .fs_transform_check import card_lines
+
+    return [*card_lines(check), ""]
+
+
 def render(res: dict[str, Any], train: dict[str, Any], sha: str) -> str:
     """The card's markdown."""
     lines = [
@@ -301,8 +312,9 @@ def render(res: dict[str, Any], train: dict[str, Any], sha: str) -> str:
         "template's field of view (RegQCNET Eq. 1, mm). Inputs: the T1w and the template, "
         "conformed to a 4 mm grid (box average, then trilinear), masked with the template "
         "brain mask and z-scored inside it, so whole-head (fMRIPrep) and skull-stripped "
-        "images look alike. FreeSurfer's `talairach.xfm` targets MNI305, close enough to "
-        "use the same template.", "",
+        "images look alike. FreeSurfer's `talairach.xfm` targets MNI305; the app composes it "
+        "with FreeSurfer's MNI305 -> MNI152 affine (see FreeSurfer inputs below).", "",
+        *fs_section(res.get("fs_transform_check")),
         "## Training", "",
         f"- cases seen: {train['cases_seen']} ({train['steps']} steps of batch "
         f"{train['batch_size']}), {train['epochs']:.1f} epochs over a pool of "
@@ -369,9 +381,16 @@ def main(argv: list[str] | None = None) -> None:
     r = sub.add_parser("render", help="re-render the card from a saved evaluation.json")
     r.add_argument("--evaluation", type=Path, default=Path("/tmp/regqc_run/evaluation.json"))
     r.add_argument("--card", type=Path, default=CARD)
+    for p in (k, r):
+        p.add_argument("--fs-check", type=Path, default=None,
+                       help="fs_transform_check.json (python -m "
+                       "bids_qc.training.fs_transform_check) for the FreeSurfer section")
     args = parser.parse_args(argv)
+    fs_check = json.loads(args.fs_check.read_text()) if args.fs_check else None
     if args.cmd == "render":
         res = json.loads(args.evaluation.read_text())
+        if fs_check is not None:
+            res["fs_transform_check"] = fs_check
         args.card.write_text(render(res, res["train"], res["sha256"]))
         return
     if args.cmd == "cases":
@@ -381,6 +400,8 @@ def main(argv: list[str] | None = None) -> None:
     train = json.loads((args.train / "train_info.json").read_text())
     sha = sha256sum(args.weights)
     res["sha256"], res["train"] = sha, train
+    if fs_check is not None:
+        res["fs_transform_check"] = fs_check
     (args.train / "evaluation.json").write_text(json.dumps(res, indent=1))
     args.card.parent.mkdir(parents=True, exist_ok=True)
     args.card.write_text(render(res, train, sha))
