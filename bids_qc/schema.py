@@ -64,6 +64,12 @@ def _classic_columns() -> list[Column]:
         Column("reg_mi", "float", "nats", "Mutual information of the template-space T1w and the "
                "template (32-bin joint histogram, natural log), inside the template's brain "
                "mask (RegQCNET baseline).", "classic"),
+        Column("reg_cc_flag", "flag", "", "1 when reg_cc is below its threshold, fitted at 95% "
+               "specificity on good real calibration images in template space (see the "
+               "RegQC card's real-data table); empty without a template-space image.",
+               "classic"),
+        Column("reg_mi_flag", "flag", "", "1 when reg_mi is below its threshold (fitted like "
+               "reg_cc's).", "classic"),
         Column("regqc_rmse_mm", "float", "mm", "Residual misregistration to the template "
                "predicted by RegQC: mean displacement over the template's field of view "
                "(RegQCNET Eq. 1).", "regqc"),

@@ -67,9 +67,13 @@ def test_real_split_table_is_as_documented():
 
 
 def test_muse_mapping_codes():
-    labels = np.array([[0, 59, 60], [31, 32, 601]])  # 601: a cortical ROI, unmapped
+    labels = np.array([[0, 59, 60], [31, 32, 601]])  # 601: no aseg label, a neighbour's
     out = muse_to_freesurfer(labels)
-    assert out.tolist() == [[0, 49, 10], [54, 18, 0]]
+    assert out.tolist() == [[0, 49, 10], [54, 18, 18]]
+    # cortex and white matter by side (even cortical codes and odd WM codes are right)
+    assert muse_to_freesurfer(np.array([100, 101, 81, 82, 1])).tolist() == [42, 3, 41, 2, 0]
+    # the vermis takes its neighbour's label: the cerebellar cortex beside it
+    assert muse_to_freesurfer(np.array([38, 72, 72, 39, 39])).tolist() == [47, 47, 8, 8, 8]
     with pytest.raises(ValueError, match="integer"):
         muse_to_freesurfer(np.array([1.5]))
     # every subcortical structure of the contract has exactly one MUSE source
@@ -92,3 +96,8 @@ def test_muse_mapping_on_a_real_person_keeps_sides_and_sizes():
         # RAS+: the subject's left is at x < 0 of the head's centre
         centre = nib.affines.apply_affine(img.affine, ijk[:, (fs > 0).reshape(-1)].mean(axis=1))[0]
         assert (x < centre) == s.name.startswith("left_"), s.name
+    # a whole aseg: cortex and white matter present, no unlabelled hole inside the brain
+    for code, low, high in ((3, 150, 450), (42, 150, 450), (2, 120, 400), (41, 120, 400)):
+        assert low < (fs == code).sum() * voxel_ml < high, code
+    inside = np.asarray(img.dataobj) > 1
+    assert (fs[inside] > 0).all()

@@ -15,7 +15,13 @@ from nipype.interfaces.base import (
 
 from ..inputs import qc_input_from_dict
 from ..io import check_freesurfer_codes, load_image, load_labels
-from ..models.classic import registration_metrics, structure_volumes
+from ..models.classic import (
+    BASELINES,
+    baseline_thresholds,
+    registration_flags,
+    registration_metrics,
+    structure_volumes,
+)
 from ..results import error_record, stage_result
 from ..spatial import load_template, to_template_space
 from ..structures import STRUCTURE_NAMES
@@ -26,6 +32,8 @@ class _ClassicMetricsInputSpec(BaseInterfaceInputSpec):
     # The whole row travels as a dict of strings (paths are plain strings, not File traits,
     # so that a missing or broken file becomes our own error message rather than a trait error).
     qc_input = traits.Dict(mandatory=True, desc="QCInput as a dict (see bids_qc.inputs)")
+    thresholds = traits.Dict(desc="flag thresholds by name (reg_cc, reg_mi override the "
+                             "fitted ones)")
 
 
 class _ClassicMetricsOutputSpec(TraitedSpec):
@@ -45,7 +53,8 @@ class ClassicMetrics(SimpleInterface):
 
     def _run_interface(self, runtime):
         row = qc_input_from_dict(self.inputs.qc_input)
-        metrics: dict[str, float | None] = {"reg_cc": None, "reg_mi": None}
+        metrics: dict[str, float | None] = {"reg_cc": None, "reg_mi": None,
+                                            "reg_cc_flag": None, "reg_mi_flag": None}
         metrics.update({f"vol_{n}": None for n in STRUCTURE_NAMES})
         errors: list[dict] = []
         warnings: list[str] = []
@@ -103,6 +112,11 @@ class ClassicMetrics(SimpleInterface):
             data, how, warns = to_template_space(row, grid)
             warnings.extend(warns)
             metrics.update(registration_metrics(data, grid.data, grid.mask))
+            cuts = {**baseline_thresholds(), **{k: float(v) for k, v in
+                                                (self.inputs.thresholds or {}).items()
+                                                if k in BASELINES}}
+            metrics.update(registration_flags(metrics, cuts))
+            self._provenance["thresholds"] = {k: cuts[k] for k in BASELINES if k in cuts}
             out = cwd / "template_space_T1w.nii.gz"
             nib.save(nib.Nifti1Image(data.astype(np.float32), grid.affine), str(out))
             self._provenance["template_space_t1w"] = str(out)

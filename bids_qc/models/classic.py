@@ -7,11 +7,45 @@ template's brain mask.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ..structures import STRUCTURES
 
 MI_BINS = 32
+
+#: The registration baselines that carry a threshold, and where a value fails: both fall
+#: as a registration gets worse.
+BASELINES: tuple[str, ...] = ("reg_cc", "reg_mi")
+
+
+@functools.cache
+def baseline_thresholds() -> dict[str, float]:
+    """``reg_cc``/``reg_mi`` thresholds fitted on good real calibration images.
+
+    They are generated with the real-data figures (:mod:`bids_qc.training.real_gate`: the
+    5th percentile of the good calibration images in template space, so 95% specificity
+    there). Empty when this installation ships no fitted thresholds.
+    """
+    from .gate import realdata
+
+    entry = realdata("classic") or {}
+    return {k: float(v) for k, v in (entry.get("thresholds") or {}).items() if k in BASELINES}
+
+
+def registration_flags(metrics: dict[str, float | None],
+                       thresholds: dict[str, float]) -> dict[str, int | None]:
+    """``reg_cc_flag``/``reg_mi_flag``: 1 when the value is below its threshold.
+
+    A baseline without a value or a threshold gets no flag (None).
+    """
+    out: dict[str, int | None] = {}
+    for name in BASELINES:
+        value, cut = metrics.get(name), thresholds.get(name)
+        out[f"{name}_flag"] = (None if value is None or cut is None or not np.isfinite(value)
+                               else int(value < cut))
+    return out
 
 
 def _check_pair(moving: np.ndarray, template: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -117,6 +117,22 @@ _FIXED = (
         "segmentation (ManifoldQC lowest predicted Dice)",
     ),
 )
+
+
+def _baseline_checks() -> tuple[CheckSpec, ...]:
+    # The registration baselines check only where this installation ships fitted
+    # thresholds (from real calibration images); a typed default would be a guess.
+    from ..models.classic import baseline_thresholds
+
+    fitted = baseline_thresholds()
+    return tuple(
+        CheckSpec(f"{name}_flag", name, name, "below", fitted[name],
+                  f"registration ({'correlation' if name == 'reg_cc' else 'mutual information'}"
+                  " with the template)")
+        for name in ("reg_cc", "reg_mi") if name in fitted)
+
+
+_FIXED = _FIXED + _baseline_checks()
 _BY_FLAG = {c.flag: c for c in _FIXED}
 _SHAPE = re.compile(r"^shapeqc_flag_(\w+)$")
 SHAPEQC_DEFAULT = 0.5

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import re
+import shutil
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -32,6 +33,9 @@ from .realdata import Part, ixi_people, load_splits, muse_to_freesurfer
 
 #: The template space the real images are registered to (fMRIPrep's default).
 SPACE = "MNI152NLin2009cAsym"
+#: The registrations the shipped real-data figures were computed with (ITK text affines,
+#: ``<label>.txt``), so that anyone rebuilding a set gets the same images.
+REGISTRATIONS = Path(str(resources.files("bids_qc.training") / "real_registrations"))
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,8 @@ class RealImage:
     seg_kind : {"muse", "freesurfer", "npz", ""}
         ``muse`` (IXI DLMUSE, mapped to FreeSurfer codes), ``freesurfer`` (aseg),
         ``npz`` (voxelmorph's ``seg`` array on the image's grid), ``""`` (none).
+    skull_stripped : bool
+        Whether the provider removed the skull (such an image registers without a mask).
     """
 
     dataset: str
@@ -56,6 +62,7 @@ class RealImage:
     t1w: Path
     seg: Path | None = None
     seg_kind: str = ""
+    skull_stripped: bool = False
 
     @property
     def label(self) -> str:
@@ -88,7 +95,8 @@ def good_images(data_dir: str | Path, part: Part) -> list[RealImage]:
                                 folder / "test_scan.npz", "npz"))
     for item in splits.items("ds002748", part):
         images.append(RealImage("ds002748", item,
-                                data_dir / "ds002748" / item / "anat" / f"{item}_T1w.nii.gz"))
+                                data_dir / "ds002748" / item / "anat" / f"{item}_T1w.nii.gz",
+                                skull_stripped=True))
     for item in splits.items("scanners", part):
         images.append(RealImage("scanners", item, data_dir / "scanners" / f"{item}.nii.gz"))
     left_out = exclusions()
@@ -134,11 +142,13 @@ def _nifti(src: Path, dst: Path) -> None:
 
 
 def build_dataset(data_dir: str | Path, part: Part, out: str | Path,
-                  log=print) -> list[RealImage]:
+                  log=print, ship: bool = False) -> list[RealImage]:
     """Lay out the good images of ``part`` under ``out`` (see the module docstring).
 
-    Returns the images, in the order of :func:`good_images`. Existing files (registrations
-    included) are kept, so a second call only adds what is missing.
+    Returns the images, in the order of :func:`good_images`. Existing files are kept, so a
+    second call only adds what is missing. Registrations come from :data:`REGISTRATIONS`
+    when it holds one for the image (the figures then do not depend on SimpleITK's build);
+    ``ship`` stores new ones there.
     """
     from ..templates_data import get_template
     from .real_register import register_affine
@@ -169,10 +179,19 @@ def build_dataset(data_dir: str | Path, part: Part, out: str | Path,
         if seg is not None and not aseg.exists():
             nib.save(nib.Nifti1Image(seg[0], seg[1]), str(aseg))
         xfm = anat / f"{stem}_from-T1w_to-{SPACE}_mode-image_xfm.txt"
-        if not xfm.exists():
+        # A whole-head image without a segmentation has no brain to register reliably to
+        # the skull-stripped template: it stays raw-only rather than risk a "good" image
+        # that is misregistered.
+        shipped = REGISTRATIONS / f"{im.label}.txt"
+        if not xfm.exists() and shipped.is_file():
+            shutil.copyfile(shipped, xfm)
+        elif not xfm.exists() and (im.seg is not None or im.skull_stripped):
             reg = register_affine(raw / f"{stem}_T1w.nii.gz", template.t1w, xfm,
                                   brain=brain_mask(im))
             log(f"{im.dataset}/{im.item}: registered (MI {reg.metric:.3f})")
+            if ship:
+                REGISTRATIONS.mkdir(exist_ok=True)
+                shutil.copyfile(xfm, shipped)
     return images
 
 
@@ -182,8 +201,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", default="../shared/data", help="the shared data folder")
     p.add_argument("--part", choices=("calibration", "test"), required=True)
     p.add_argument("--out", required=True, help="dataset folder (cached)")
+    p.add_argument("--ship", action="store_true",
+                   help="store new registrations in the package (for the shipped figures)")
     args = p.parse_args(argv)
-    images = build_dataset(args.data, args.part, args.out)
+    images = build_dataset(args.data, args.part, args.out, ship=args.ship)
     print(f"{len(images)} good {args.part} images in {args.out}")
 
 

@@ -95,11 +95,14 @@ def load_splits(path: str | Path) -> Splits:
     return Splits(parts, path)
 
 
-#: MUSE code -> FreeSurfer code, for the MUSE ROIs with a one-to-one FreeSurfer equivalent
-#: (names from DLMUSE's ``list_MUSE_single.csv``; ``_R``/``_L`` are the subject's right and
-#: left). Cortical and white-matter ROIs, the vermis lobules (FreeSurfer splits the vermis
-#: between the hemispheres' cerebellar cortex) and non-brain ROIs map to 0: the contract's
-#: whole-brain, cortex and white-matter groups are therefore not comparable on mapped maps.
+#: MUSE code -> FreeSurfer code (names from DLMUSE's ``list_MUSE_single.csv``; ``_R``/``_L``
+#: are the subject's right and left): the one-to-one ROIs, then the lobar white matter,
+#: fornix and internal capsule (81-94, odd codes right) as cerebral white matter (41/2) and
+#: the cortical ROIs (100-207, even codes right) as cerebral cortex (42/3), as an aseg
+#: has them. The vermis lobules, basal forebrain and corpus callosum have no one-to-one
+#: aseg label; :func:`muse_to_freesurfer` gives them their nearest neighbour's label
+#: (FreeSurfer splits the vermis between the two cerebellar cortices the same way).
+#: Non-brain code 1 stays 0.
 MUSE_TO_FREESURFER: dict[int, int] = {
     4: 14,    # 3rdVentricle
     11: 15,   # 4thVentricle
@@ -116,7 +119,10 @@ MUSE_TO_FREESURFER: dict[int, int] = {
     57: 51, 58: 12,   # Putamen R, L
     59: 49, 60: 10,   # ThalamusProper R, L
     61: 60, 62: 28,   # VentralDC R, L
+    **{c: 41 if c % 2 else 2 for c in range(81, 95)},     # cerebral white matter R, L
+    **{c: 42 if c % 2 == 0 else 3 for c in range(100, 208)},  # cerebral cortex R, L
 }  # fmt: skip
+
 
 
 def muse_to_freesurfer(labels: np.ndarray) -> np.ndarray:
@@ -132,7 +138,17 @@ def muse_to_freesurfer(labels: np.ndarray) -> np.ndarray:
         lut[muse] = fs
     if labels.min(initial=0) < 0:
         raise ValueError("a MUSE label map cannot hold negative codes")
-    return lut[labels]
+    out = lut[labels]
+    # Brain ROIs without an aseg label (vermis 71-73, basal forebrain 75-76, corpus
+    # callosum 95, the unlisted codes 46 and 69 DLMUSE writes on a few voxels) take their
+    # nearest mapped neighbour's label, so the brain has no unlabelled hole.
+    fill = (labels > 1) & (out == 0)
+    if fill.any() and (out > 0).any():
+        from scipy import ndimage as ndi
+
+        _, nearest = ndi.distance_transform_edt(out == 0, return_indices=True)
+        out[fill] = out[tuple(idx[fill] for idx in nearest)]
+    return out
 
 
 @dataclass(frozen=True)

@@ -149,6 +149,7 @@ def init_image_qc_wf(
 
     mem_gb = estimate_mem_gb(row)
     classic = pe.Node(ClassicMetrics(), name="classic", mem_gb=mem_gb, n_procs=1)
+    classic.inputs.thresholds = dict(thresholds or {})
     stages = [classic]
     skipped = list(skipped_models or [])
     have = available_inputs(row)

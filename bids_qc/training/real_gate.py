@@ -1,0 +1,355 @@
+"""The real-data gate: each model's figures on good and misregistered real images.
+
+``python -m bids_qc.training.real_gate --sets DIR`` (DIR holds the ``calibration`` and
+``test`` datasets of :mod:`bids_qc.training.real_sets`):
+
+1. runs the app on both datasets as a user would (``bids_qc DIR/<part> ... participant
+   --models <all>``), so every verdict comes from the app's own flag rules;
+2. fits the ``reg_cc``/``reg_mi`` thresholds at 95% specificity on the good
+   **calibration** images (their 5th percentile: lower is worse);
+3. plants misregistrations with exact Eq. 1 RMSE uniform on [0, 30] mm (positive above
+   10 mm) into the good images' registrations, and scores RegQC, ``reg_cc`` and ``reg_mi``;
+4. writes ``bids_qc/models/cards/realdata/<check>.json`` per model and for the classical
+   baselines: per-image false-flag rates with Wilson 95% intervals, coverage, AUROC and
+   sensitivity at the shipped threshold, computed on the **test** part for the weights that
+   ship (their sha256 is recorded), and the gate's decision (:mod:`bids_qc.models.gate`).
+
+A good image on which a model that could run (its inputs are there) gives no verdict counts
+as flagged; images without a model's inputs are outside its coverage and not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..models.gate import GATE, gate_decision, wilson
+from .realdata import Part
+
+#: Planted misregistrations per good image with a registration, per part.
+PLANTS_PER_IMAGE = 4
+#: RMSE range of the planted misregistrations (mm) and the failure cut-off.
+PLANT_RANGE = (0.0, 30.0)
+FAIL_MM = 10.0
+SEED = 20261207
+
+
+def run_app(dataset: Path, out: Path, models: list[str]) -> None:
+    """``bids_qc dataset out participant --models ...`` in a subprocess (a user's run)."""
+    cmd = [sys.executable, "-m", "bids_qc", str(dataset), str(out), "participant",
+           "--models", *models, "--nprocs", "1", "-w", str(out.parent / (out.name + "_work"))]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode not in (0, 1):  # 1: some images failed, which the figures count
+        raise RuntimeError(f"{' '.join(cmd)} exited {done.returncode}:\n{done.stderr[-3000:]}")
+
+
+def read_results(out: Path) -> dict[str, dict[str, Any]]:
+    """``bids_name -> participant JSON`` of an output folder."""
+    found = {}
+    for path in sorted(out.glob("sub-*/anat/*_T1w.json")) or sorted(out.rglob("sub-*_T1w.json")):
+        result = json.loads(path.read_text())
+        found[result["bids_name"]] = result
+    return found
+
+
+def verdicts(results: dict[str, dict[str, Any]], model: str) -> dict[str, int | None]:
+    """``bids_name -> 1 (flagged) / 0 (passed) / None (no verdict)`` of one model's checks,
+    for the images where the model could run (its inputs were there)."""
+    from ..reports.checks import evaluate
+
+    out: dict[str, int | None] = {}
+    for name, result in results.items():
+        skipped = [s for s in result.get("skipped") or [] if s.get("model") == model
+                   or s.get("stage") == model]
+        outcomes = [o for o in evaluate(result) if o.spec.model == model]
+        flags = [o.flag for o in outcomes if o.flag is not None]
+        if flags:
+            out[name] = int(any(flags))
+        elif skipped and all(_missing_input(s) for s in skipped):
+            continue  # outside the model's coverage: its inputs are not in the dataset
+        else:
+            out[name] = None
+    return out
+
+
+def _missing_input(skip: dict[str, Any]) -> bool:
+    # The runner's skip for a row that lacks an input the model needs (bids_qc.runner).
+    return "input in the derivatives" in str(skip.get("reason", ""))
+
+
+def false_flags(v: dict[str, int | None]) -> dict[str, Any]:
+    """Per-image false-flag figures of one model's verdicts on good images."""
+    n = len(v)
+    flagged = sum(1 for x in v.values() if x != 0)
+    no_verdict = sum(1 for x in v.values() if x is None)
+    lo, hi = wilson(flagged, n)
+    return {"n": n, "flagged": flagged, "rate": flagged / n if n else None,
+            "wilson95": [lo, hi], "no_verdict": no_verdict,
+            "coverage": (n - no_verdict) / n if n else None,
+            "flagged_images": sorted(k for k, x in v.items() if x != 0)}
+
+
+def _template_grid():
+    from ..spatial import load_template
+    from ..templates_data import get_template
+    from .real_sets import SPACE
+
+    return load_template(get_template(SPACE))
+
+
+def planted_misregistrations(dataset: Path, part: Part, per_image: int = PLANTS_PER_IMAGE
+                             ) -> list[dict[str, Any]]:
+    """RegQC, ``reg_cc`` and ``reg_mi`` on good registrations with planted errors.
+
+    Each planted case composes the image's registration with an affine drawn to an exact
+    Eq. 1 RMSE uniform on :data:`PLANT_RANGE` (on the template grid), resamples the real
+    image through the app's resampler and scores it as the app's stages do.
+    """
+    import nibabel as nib
+
+    from ..interfaces.regqc import predict_file
+    from ..models.classic import registration_metrics
+    from ..synth.misregistration import sample_misregistration
+    from ..transforms import read_itk_affine, resample_to_grid
+    from .real_sets import SPACE
+
+    grid = _template_grid()
+    rng = np.random.default_rng(SEED + (0 if part == "calibration" else 1))
+    cases = []
+    tmp = dataset.parent / f"{dataset.name}_planted"
+    tmp.mkdir(exist_ok=True)
+    for xfm in sorted(dataset.glob("derivatives/fmriprep/sub-*/anat/*_xfm.txt")):
+        stem = xfm.name.split("_from-")[0]
+        img = nib.load(str(dataset / stem / "anat" / f"{stem}_T1w.nii.gz"))
+        data = np.asanyarray(img.dataobj, dtype=np.float32)
+        world = read_itk_affine(xfm)
+        for k in range(per_image):
+            A, rmse = sample_misregistration(rng, PLANT_RANGE, grid.data.shape, grid.affine)
+            # J(x) = I_template_space(A x): the image is seen through A after registration.
+            moved = resample_to_grid(data, img.affine, grid.data.shape, grid.affine, order=1,
+                                     world_transform=np.linalg.inv(A) @ world)
+            path = tmp / f"{stem}_plant-{k}.nii.gz"
+            nib.save(nib.Nifti1Image(moved, grid.affine), str(path))
+            metrics = registration_metrics(moved, grid.data, grid.mask)
+            cases.append({"image": stem, "rmse_mm": rmse,
+                          "regqc_rmse_mm": predict_file(path, SPACE), **metrics})
+            path.unlink()
+    return cases
+
+
+def _seg_pairs(dataset: Path):
+    """``(stem, image, image affine, labels, labels affine)`` of each image with a segmentation."""
+    import nibabel as nib
+
+    for aseg in sorted(dataset.glob("derivatives/fmriprep/sub-*/anat/*_desc-aseg_dseg.nii.gz")):
+        stem = aseg.name.split("_desc-")[0]
+        img = nib.load(str(aseg.parent / f"{stem}_desc-preproc_T1w.nii.gz"))
+        seg = nib.load(str(aseg))
+        yield (stem, np.asanyarray(img.dataobj, dtype=np.float32), img.affine,
+               np.asarray(seg.dataobj).astype(np.int32), seg.affine)
+
+
+def planted_segmentations(dataset: Path, part: Part, per_image: int = PLANTS_PER_IMAGE
+                          ) -> list[dict[str, Any]]:
+    """SegQC and ManifoldQC on real segmentations with one structure damaged to an exact Dice.
+
+    The damaged structure's Dice is uniform on :data:`~bids_qc.training.real_damage.DICE_RANGE`
+    (erosion into, or growth over, its neighbours); a case is a failure below
+    :data:`~bids_qc.training.real_damage.FAIL_DICE`. Each model's image verdict follows the
+    app's rule: flagged when any structure's predicted Dice is below 0.7.
+    """
+    from ..models import manifoldqc, segqc
+    from ..structures import STRUCTURE_NAMES, SUBCORTICAL
+    from .real_damage import DICE_RANGE, plant_dice
+
+    rng = np.random.default_rng(SEED + 10 + (0 if part == "calibration" else 1))
+    cases = []
+    for stem, image, image_affine, labels, labels_affine in _seg_pairs(dataset):
+        for _ in range(per_image):
+            structure = str(rng.choice([s.name for s in SUBCORTICAL]))
+            family = str(rng.choice(["erode", "dilate"]))
+            target = float(rng.uniform(*DICE_RANGE))
+            planted = plant_dice(labels, structure, family, target, rng)
+            x = segqc.preprocess(image, image_affine, planted.labels, labels_affine)
+            seg_dice = segqc.predict(x[None])[0]
+            prep = manifoldqc.preprocess(image, image_affine, planted.labels, labels_affine)
+            man_dice = manifoldqc.to_dice(manifoldqc.predict([prep]).dice[0])
+            sub = [s.name for s in SUBCORTICAL]
+            cases.append({
+                "image": stem, "structure": structure, "family": family,
+                "dice": planted.dice,
+                "segqc_dice": float(seg_dice[STRUCTURE_NAMES.index(structure)]),
+                "segqc_min": float(np.min(seg_dice)),
+                "manifoldqc_dice": float(man_dice[sub.index(structure)]),
+                "manifoldqc_min": float(np.min(man_dice))})
+    return cases
+
+
+def planted_shapes(dataset: Path, part: Part, per_image: int = PLANTS_PER_IMAGE
+                   ) -> list[dict[str, Any]]:
+    """ShapeQC on real structures damaged by the card's shape families (``displaced`` too).
+
+    Truth is measured as on the card (:func:`bids_qc.synth.shape_damage.damage_shape`); the
+    verdict is the damaged structure's P(FAIL) against its shipped threshold.
+    """
+    from ..models.shapeqc import predict, shipped_model, shipped_thresholds
+    from ..structures import SUBCORTICAL
+    from ..synth.shape_damage import SHAPE_FAMILIES, damage_shape
+
+    rng = np.random.default_rng(SEED + 20 + (0 if part == "calibration" else 1))
+    net, cuts = shipped_model(), shipped_thresholds()
+    cases = []
+    for stem, _, _, labels, labels_affine in _seg_pairs(dataset):
+        for _ in range(per_image):
+            structure = str(rng.choice([s.name for s in SUBCORTICAL]))
+            family = str(rng.choice(sorted(SHAPE_FAMILIES)))
+            severity = float(rng.uniform(0.0, 1.0))
+            case = damage_shape(labels, structure, family, int(rng.integers(1 << 31)),
+                                severity)
+            results, _ = predict(net, case.labels, np.asarray(labels_affine),
+                                 structures=(structure,))
+            if not results:
+                continue  # the structure vanished (a truncation at full severity)
+            cases.append({"image": stem, "structure": structure, "family": family,
+                          "severity": severity, "fail": case.fail,
+                          "pfail": results[0].pfail, "threshold": cuts.get(structure, 0.5)})
+    return cases
+
+
+def auroc(scores: np.ndarray, positive: np.ndarray) -> float | None:
+    """AUROC of ``scores`` (higher = more likely positive); None with one class."""
+    from sklearn.metrics import roc_auc_score
+
+    positive = np.asarray(positive, dtype=bool)
+    if positive.all() or not positive.any():
+        return None
+    return float(roc_auc_score(positive, scores))
+
+
+def planted_figures(cases: list[dict[str, Any]], column: str, threshold: float,
+                    higher_fails: bool) -> dict[str, Any]:
+    """AUROC, sensitivity and specificity at ``threshold`` of one check on planted cases."""
+    values = np.array([c[column] for c in cases], dtype=float)
+    positive = np.array([c["rmse_mm"] > FAIL_MM for c in cases])
+    scores = values if higher_fails else -values
+    fired = values > threshold if higher_fails else values < threshold
+    return {"n": len(cases), "positives": int(positive.sum()),
+            "auroc": auroc(scores, positive),
+            "sensitivity": float(fired[positive].mean()) if positive.any() else None,
+            "specificity": float((~fired[~positive]).mean()) if (~positive).any() else None,
+            "threshold": threshold, "failure": f"planted misregistration, Eq. 1 RMSE > {FAIL_MM:g}"
+            f" mm (RMSE uniform on [{PLANT_RANGE[0]:g}, {PLANT_RANGE[1]:g}] mm)"}
+
+
+def seg_planted_figures(cases: list[dict[str, Any]], model: str,
+                        threshold: float = 0.7) -> dict[str, Any]:
+    """AUROC (lowest predicted Dice) and sensitivity of one Dice model on planted damage."""
+    from .real_damage import DICE_RANGE, FAIL_DICE
+
+    low = np.array([c[f"{model}_min"] for c in cases])
+    positive = np.array([c["dice"] < FAIL_DICE for c in cases])
+    fired = low < threshold
+    err = np.abs(np.array([c[f"{model}_dice"] - c["dice"] for c in cases]))
+    return {"n": len(cases), "positives": int(positive.sum()),
+            "auroc": auroc(-low, positive),
+            "sensitivity": float(fired[positive].mean()) if positive.any() else None,
+            "specificity": float((~fired[~positive]).mean()) if (~positive).any() else None,
+            "damaged_structure_mae": float(err.mean()) if len(err) else None,
+            "threshold": threshold,
+            "failure": f"one structure eroded/dilated to Dice < {FAIL_DICE:g} (Dice uniform "
+                       f"on [{DICE_RANGE[0]:g}, {DICE_RANGE[1]:g}])"}
+
+
+def shape_planted_figures(cases: list[dict[str, Any]]) -> dict[str, Any]:
+    """AUROC of P(FAIL) and sensitivity at the shipped thresholds on planted shape damage."""
+    pfail = np.array([c["pfail"] for c in cases])
+    positive = np.array([c["fail"] for c in cases])
+    fired = pfail > np.array([c["threshold"] for c in cases])
+    return {"n": len(cases), "positives": int(positive.sum()),
+            "auroc": auroc(pfail, positive),
+            "sensitivity": float(fired[positive].mean()) if positive.any() else None,
+            "specificity": float((~fired[~positive]).mean()) if (~positive).any() else None,
+            "threshold": "shipped per-structure thresholds",
+            "failure": "one structure damaged by a ShapeQC card family (displaced included), "
+                       "FAIL measured as on the card"}
+
+
+def fit_baseline_thresholds(results: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """``reg_cc``/``reg_mi`` thresholds at 95% specificity on good calibration images."""
+    out = {}
+    for name in ("reg_cc", "reg_mi"):
+        values = [r["metrics"].get(name) for r in results.values()]
+        values = np.array([v for v in values if v is not None], dtype=float)
+        out[name] = float(np.round(np.quantile(values, 0.05), 4))
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: evaluate every model on the real sets and write the gate files."""
+    from ..models.gate import REALDATA_DIR
+    from ..models.registry import REGISTRY
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sets", type=Path, required=True, help="folder of the real_sets datasets")
+    p.add_argument("--write", type=Path, default=REALDATA_DIR, help="where the JSONs go")
+    p.add_argument("--rerun", action="store_true", help="run the app again on the sets")
+    args = p.parse_args(argv)
+    models = [s.name for s in REGISTRY if s.name != "vinn" and s.is_installed()]
+    results = {}
+    for part in ("calibration", "test"):
+        out = args.sets / f"{part}_out"
+        if args.rerun or not out.is_dir():
+            t0 = time.time()
+            run_app(args.sets / part, out, models)
+            print(f"{part}: app run in {time.time() - t0:.0f} s")
+        results[part] = read_results(out)
+    thresholds = fit_baseline_thresholds(results["calibration"])
+    parts = ("calibration", "test")
+    cases = {part: planted_misregistrations(args.sets / part, part) for part in parts}
+    seg_cases = {part: planted_segmentations(args.sets / part, part) for part in parts}
+    shape_cases = {part: planted_shapes(args.sets / part, part) for part in parts}
+    args.write.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y-%m-%d")
+    for spec in REGISTRY:
+        if spec.name not in models:
+            continue
+        entry: dict[str, Any] = {
+            "model": spec.name, "version": spec.version, "sha256": spec.sha256,
+            "date": stamp, "targets": GATE,
+            "good": {part: false_flags(verdicts(results[part], spec.name))
+                     for part in ("calibration", "test")}}
+        if spec.name == "regqc":
+            entry["planted"] = {part: planted_figures(cases[part], "regqc_rmse_mm", FAIL_MM,
+                                                      True) for part in parts}
+        elif spec.name in ("segqc", "manifoldqc"):
+            entry["planted"] = {part: seg_planted_figures(seg_cases[part], spec.name)
+                                for part in parts}
+        elif spec.name == "shapeqc":
+            entry["planted"] = {part: shape_planted_figures(shape_cases[part]) for part in parts}
+        entry["gate"] = gate_decision(entry)
+        (args.write / f"{spec.name}.json").write_text(json.dumps(entry, indent=1) + "\n")
+        print(spec.name, json.dumps(entry["gate"]))
+    baseline: dict[str, Any] = {"model": "classic", "date": stamp, "thresholds": thresholds,
+                                "fitted_on": "good calibration images, 5th percentile "
+                                "(95% specificity)", "planted": {}, "good": {}}
+    for name in ("reg_cc", "reg_mi"):
+        baseline["planted"][name] = {part: planted_figures(cases[part], name, thresholds[name],
+                                                           False) for part in cases}
+        baseline["good"][name] = {
+            part: false_flags({k: int(r["metrics"][name] < thresholds[name])
+                               for k, r in results[part].items()
+                               if r["metrics"].get(name) is not None}) for part in results}
+    baseline["cases"] = {part: cases[part] for part in cases}
+    (args.write / "classic.json").write_text(json.dumps(baseline, indent=1) + "\n")
+    print("classic thresholds", thresholds)
+
+
+if __name__ == "__main__":
+    main()
