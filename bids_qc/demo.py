@@ -176,6 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def demo_models() -> list[str]:
+    """Every installed QC model: the demo names them all, so it shows experimental verdicts
+    too (marked as such); a user's run without ``--models`` gets only the gated ones."""
+    from .models.registry import installed_models
+
+    return [s.name for s in installed_models() if s.name != "vinn"]
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Build the demo dataset, run participant and group level, print where results are."""
     from .cli import run
@@ -185,7 +193,8 @@ def main(argv: Sequence[str] | None = None) -> None:
           file=sys.stderr)
     bids, truth = build_dataset(ns.outdir, seed=ns.seed)
     out = bids / "derivatives" / "bids_qc"
-    code = run([str(bids), str(out), "participant", "--nprocs", str(ns.nprocs)])
+    code = run([str(bids), str(out), "participant", "--nprocs", str(ns.nprocs),
+                "--models", *demo_models()])
     if code not in (0, 1):
         sys.exit(code)
     # The planted truth as ratings, so the group report shows the share to review for 80%

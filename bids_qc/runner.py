@@ -21,6 +21,7 @@ from . import exitcodes
 from .errors import DatasetError, Terminated
 from .inputs import QCInput, qc_input_to_dict
 from .io import atomic_write_json
+from .models.gate import why_experimental
 from .models.registry import KNOWN_MODELS, REGISTRY, ModelSpec, installed_models
 from .outputs import fingerprint, init_output_dir, is_up_to_date, result_path
 from .results import failed_result
@@ -53,12 +54,14 @@ def select_models(requested: tuple[str, ...] | None) -> Selection:
     for name in names:
         spec = installed.get(name)
         if spec is not None and spec.experimental and not requested:
-            skipped.append({"model": name, "reason": "experimental in this release (its model "
-                            f"card misses its accuracy targets); run it with --models {name}"})
+            why = "; ".join(why_experimental(name, spec.sha256))
+            skipped.append({"model": name, "reason": "experimental: below the real-data gate "
+                            f"({why}); run it with --models {name}"})
         elif spec is not None:
             if spec.experimental:
-                LOGGER.warning("model %s is experimental: read its model card before trusting "
-                               "its flags", name)
+                LOGGER.warning("model %s is experimental (below the real-data gate: %s): read "
+                               "the 'Real data' section of its model card before trusting its "
+                               "flags", name, "; ".join(why_experimental(name, spec.sha256)))
             chosen.append(spec)
         elif name in registered:
             skipped.append({"model": name, "reason": "its weights are missing from this "

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from bids_qc.cli import run
-from bids_qc.demo import SUBJECTS, build_dataset
+from bids_qc.demo import SUBJECTS, build_dataset, demo_models
+from bids_qc.reports.checks import evaluate
 from bids_qc.schema import column_names
 from bids_qc.structures import STRUCTURE_NAMES
 from tests.conftest import shared_path
@@ -28,9 +29,28 @@ def demo_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     bids, truth = build_dataset(root, seed=3, zoom=2.0)
     out = bids / "derivatives" / "bids_qc"
-    assert run([str(bids), str(out), "participant", "--nprocs", "2"]) == 0
+    assert run([str(bids), str(out), "participant", "--nprocs", "2",
+                "--models", *demo_models()]) == 0
     assert run([str(bids), str(out), "group"]) == 0
     return bids, out, {t["bids_name"]: t for t in truth}
+
+
+def _result(out: Path, name: str) -> dict:
+    return json.loads((out / name.split("_")[0] / "anat" / f"{name}.json").read_text())
+
+
+def test_demo_verdicts_catch_the_planted_failures(demo_run):
+    """The 25 mm misregistration fails a registration check; the erosion is flagged (an
+    experimental verdict counts: the report marks it so); the good image passes."""
+    _, out, truth = demo_run
+    by_sub = {name.split("_")[0]: name for name in truth}
+    fired = {sub: [o for o in evaluate(_result(out, name)) if o.flag == 1]
+             for sub, name in by_sub.items()}
+    assert truth[by_sub["sub-02"]]["true_rmse_mm"] >= 20
+    assert any(o.spec.flag in ("reg_cc_flag", "reg_mi_flag", "regqc_flag")
+               for o in fired["sub-02"]), fired["sub-02"]
+    assert fired["sub-04"], "the erosion passed every check"
+    assert not fired["sub-01"], [o.spec.flag for o in fired["sub-01"]]
 
 
 def test_demo_outputs_files_and_keys(demo_run):

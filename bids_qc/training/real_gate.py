@@ -46,7 +46,8 @@ def run_app(dataset: Path, out: Path, models: list[str]) -> None:
     cmd = [sys.executable, "-m", "bids_qc", str(dataset), str(out), "participant",
            "--models", *models, "--nprocs", "1", "-w", str(out.parent / (out.name + "_work"))]
     done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode not in (0, 1):  # 1: some images failed, which the figures count
+    # 1: some images failed, which the figures count; but a run that wrote nothing is broken
+    if done.returncode not in (0, 1) or not read_results(out):
         raise RuntimeError(f"{' '.join(cmd)} exited {done.returncode}:\n{done.stderr[-3000:]}")
 
 
@@ -104,43 +105,45 @@ def _template_grid():
     return load_template(get_template(SPACE))
 
 
-def planted_misregistrations(dataset: Path, part: Part, per_image: int = PLANTS_PER_IMAGE
-                             ) -> list[dict[str, Any]]:
+def planted_misregistrations(dataset: Path, part: Part, per_image: int = PLANTS_PER_IMAGE,
+                             model: Any = None) -> list[dict[str, Any]]:
     """RegQC, ``reg_cc`` and ``reg_mi`` on good registrations with planted errors.
 
     Each planted case composes the image's registration with an affine drawn to an exact
     Eq. 1 RMSE uniform on :data:`PLANT_RANGE` (on the template grid), resamples the real
-    image through the app's resampler and scores it as the app's stages do.
+    image through the app's resampler and scores it as the app's stages do. The first case
+    of every image is its good registration (RMSE 0, ``good`` true), so candidate weights
+    (``model``, a :class:`~bids_qc.models.regqc.RegQCNet`; default the shipped one) can be
+    judged on good and planted cases alike.
     """
     import nibabel as nib
 
-    from ..interfaces.regqc import predict_file
     from ..models.classic import registration_metrics
+    from ..models.regqc import predict, preprocess
     from ..synth.misregistration import sample_misregistration
     from ..transforms import read_itk_affine, resample_to_grid
-    from .real_sets import SPACE
 
     grid = _template_grid()
     rng = np.random.default_rng(SEED + (0 if part == "calibration" else 1))
     cases = []
-    tmp = dataset.parent / f"{dataset.name}_planted"
-    tmp.mkdir(exist_ok=True)
     for xfm in sorted(dataset.glob("derivatives/fmriprep/sub-*/anat/*_xfm.txt")):
         stem = xfm.name.split("_from-")[0]
         img = nib.load(str(dataset / stem / "anat" / f"{stem}_T1w.nii.gz"))
         data = np.asanyarray(img.dataobj, dtype=np.float32)
         world = read_itk_affine(xfm)
-        for k in range(per_image):
-            A, rmse = sample_misregistration(rng, PLANT_RANGE, grid.data.shape, grid.affine)
+        for k in range(per_image + 1):
+            if k == 0:
+                A, rmse = np.eye(4), 0.0
+            else:
+                A, rmse = sample_misregistration(rng, PLANT_RANGE, grid.data.shape,
+                                                 grid.affine)
             # J(x) = I_template_space(A x): the image is seen through A after registration.
             moved = resample_to_grid(data, img.affine, grid.data.shape, grid.affine, order=1,
                                      world_transform=np.linalg.inv(A) @ world)
-            path = tmp / f"{stem}_plant-{k}.nii.gz"
-            nib.save(nib.Nifti1Image(moved, grid.affine), str(path))
-            metrics = registration_metrics(moved, grid.data, grid.mask)
-            cases.append({"image": stem, "rmse_mm": rmse,
-                          "regqc_rmse_mm": predict_file(path, SPACE), **metrics})
-            path.unlink()
+            x = preprocess(moved, grid)[None]
+            cases.append({"image": stem, "good": k == 0, "rmse_mm": rmse,
+                          "regqc_rmse_mm": float(predict(x, model=model)[0]),
+                          **registration_metrics(moved, grid.data, grid.mask)})
     return cases
 
 
@@ -236,6 +239,7 @@ def auroc(scores: np.ndarray, positive: np.ndarray) -> float | None:
 def planted_figures(cases: list[dict[str, Any]], column: str, threshold: float,
                     higher_fails: bool) -> dict[str, Any]:
     """AUROC, sensitivity and specificity at ``threshold`` of one check on planted cases."""
+    cases = [c for c in cases if not c.get("good")]  # the planted ones only
     values = np.array([c[column] for c in cases], dtype=float)
     positive = np.array([c["rmse_mm"] > FAIL_MM for c in cases])
     scores = values if higher_fails else -values
@@ -291,6 +295,30 @@ def fit_baseline_thresholds(results: dict[str, dict[str, Any]]) -> dict[str, flo
     return out
 
 
+def regqc_choice(sets: Path, weights: Path, part: Part = "calibration") -> dict[str, Any]:
+    """Shipped RegQC against candidate weights on one part (calibration: where the choice
+    of which weights ship is made): false flags on the good registrations, and the planted
+    misregistrations' figures, both at 10 mm."""
+    import torch
+
+    from ..models.regqc import RegQCNet
+
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    candidate = RegQCNet()
+    candidate.load_state_dict({k: v.float() if v.is_floating_point() else v
+                               for k, v in state.items()})
+    candidate.eval()
+    out = {}
+    for label, model in (("shipped", None), ("candidate", candidate)):
+        cases = planted_misregistrations(sets / part, part, model=model)
+        good = {c["image"]: int(c["regqc_rmse_mm"] > FAIL_MM) for c in cases if c["good"]}
+        errors = [abs(c["regqc_rmse_mm"] - c["rmse_mm"]) for c in cases]
+        out[label] = {"good": false_flags(good),
+                      "planted": planted_figures(cases, "regqc_rmse_mm", FAIL_MM, True),
+                      "mae_mm": float(np.mean(errors))}
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command line: evaluate every model on the real sets and write the gate files."""
     from ..models.gate import REALDATA_DIR
@@ -300,7 +328,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sets", type=Path, required=True, help="folder of the real_sets datasets")
     p.add_argument("--write", type=Path, default=REALDATA_DIR, help="where the JSONs go")
     p.add_argument("--rerun", action="store_true", help="run the app again on the sets")
+    p.add_argument("--regqc-candidate", type=Path, default=None,
+                   help="only compare these RegQC weights with the shipped ones on calibration")
     args = p.parse_args(argv)
+    if args.regqc_candidate is not None:
+        print(json.dumps(regqc_choice(args.sets, args.regqc_candidate), indent=1))
+        return
     models = [s.name for s in REGISTRY if s.name != "vinn" and s.is_installed()]
     results = {}
     for part in ("calibration", "test"):

@@ -86,8 +86,45 @@ def _to_pool(data: np.ndarray, affine: np.ndarray, world: np.ndarray,
     return out.astype(np.float32)
 
 
-def build_pool(cache: Path, grid: TemplateGrid, log: callable = print) -> np.ndarray:
-    """Template-space training anatomies at 2 mm, ``(N, X, Y, Z)`` float16, cached on disk."""
+def real_pool_volumes(data_dir: Path, shape: tuple[int, int, int], affine: np.ndarray,
+                      cache: Path, log: callable = print) -> tuple[list[np.ndarray], list[dict]]:
+    """The IXI people of the **training** part, whole-head, brought to the template.
+
+    Each is registered affinely through its brain (its DLMUSE segmentation) with
+    :func:`bids_qc.training.real_register.register_affine` (transforms cached in ``cache``)
+    and resampled to the pool grid: real anatomy, real contrast and real skull, which the
+    synthetic engine only imitates.
+    """
+    import nibabel as nib
+
+    from ..templates_data import get_template
+    from ..transforms import read_itk_affine
+    from .real_register import register_affine
+    from .real_sets import RealImage, brain_mask
+    from .realdata import ixi_people
+
+    tpl = get_template("MNI152NLin2009cAsym")
+    vols, meta = [], []
+    for person in ixi_people(data_dir, "training"):
+        xfm = cache / "real_xfm" / f"{person.item}.txt"
+        if not xfm.is_file():
+            image = RealImage("ixi_dlmuse", person.item, person.t1w, person.dlmuse, "muse")
+            register_affine(person.t1w, tpl.t1w, xfm, brain=brain_mask(image))
+        img = nib.load(str(person.t1w))
+        data = np.asarray(img.dataobj, dtype=np.float32)
+        vols.append(_to_pool(data, img.affine, read_itk_affine(xfm), shape, affine))
+        meta.append({"source": f"ixi_dlmuse:{person.item}", "skull_strip": False})
+        log(f"pool: {person.item} registered")
+    return vols, meta
+
+
+def build_pool(cache: Path, grid: TemplateGrid, log: callable = print,
+               real_data: Path | None = None) -> np.ndarray:
+    """Template-space training anatomies at 2 mm, ``(N, X, Y, Z)`` float16, cached on disk.
+
+    With ``real_data`` (the shared data folder) the IXI training people join the pool
+    (:func:`real_pool_volumes`).
+    """
     import nibabel as nib
 
     from ..synth.labelmaps import load_label_map, load_subject_t1
@@ -122,6 +159,10 @@ def build_pool(cache: Path, grid: TemplateGrid, log: callable = print) -> np.nda
         vols.append(_to_pool(data, img.affine, to_mni, shape, affine))
         meta.append({"source": f"ds002748:sub-{sub}", "skull_strip": True})
         log(f"pool: sub-{sub} registered")
+    if real_data is not None:
+        more, more_meta = real_pool_volumes(Path(real_data), shape, affine, cache, log)
+        vols += more
+        meta += more_meta
     pool = np.stack([v / max(float(np.percentile(v, 99.5)), 1e-6) for v in vols])
     pool = pool.astype(np.float16)
     np.save(path, pool)
@@ -195,10 +236,10 @@ def calibrate(model: RegQCNet, pool: torch.Tensor, pool_affine: np.ndarray,
             "mae_after": float(np.mean(np.abs(intercept + slope * p - t)))}
 
 
-def _load_pool(cache: Path, grid: TemplateGrid, log: callable) -> tuple[np.ndarray,
-                                                                        torch.Tensor, np.ndarray]:
+def _load_pool(cache: Path, grid: TemplateGrid, log: callable, real_data: Path | None = None
+               ) -> tuple[np.ndarray, torch.Tensor, np.ndarray]:
     t0 = time.time()
-    pool_np = build_pool(cache, grid, log)
+    pool_np = build_pool(cache, grid, log, real_data)
     pool_affine = np.asarray(json.loads((cache / "pool.json").read_text())["affine"])
     log(f"pool: {pool_np.shape} in {time.time() - t0:.0f} s")
     pool, pool_affine = coarse_pool(torch.from_numpy(pool_np), pool_affine)
@@ -233,18 +274,30 @@ def calibrate_only(out: Path, cache: Path) -> dict:
     return info
 
 
-def train(minutes: float, out: Path, resume: bool, cache: Path, batch_size: int = 8) -> dict:
-    """Train for ``minutes`` of wall time (pool building excluded); returns the run's log."""
-    torch.set_num_threads(2)
+def train(minutes: float, out: Path, resume: bool, cache: Path, batch_size: int = 8,
+          real_data: Path | None = None, init_shipped: bool = False, lr: float = 1e-3,
+          threads: int = 2) -> dict:
+    """Train for ``minutes`` of wall time (pool building excluded); returns the run's log.
+
+    ``init_shipped`` starts from the shipped weights (a warm start, so sittings accumulate);
+    ``real_data`` adds the real IXI training people to the pool.
+    """
+    torch.set_num_threads(threads)
     out.mkdir(parents=True, exist_ok=True)
     log = train_logger(out)
 
     grid = template()
-    pool_np, pool, pool_affine = _load_pool(cache, grid, log)
+    pool_np, pool, pool_affine = _load_pool(cache, grid, log, real_data)
 
     torch.manual_seed(SEED)
     model = RegQCNet()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    if init_shipped and not (resume and (out / "checkpoint.pt").is_file()):
+        from ..models.registry import get_spec, load_state_dict
+
+        spec = get_spec("regqc")
+        _load_checkpoint(model, load_state_dict(spec), spec.weights_path())
+        log(f"warm start from the shipped weights {spec.version} ({spec.sha256[:12]})")
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
     state = {"step": 0, "cases": 0, "seconds": 0.0, "losses": []}
     ckpt = out / "checkpoint.pt"
     if resume and ckpt.is_file():
@@ -267,7 +320,7 @@ def train(minutes: float, out: Path, resume: bool, cache: Path, batch_size: int 
         # Cosine decay over this run's time budget: the short CPU runs end on a low rate.
         frac = min(1.0, (time.time() - start) / (minutes * 60))
         for group in opt.param_groups:
-            group["lr"] = 1e-3 * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * frac)))
+            group["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * frac)))
         x, y = make_batch(pool, pool_affine, grid, rng, batch_size)
         pred = model(x)
         loss = F.mse_loss(pred / 100.0, y / 100.0)
@@ -296,6 +349,7 @@ def train(minutes: float, out: Path, resume: bool, cache: Path, batch_size: int 
         "hardware": hardware(),
         "block_dropout": model.encoder[3].p, "head_dropout": model.head[3].p,
         "calibration": fit, "sittings_minutes": state["sittings"],
+        "warm_start": bool(init_shipped), "lr": lr, "real_pool": real_data is not None,
     }
     (out / "train_info.json").write_text(json.dumps(info, indent=1))
     log(f"done: {info}")
@@ -312,13 +366,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/regqc_cache"))
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--real-data", type=Path, default=None,
+                        help="shared data folder: add its IXI training people to the pool")
+    parser.add_argument("--init-shipped", action="store_true",
+                        help="start from the shipped weights (warm start)")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     if args.calibrate_only:
         calibrate_only(args.out, args.cache)
         return
     if args.minutes is None or args.minutes <= 0:
         parser.error("--minutes must be given and positive")
-    train(args.minutes, args.out, args.resume, args.cache, args.batch_size)
+    train(args.minutes, args.out, args.resume, args.cache, args.batch_size, args.real_data,
+          args.init_shipped, args.lr, args.threads)
 
 
 if __name__ == "__main__":
