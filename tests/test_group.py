@@ -209,6 +209,39 @@ def test_group_table_has_robust_z_scores_scaled_by_icv(caplog):
     assert "need at least 10" in caplog.text
 
 
+def test_volumes_are_scaled_by_etiv_where_present():
+    def result(i: int, hippo: float, brain: float, etiv: float | None) -> dict:
+        res = _acq_result(i, hippo, brain)
+        res["metrics"]["etiv_mm3"] = etiv
+        return res
+
+    # 14 FreeSurfer images: hippocampus and whole brain in proportion to eTIV (the whole
+    # brain about 80% of it), with some spread
+    scale = [1 + 0.03 * (i % 7) for i in range(14)]
+    results = [result(i, 4000 * s * (1 + 0.01 * (i % 5)), 1.2e6 * s * (1 + 0.004 * (i % 3)),
+                      1.5e6 * s) for i, s in enumerate(scale)]
+    # a small skull whose segmentation's whole brain is large for it, hippocampus in
+    # proportion to eTIV: not an outlier with eTIV, far out against vol_whole_brain
+    results.append(result(20, 4000 * 0.6 * 1.02, 0.9e6, 0.9e6))
+    # two images without FreeSurfer stats: their vol_whole_brain stands in, at eTIV's scale
+    results.append(result(21, 4000 * 1.03 * 1.02, 1.2e6 * 1.03, None))
+    results.append(result(22, 2000, 1.2e6, None))  # a half-size hippocampus
+    frame = group_table(results).set_index("bids_name")
+    rz = frame["rz_vol_left_hippocampus"]
+    assert abs(rz["sub-20_acq-mp_T1w"]) < 1.5
+    from bids_qc.robust_z import robust_z
+
+    by_brain = robust_z(frame["vol_left_hippocampus"] / frame["vol_whole_brain"]).z
+    assert by_brain["sub-20_acq-mp_T1w"] < -3.5  # what the old scaling said
+    # the stand-in is on eTIV's scale (x median eTIV / vol_whole_brain = 1.25): the image
+    # in proportion is not an outlier; divided by vol_whole_brain alone it would be one
+    assert abs(rz["sub-21_acq-mp_T1w"]) < 1.5
+    raw = frame["vol_left_hippocampus"] / frame["etiv_mm3"].fillna(frame["vol_whole_brain"])
+    assert robust_z(raw).z["sub-21_acq-mp_T1w"] > 3.5
+    assert rz["sub-22_acq-mp_T1w"] < -3.5
+    assert "vol_left_hippocampus" in frame.loc["sub-22_acq-mp_T1w", "rz_outliers"].split()
+
+
 def test_acquisition_groups_come_from_entities_and_sidecars():
     from bids_qc.group import acquisition_keys
 
