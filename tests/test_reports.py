@@ -369,7 +369,7 @@ def test_participant_level_report_says_the_group_level_adds_the_strips(tmp_path)
     html = write_participant_report(synthetic_result("sub-01_T1w"), tmp_path).read_text()
     section = _section(html)
     assert 'id="relative-note"' in section and "once the group level has run" in section
-    assert "<svg" not in section
+    assert 'class="strip"' not in section
 
 
 def test_group_level_draws_where_each_image_stands(tmp_path):
@@ -394,16 +394,21 @@ def test_group_level_draws_where_each_image_stands(tmp_path):
     assert set(rows) == scored
     hippo = re.search(r'<tr class="rz-outlier"><td><code>vol_left_hippocampus</code>.*?</tr>',
                       section, re.S).group(0)
-    # the z shown is the group table's, highlighted, and the mark is red at the left edge
-    # (beyond the axis) or where z falls
+    # the z shown is the group table's, highlighted, and the mark is red: a triangle at the
+    # left edge (beyond the axis) or a dot where z falls
     shown = re.search(r'<td class="num flag">([-+][\d.]+)</td>', hippo).group(1)
     assert float(shown) == pytest.approx(z["rz_vol_left_hippocampus"], abs=0.05)
     assert z["rz_vol_left_hippocampus"] < -3.5
-    assert 'fill="#c62828"' in hippo and "% of ICV" in hippo
+    mark = re.search(r'<i class="([\w ]+)" style="left:([\d.]+)px">', hippo)
+    assert mark.group(1).split()[0] == "out" and "% of ICV" in hippo
+    beyond = z["rz_vol_left_hippocampus"] < -6
+    assert ("lo" in mark.group(1).split()) == beyond
+    assert float(mark.group(2)) == pytest.approx(
+        0 if beyond else 90 + 15 * z["rz_vol_left_hippocampus"], abs=0.1)
     # an image that stands in the middle: no highlight, a blue mark near the median line
     middle = _section((tmp_path / "sub-05_T1w.html").read_text())
     assert "rz-outlier" not in middle and 'class="num flag"' not in middle
-    assert 'fill="#1f4e79"' in middle and "<svg" in middle
+    assert '<i class="in" style="left:' in middle and 'class="strip"' in middle
     # rerunning the group level leaves the same section (no duplicate, no drift)
     write_group_outputs(tmp_path)
     again = (tmp_path / "sub-14_T1w.html").read_text()
@@ -419,4 +424,4 @@ def test_small_dataset_reports_say_strips_need_ten_images(tmp_path):
     for i in (1, 2):
         section = _section((tmp_path / f"sub-0{i}_T1w.html").read_text())
         assert 'id="relative-note"' in section and "The dataset has 4 image(s)" in section
-        assert "<svg" not in section
+        assert 'class="strip"' not in section

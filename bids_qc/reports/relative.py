@@ -30,9 +30,10 @@ from .render import fmt, render
 #: The comments around the section in ``<bids_name>.html``.
 START = "<!-- bids_qc:relative -->"
 END = "<!-- /bids_qc:relative -->"
-#: The strip's z range; a mark beyond it sits at the edge, drawn as an arrow.
+#: The strip's z range; a mark beyond it sits at the edge, drawn as a triangle.
 Z_RANGE = 6.0
-#: Strip size in CSS pixels.
+#: Strip size in CSS pixels (a CSS gradient and one positioned mark: a few hundred bytes a
+#: row, not an SVG each, since every report of a 100,000-image group is rewritten).
 WIDTH, HEIGHT = 180, 16
 #: ``|z|`` of a value one MAD from the median (half of the images lie within it).
 HALF_Z = 0.6745
@@ -109,7 +110,7 @@ def _x(z: float) -> float:
 
 def strip_row(metric: str, value: float, z: float, median: float, reference: str,
               n_reference: int) -> dict[str, Any]:
-    """One strip of the table: the metric, its value and median, and the SVG geometry.
+    """One strip of the table: the metric, its value and median, and where the mark sits.
 
     Parameters
     ----------
