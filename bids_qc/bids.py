@@ -173,6 +173,7 @@ class _Bundle:
     seg: dict[str, Path] = field(default_factory=dict)  # SEG_PRECEDENCE key -> path
     seg_reference: Path | None = None
     xfms: list[tuple[str, str, Path]] = field(default_factory=list)  # space, kind, path
+    aseg_stats: Path | None = None  # FreeSurfer/FastSurfer stats/aseg.stats (eTIV)
 
     @property
     def is_anchor(self) -> bool:
@@ -642,7 +643,8 @@ def _scan(root: Path, explicit: bool, database: Path | None, bundles: list[_Bund
 
 def _fs_bundle(subject: FSSubject, order: int) -> _Bundle:
     bundle = _Bundle(subject.source, subject.entities, order,
-                     t1w_preproc=subject.t1w_preproc, seg_reference=subject.seg_reference)
+                     t1w_preproc=subject.t1w_preproc, seg_reference=subject.seg_reference,
+                     aseg_stats=subject.aseg_stats)
     if subject.seg is not None:
         bundle.seg[subject.source] = subject.seg
     if subject.xfm is not None:
@@ -880,6 +882,11 @@ def _assemble(row: _Row, picks: dict[str, _Bundle], seg_choice: str) -> QCInput:
     if fp is not None and fp.brain_mask is not None:
         fields["brain_mask"] = fp.brain_mask
         sources["brain_mask"] = "fmriprep"
+    # eTIV (the volumes' scale at group level): FreeSurfer's, else FastSurfer's stats.
+    stats_owner = next((b for b in (fs, fast) if b is not None and b.aseg_stats), None)
+    if stats_owner is not None:
+        fields["aseg_stats"] = stats_owner.aseg_stats
+        sources["aseg_stats"] = stats_owner.source
     return QCInput(bids_name=row.name, entities=dict(row.entities), t1w=row.t1w,
                    sources=sources, candidates=candidates, **fields)
 

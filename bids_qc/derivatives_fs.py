@@ -41,6 +41,13 @@ FASTSURFER_SEGS = ("aparc.DKTatlas+aseg.deep.mgz", "aseg.auto_noCCseg.mgz")
 #: the MNI152 template's space.
 TALAIRACH_SPACE = "MNI152NLin2009cAsym"
 
+#: Where ``mri_segstats --etiv`` writes the estimated total intracranial volume.
+ASEG_STATS = "stats/aseg.stats"
+#: The ``# Measure`` line of ``aseg.stats`` that holds eTIV (FreeSurfer 5.3 to 7.x, and
+#: FastSurfer's surface pipeline, which runs the same ``mri_segstats``).
+_ETIV = re.compile(r"^#\s*Measure\s+EstimatedTotalIntraCranialVol\s*,\s*eTIV\s*,[^,]*,"
+                   r"\s*([-+0-9.eE]+)\s*,\s*mm\^3\s*$", re.MULTILINE)
+
 
 @dataclass(frozen=True)
 class FSSubject:
@@ -63,6 +70,8 @@ class FSSubject:
         The volume on the segmentation's grid (the same file as ``t1w_preproc``).
     xfm : Path or None
         ``mri/transforms/talairach.xfm`` (or ``mri/talairach.xfm``).
+    aseg_stats : Path or None
+        ``stats/aseg.stats``, which holds eTIV (:func:`read_etiv`).
     """
 
     source: FSSource
@@ -73,6 +82,7 @@ class FSSubject:
     seg: Path | None
     seg_reference: Path | None
     xfm: Path | None
+    aseg_stats: Path | None = None
 
     @property
     def entities(self) -> dict[str, str]:
@@ -96,6 +106,34 @@ def _first(folder: Path, names: tuple[str, ...]) -> Path | None:
         if present(folder / name):
             return folder / name
     return None
+
+
+def read_etiv(path: Path | str) -> float | None:
+    """The estimated total intracranial volume (eTIV, mm^3) of a FreeSurfer ``aseg.stats``.
+
+    Parameters
+    ----------
+    path : Path or str
+        A ``stats/aseg.stats`` written by ``mri_segstats --etiv`` (``recon-all``).
+
+    Returns
+    -------
+    float or None
+        eTIV in mm^3; None when the file has no eTIV line (``mri_segstats`` run without
+        ``--etiv``, e.g. FastSurfer's segmentation-only stats) or a value that is not
+        positive.
+
+    Raises
+    ------
+    OSError
+        If the file cannot be read (a git-annex link whose content is not fetched).
+    """
+    text = Path(path).read_text(encoding="utf-8", errors="replace")
+    match = _ETIV.search(text)
+    if match is None:
+        return None
+    value = float(match.group(1))
+    return value if value > 0 else None
 
 
 def is_fastsurfer(mri: Path) -> bool:
@@ -143,6 +181,7 @@ def read_subject(folder: Path) -> FSSubject | None:
         seg=seg,
         seg_reference=t1w if seg is not None else None,
         xfm=xfm,
+        aseg_stats=folder / ASEG_STATS if present(folder / ASEG_STATS) else None,
     )
 
 

@@ -21,8 +21,9 @@ import pandas as pd
 
 from .io import atomic_write_text
 from .ratings import RATINGS_FILE, failing_images, read_rating_file
+from .reports.relative import Strips
 from .review import build_review, flagged_table, queue_table
-from .robust_z import acquisition_groups, icv_scaled, robust_z
+from .robust_z import RobustZ, acquisition_groups, icv_scaled, intracranial_volume, robust_z
 from .schema import COLUMNS, RZ_COLUMNS, column_names
 from .structures import STRUCTURE_NAMES
 
@@ -152,8 +153,12 @@ def volume_bounds(frame: pd.DataFrame) -> dict[str, tuple[float, float]]:
     return out
 
 
-def group_table(results: list[dict[str, Any]]) -> pd.DataFrame:
-    """One row per image, the schema's columns in their stable order, then any extra ones."""
+def group_table(results: list[dict[str, Any]],
+                details: dict[str, tuple[pd.Series, RobustZ]] | None = None) -> pd.DataFrame:
+    """One row per image, the schema's columns in their stable order, then any extra ones.
+
+    ``details`` is filled as by :func:`add_robust_z` (indexed like the returned table).
+    """
     records = []
     for res in results:
         row = {
@@ -176,7 +181,7 @@ def group_table(results: list[dict[str, Any]]) -> pd.DataFrame:
         frame[f"vol_{name}"] = pd.to_numeric(frame[f"vol_{name}"], errors="coerce")
         frame[f"vol_{name}_outlier"] = outlier_flags(frame[f"vol_{name}"])
     sidecars = {r["bids_name"]: r.get("acquisition") or {} for r in results}
-    frame = add_robust_z(frame, acquisition_keys(frame["bids_name"], sidecars))
+    frame = add_robust_z(frame, acquisition_keys(frame["bids_name"], sidecars), details)
     ordered = [c.name for c in COLUMNS] + extra
     return frame[ordered]
 
@@ -222,13 +227,18 @@ def _sidecar_value(value: Any) -> str | None:
     return str(value).strip().lower() or None
 
 
-def add_robust_z(frame: pd.DataFrame, groups: pd.Series | None = None) -> pd.DataFrame:
+def add_robust_z(frame: pd.DataFrame, groups: pd.Series | None = None,
+                 details: dict[str, tuple[pd.Series, RobustZ]] | None = None
+                 ) -> pd.DataFrame:
     """``frame`` with the ``rz_*`` scores of :mod:`bids_qc.robust_z`, ``rz_noutliers`` and
     ``rz_outliers``.
 
-    Volumes are divided by ``vol_whole_brain`` (the segmentation's intracranial content)
-    first, so that big heads do not read as big structures. The scores are advisory: no
-    flag or check reads them. Warnings are logged once per reason, not once per column.
+    Volumes (but ``vol_whole_brain``) are divided by the intracranial volume first
+    (:func:`bids_qc.robust_z.intracranial_volume`: FreeSurfer's eTIV where the image has
+    it, else ``vol_whole_brain`` on eTIV's scale), so that big heads do not read as big
+    structures. The scores are advisory: no flag or check reads them (the review queue
+    orders unflagged images by them, :mod:`bids_qc.review`). Warnings are logged once per
+    reason, not once per column.
 
     Parameters
     ----------
@@ -236,8 +246,11 @@ def add_robust_z(frame: pd.DataFrame, groups: pd.Series | None = None) -> pd.Dat
         The group table, with every metric column of the schema.
     groups : pd.Series, optional
         Each image's acquisition group (:func:`acquisition_keys`); None: one dataset.
+    details : dict, optional
+        Filled with metric -> (the values scored, their :class:`RobustZ`), for the
+        participant reports' strips.
     """
-    icv = frame["vol_whole_brain"]
+    icv = intracranial_volume(frame["etiv_mm3"], frame["vol_whole_brain"])
     warned: set[str] = set()
     hits = pd.Series("", index=frame.index, dtype="object")
     scores = {}
@@ -247,6 +260,8 @@ def add_robust_z(frame: pd.DataFrame, groups: pd.Series | None = None) -> pd.Dat
             values = icv_scaled(values, icv)
         scored = robust_z(values, groups, name=metric)
         scores[col] = scored.z
+        if details is not None:
+            details[metric] = (values, scored)
         for text in scored.warnings:
             reason = text.split(": ", 1)[1]
             if reason not in warned:  # "only 3 image(s) have a value" once, not per metric
@@ -302,21 +317,38 @@ def to_tsv(frame: pd.DataFrame) -> str:
     return "\n".join([header, *body]) + "\n"
 
 
-def _ensure_participant_reports(results: list[dict[str, Any]], output_dir: Path) -> None:
+def _ensure_participant_reports(results: list[dict[str, Any]], output_dir: Path,
+                                strips: Strips | None = None) -> None:
     """Render the report of any JSON that has none (an image whose workflow was killed gets
-    its JSON from the runner only), so that every link of the group report opens."""
-    from .reports.participant import write_participant_report
+    its JSON from the runner only), so that every link of the group report opens; with
+    ``strips``, put each image's dataset-relative section into the reports that exist.
 
-    with os.scandir(output_dir) as entries:  # one listing, not a stat per image
-        present = {e.name for e in entries if e.name.endswith(".html")}
+    Existing reports keep their figures (drawn from the workflow's files, which the group
+    level does not have): only the section between the markers of
+    :mod:`bids_qc.reports.relative` is replaced.
+    """
+    from .reports.participant import write_participant_report
+    from .reports.relative import render_section, replace_section, report_names
+
+    present = report_names(output_dir)
+    unmarked = 0
     for res in results:
-        if f"{res['bids_name']}.html" in present:
-            continue
+        name = res["bids_name"]
+        relative = strips.context(name) if strips is not None else None
         try:
-            full = json.loads(Path(res["_path"]).read_text()) if "_path" in res else res
-            write_participant_report(full, output_dir)
+            if f"{name}.html" not in present:
+                full = json.loads(Path(res["_path"]).read_text()) if "_path" in res else res
+                write_participant_report(full, output_dir, relative=relative)
+            elif relative is not None:
+                html = Path(output_dir) / f"{name}.html"
+                unmarked += not replace_section(html, render_section(relative))
         except Exception as exc:  # the group tables must not depend on a report
-            LOGGER.warning("could not render the report of %s: %s", res["bids_name"], exc)
+            LOGGER.warning("could not render the report of %s: %s", name, exc)
+    if unmarked:
+        LOGGER.warning("%d participant report(s) were written by an earlier bids_qc and have "
+                       "no place for the dataset-relative strips; rerun participant level "
+                       "(or delete them: the group level then renders them, without figures) "
+                       "to add it", unmarked)
 
 
 def read_truth(output_dir: Path) -> tuple[dict[str, bool], Path | None, str | None]:
@@ -352,8 +384,9 @@ def write_group_outputs(output_dir: Path) -> tuple[Path, Path, pd.DataFrame, lis
             f"No participant results (sub-*/anat/*_T1w.json) in {output_dir}; run participant "
             "level first."
         )
-    frame = group_table(results)
-    _ensure_participant_reports(results, Path(output_dir))
+    details: dict[str, tuple[pd.Series, RobustZ]] = {}
+    frame = group_table(results, details)
+    _ensure_participant_reports(results, Path(output_dir), Strips.from_scores(frame, details))
     truth, truth_file, truth_problem = read_truth(output_dir)
     review = build_review(results, frame, volume_bounds(frame), truth)
     out = Path(output_dir)

@@ -53,6 +53,8 @@ class QCInput:
         A transform from this image's space to ``template_space``.
     xfm_kind : {"itk", "talairach", "h5"} or None
         How to read ``xfm``.
+    aseg_stats : Path or None
+        FreeSurfer's (else FastSurfer's) ``stats/aseg.stats``, the source of ``etiv_mm3``.
     reg_source, seg_source : str or None
         Which derivative supplied the registration and the segmentation inputs.
     sources : dict
@@ -78,6 +80,7 @@ class QCInput:
     seg_reference: Path | None = None
     xfm: Path | None = None
     xfm_kind: XfmKind | None = None
+    aseg_stats: Path | None = None
     reg_source: Source | None = None
     seg_source: Source | None = None
     sources: dict[str, str] = field(default_factory=dict)
@@ -99,7 +102,8 @@ class QCInput:
         return self.entities.get("session")
 
 
-_PATH_FIELDS = ("t1w", "t1w_preproc", "template_t1w", "brain_mask", "seg", "seg_reference", "xfm")
+_PATH_FIELDS = ("t1w", "t1w_preproc", "template_t1w", "brain_mask", "seg", "seg_reference", "xfm",
+                "aseg_stats")
 
 
 def qc_input_to_dict(row: QCInput) -> dict:

@@ -6,7 +6,19 @@ P(FAIL), a volume above the group's upper outlier bound) and threshold / value f
 that fail below it (predicted Dice, a volume below the lower bound), so a ratio above 1 means
 flagged and a larger ratio means further beyond the threshold. An image's risk is its
 largest ratio; images whose processing failed come first (a person must look at them), images
-without any check value last. The queue is the images by decreasing risk (ties by name).
+without any check value last.
+
+Relative evidence: the dataset-relative robust z-scores (``rz_*``, :mod:`bids_qc.robust_z`)
+add ``min(rz_max / 3.5, 1)``, where ``rz_max`` is the image's largest ``|z|``: an image's
+risk is ``max(absolute risk, min(rz_max / 3.5, 1))``. The cap at 1 is the rule: a robust
+outlier (``|z| > 3.5``, risk 1) ranks above every image no check flagged (risk below 1)
+and below every image a check flagged (risk above 1), because the checks are validated
+against ratings and a dataset-relative outlier is often true anatomy (a patient group) or
+a shifted acquisition; below the cut-off, ``|z| / 3.5`` lifts unflagged images that sit far
+out in their dataset above those that are merely near a threshold. Ties (e.g. every robust
+outlier at 1) are broken by ``rz_max``, larger first, then by name. Model checks, their flags
+and ``group_T1w_flagged.tsv`` do not read the scores. The queue is the images by decreasing
+risk.
 
 Where truth is known (ratings, or the demo's planted failures, in ``ratings_T1w.tsv``), the
 share to review for a recall is the fraction of the rated images a rater reads, top down,
@@ -25,13 +37,18 @@ import numpy as np
 import pandas as pd
 
 from .reports.checks import MAX_RATIO, CheckSpec, model_checks, run_thresholds
+from .robust_z import OUTLIER_Z
+from .schema import RZ_COLUMNS
 from .structures import STRUCTURE_NAMES
 
 #: Recalls whose share to review the group report shows.
 RECALLS = (0.8, 0.9)
 FLAGGED_COLUMNS = ["bids_name", "check", "value", "threshold"]
-#: Columns of ``group_T1w_queue.tsv``, the whole review queue in order.
-QUEUE_COLUMNS = ["rank", "bids_name", "risk", "flags", "qc_error"]
+#: Columns of ``group_T1w_queue.tsv``, the whole review queue in order (``rz_max``: the
+#: image's largest ``|z|`` of the ``rz_*`` scores, last so that older readers keep working).
+QUEUE_COLUMNS = ["rank", "bids_name", "risk", "flags", "qc_error", "rz_max"]
+#: The most the relative evidence adds to the risk: 1, just below any flagged image.
+RELATIVE_CAP = 1.0
 #: The checks table; ``row`` is the image's position in the group table (fast grouping).
 _CHECK_COLUMNS = ["bids_name", "check", "value", "threshold", "flag", "ratio", "row"]
 
@@ -168,7 +185,7 @@ def flagged_table(checks: pd.DataFrame) -> pd.DataFrame:
 def queue_table(queue: pd.DataFrame) -> pd.DataFrame:
     """``group_T1w_queue.tsv``: every image in review order (risk ``inf``: processing failed,
     ``n/a``: no check value; ``flags``: the checks that flagged it, comma-separated)."""
-    out = queue[["rank", "bids_name", "risk", "qc_error"]].copy()
+    out = queue[["rank", "bids_name", "risk", "qc_error", "rz_max"]].copy()
     out.insert(3, "flags", [",".join(f) for f in queue["flags"]])
     return out[QUEUE_COLUMNS]
 
@@ -185,6 +202,23 @@ def risk_scores(frame: pd.DataFrame, checks: pd.DataFrame) -> pd.Series:
     risk[failed] = math.inf
     return pd.Series(risk, index=pd.Index(frame["bids_name"].to_numpy(dtype=object),
                                           name="bids_name"))
+
+
+def largest_robust_z(frame: pd.DataFrame) -> np.ndarray:
+    """Per image, its largest ``|z|`` over the ``rz_*`` columns of ``frame`` (NaN: none)."""
+    cols = [c for c in RZ_COLUMNS.values() if c in frame]
+    if not cols:
+        return np.full(len(frame), np.nan)
+    values = np.abs(_numeric(frame, cols))
+    with warnings.catch_warnings():  # images without any score: NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmax(values, axis=1)
+
+
+def relative_risk(rz_max: np.ndarray) -> np.ndarray:
+    """The relative evidence's share of the risk: ``min(rz_max / OUTLIER_Z, RELATIVE_CAP)``
+    (NaN where an image has no score); see the module docstring."""
+    return np.minimum(rz_max / OUTLIER_Z, RELATIVE_CAP)
 
 
 def share_to_review(risk: pd.Series, truth: dict[str, bool], recall: float) -> float | None:
@@ -209,8 +243,8 @@ class Review:
     """What the group level tells a rater: the queue, the flags, and the queue's quality."""
 
     checks: pd.DataFrame
-    queue: pd.DataFrame  # rank, bids_name, risk, row (in the group table), flags, qc_error,
-    # truth
+    queue: pd.DataFrame  # rank, bids_name, risk, row (in the group table), rz_max, flags,
+    # qc_error, truth
     shares: dict[float, float | None] = field(default_factory=dict)
     n_rated: int = 0
     n_failing: int = 0
@@ -236,17 +270,23 @@ def build_review(results: list[dict[str, Any]], frame: pd.DataFrame,
              if not t.empty]
     checks = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
         columns=_CHECK_COLUMNS)
-    risk = risk_scores(frame, checks)
+    absolute = risk_scores(frame, checks)
+    rz_max = largest_robust_z(frame)
+    # fmax: a missing side counts for nothing; a failed image's inf stays inf
+    risk = pd.Series(np.fmax(absolute.to_numpy(dtype=float), relative_risk(rz_max)),
+                     index=absolute.index)
     hits = checks[checks["flag"] == 1]
     flagged: dict[str, list[str]] = {}
     for name, check in zip(hits["bids_name"].to_numpy(dtype=object).tolist(),
                            hits["check"].to_numpy(dtype=object).tolist(), strict=True):
         flagged.setdefault(name, []).append(check)
     queue = pd.DataFrame({"bids_name": risk.index, "risk": risk.to_numpy(),
-                          "row": np.arange(len(risk))})
+                          "row": np.arange(len(risk)), "rz_max": rz_max})
     queue["order"] = queue["risk"].fillna(-math.inf)
-    queue = queue.sort_values(["order", "bids_name"], ascending=[False, True],
-                              kind="stable").drop(columns="order").reset_index(drop=True)
+    queue["rz_order"] = queue["rz_max"].fillna(-math.inf)
+    queue = queue.sort_values(["order", "rz_order", "bids_name"],
+                              ascending=[False, False, True], kind="stable"
+                              ).drop(columns=["order", "rz_order"]).reset_index(drop=True)
     queue.insert(0, "rank", np.arange(1, len(queue) + 1))
     names = queue["bids_name"].to_numpy(dtype=object).tolist()
     queue["flags"] = [flagged.get(n, []) for n in names]

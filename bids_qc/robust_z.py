@@ -37,11 +37,14 @@ class RobustZ:
         ``"dataset"``.
     warnings : list of str
         Why some or all images have no score.
+    median : pd.Series, optional
+        The median of the values each score was computed against (NA where no score).
     """
 
     z: pd.Series
     reference: pd.Series
     warnings: list[str] = field(default_factory=list)
+    median: pd.Series | None = None
 
     def outliers(self) -> pd.Series:
         """1 where ``|z| > OUTLIER_Z``, 0 where not, NA where there is no score."""
@@ -52,11 +55,12 @@ class RobustZ:
 
 
 def _score(values: pd.Series) -> tuple[pd.Series | None, float]:
+    """The scores of ``values`` (None when their MAD is 0) and their median."""
     median = float(values.median())
     mad = float((values - median).abs().median())
     if mad == 0:
-        return None, mad
-    return _K * (values - median) / mad, mad
+        return None, median
+    return _K * (values - median) / mad, median
 
 
 def robust_z(values: pd.Series, groups: pd.Series | None = None, name: str = "metric",
@@ -76,6 +80,7 @@ def robust_z(values: pd.Series, groups: pd.Series | None = None, name: str = "me
     """
     values = pd.to_numeric(values, errors="coerce").astype(float)
     z = pd.Series(np.nan, index=values.index, dtype=float)
+    centre = pd.Series(np.nan, index=values.index, dtype=float)
     reference = pd.Series(pd.NA, index=values.index, dtype="object")
     warnings: list[str] = []
     present = values.dropna()
@@ -83,7 +88,7 @@ def robust_z(values: pd.Series, groups: pd.Series | None = None, name: str = "me
         if len(present):  # a metric no image has (a model that did not run) says nothing
             warnings.append(f"{name}: only {len(present)} image(s) have a value; "
                             f"dataset-relative outliers need at least {min_images}")
-        return RobustZ(z, reference, warnings)
+        return RobustZ(z, reference, warnings, centre)
     keys = (pd.Series("dataset", index=values.index) if groups is None
             else groups.reindex(values.index).astype("object").fillna("unknown").astype(str))
     rest = []
@@ -91,24 +96,26 @@ def robust_z(values: pd.Series, groups: pd.Series | None = None, name: str = "me
         if groups is None or len(members) < min_images:
             rest.append(members)
             continue
-        scores, _ = _score(members)
+        scores, median = _score(members)
         if scores is None:
             warnings.append(f"{name}: every image of acquisition group {key} has the same "
                             "median distance (MAD 0); those images get no score")
             continue
         z.loc[members.index] = scores
+        centre.loc[members.index] = median
         reference.loc[members.index] = key
     if rest:
         # small groups are scored against the whole dataset, not left unscored
-        scores, _ = _score(present)
+        scores, median = _score(present)
         small = pd.concat(rest).index
         if scores is None:
             warnings.append(f"{name}: MAD 0 across the dataset; "
                             f"{len(small)} image(s) get no score")
         else:
             z.loc[small] = scores.loc[small]
+            centre.loc[small] = median
             reference.loc[small] = "dataset"
-    return RobustZ(z, reference, warnings)
+    return RobustZ(z, reference, warnings, centre)
 
 
 def icv_scaled(volumes: pd.Series, icv: pd.Series) -> pd.Series:
@@ -117,6 +124,36 @@ def icv_scaled(volumes: pd.Series, icv: pd.Series) -> pd.Series:
     volumes = pd.to_numeric(volumes, errors="coerce").astype(float)
     icv = pd.to_numeric(icv, errors="coerce").astype(float).reindex(volumes.index)
     return volumes / icv.where(icv > 0)
+
+
+def intracranial_volume(etiv: pd.Series, whole_brain: pd.Series) -> pd.Series:
+    """Each image's intracranial volume for scaling: eTIV where present, else the
+    segmentation's whole-brain volume brought to eTIV's scale.
+
+    ``vol_whole_brain`` (every labelled voxel) is about 80% of eTIV, so dividing some
+    images by one and others by the other would set them apart by that ratio alone; the
+    fallback is ``vol_whole_brain x median(eTIV / vol_whole_brain)`` over the images that
+    have both (x 1 when none has). Without any eTIV this is ``vol_whole_brain`` itself.
+
+    Parameters
+    ----------
+    etiv : pd.Series
+        ``etiv_mm3`` of each image (NA: no FreeSurfer stats).
+    whole_brain : pd.Series
+        ``vol_whole_brain`` of each image (same index).
+
+    Returns
+    -------
+    pd.Series
+        The intracranial volume (mm^3) of each image, NA where neither is known.
+    """
+    etiv = pd.to_numeric(etiv, errors="coerce").astype(float)
+    etiv = etiv.where(etiv > 0)
+    brain = pd.to_numeric(whole_brain, errors="coerce").astype(float).reindex(etiv.index)
+    brain = brain.where(brain > 0)
+    both = etiv.notna() & brain.notna()
+    factor = float((etiv[both] / brain[both]).median()) if both.any() else 1.0
+    return etiv.fillna(brain * factor)
 
 
 def acquisition_groups(frame: pd.DataFrame, keys: tuple[str, ...] = (

@@ -80,6 +80,10 @@ def _classic_columns() -> list[Column]:
         what = s.name.replace("_", " ")
         cols.append(Column(f"vol_{s.name}", "float", "mm^3", f"Volume of {what} in the "
                            "segmentation (voxel count x voxel volume).", "classic"))
+    cols.append(Column("etiv_mm3", "float", "mm^3", "Estimated total intracranial volume "
+                       "(eTIV) from the FreeSurfer (else FastSurfer) subject's "
+                       "`stats/aseg.stats` (`# Measure EstimatedTotalIntraCranialVol`); n/a "
+                       "without one. The group level divides volumes by it.", "classic"))
     return cols
 
 
@@ -154,7 +158,9 @@ def _robust_z_columns(metrics: list[Column]) -> list[Column]:
     for c in metrics:
         if c.kind not in ("float", "int"):
             continue
-        scaled = (" of the volume divided by vol_whole_brain (intracranial content)"
+        scaled = (" of the volume divided by the intracranial volume (etiv_mm3 where the "
+                  "image has it, else vol_whole_brain times the dataset's median "
+                  "etiv_mm3 / vol_whole_brain)"
                   if c.name.startswith("vol_") and c.name != "vol_whole_brain" else "")
         cols.append(Column(
             f"{RZ_PREFIX}{c.name}", "float", "",
@@ -276,11 +282,35 @@ def render_markdown() -> str:
         "| `group_T1w_flagged.tsv` | one row per flagged image and check (`bids_name`, `check`, "
         "`value`, `threshold`) |",
         "| `group_T1w_queue.tsv` | the whole review queue, riskiest first (`rank`, `bids_name`, "
-        "`risk`, `flags`, `qc_error`); the HTML shows its top rows only in large groups |",
+        "`risk`, `flags`, `qc_error`, `rz_max`: see [The review queue](#the-review-queue)); "
+        "the HTML shows its top rows only in large groups |",
         "| `ratings_T1w.tsv` | human ratings merged by `bids_qc-ratings` (`bids_name`, `check`, "
         "`rating`) |",
         "| `thresholds_T1w.json` | per-check thresholds from `bids_qc-calibrate`; use with "
         "`--thresholds` |",
+        "",
+        "## The review queue",
+        "",
+        "`group_T1w_queue.tsv` and the group report list the images riskiest first, from "
+        "two kinds of evidence:",
+        "",
+        "- **Absolute**: every check's value against its threshold, as a ratio (value / "
+        "threshold where high values fail, threshold / value where low values fail, such as "
+        "a predicted Dice); the group's volume outlier bounds count as checks. A ratio above "
+        "1 means the check flagged the image.",
+        "- **Relative**: `rz_max`, the image's largest |z| over its `rz_*` scores (below), "
+        f"as `min(rz_max / {RZ_CUTOFF}, 1)`.",
+        "",
+        "An image's `risk` is the larger of its largest ratio and its relative evidence. "
+        "Images whose processing failed come first (`risk` inf), then by decreasing risk, "
+        "ties by decreasing `rz_max`, then by name; images without any value come last. "
+        f"Because the relative evidence stops at 1, an image that no check flagged but that "
+        f"is a robust outlier (|z| > {RZ_CUTOFF}) ranks above every unflagged image and "
+        "below every flagged one: the checks are validated against ratings, while a "
+        "dataset-relative outlier may be true anatomy (a patient) or an acquisition of its "
+        "own. Below the cut-off, |z| / 3.5 still lifts images far out in their dataset "
+        "above those only near a threshold. The scores change no check, no flag and no "
+        "`group_T1w_flagged.tsv` row.",
         "",
         "## Participant JSON",
         "",
@@ -299,15 +329,21 @@ def render_markdown() -> str:
         "Missing values are `n/a` in the TSV and `null` in the JSONs. Flags are 0/1.",
         "",
         "The `rz_*` columns are dataset-relative robust z-scores, 0.6745 (x - median) / MAD, "
-        "of every numeric metric (volumes first divided by `vol_whole_brain`, the "
-        "segmentation's intracranial content). They are computed per acquisition group "
+        "of every numeric metric (volumes other than `vol_whole_brain` first divided by the "
+        "intracranial volume: FreeSurfer's eTIV, `etiv_mm3`, where the image has it, else "
+        "the segmentation's intracranial content `vol_whole_brain` brought to eTIV's scale "
+        "by the dataset's median `etiv_mm3 / vol_whole_brain` over the images with both, "
+        "so that the two kinds of images are comparable). They are computed per "
+        "acquisition group "
         "(the `acq` and `run` entities, and the sidecar's `Manufacturer` and "
         "`MagneticFieldStrength` where the participant JSON holds them) when the group has "
         "10 or more images, else against the whole dataset; a dataset of fewer than 10 "
         "images, or a metric whose MAD is 0, gets none and a warning. An image is a robust "
         f"outlier for a metric when |z| > {RZ_CUTOFF}: `rz_outliers` names those metrics. "
-        "They are advisory: they change no model's PASS/FAIL, no `*_flag` column and no "
-        "review-queue risk.",
+        "They are advisory: they change no model's PASS/FAIL and no `*_flag` column; the "
+        "review queue's risk takes them into account below every flagged image (see "
+        "`group_T1w_queue.tsv` above and the group report). The participant reports show "
+        "each image's scores as strips once the group level has run.",
         "",
         "| column | type | unit | level | producer | description |",
         "|---|---|---|---|---|---|",

@@ -288,7 +288,7 @@ def add_freesurfer(root: Path, subject: str, session: str | None = None,
                    volumes: Iterable[str] = ("orig", "T1", "norm", "aparc+aseg"),
                    talairach: str | None = "transforms",
                    arrays: Mapping[str, np.ndarray] | None = None,
-                   affine: np.ndarray | None = None) -> Path:
+                   affine: np.ndarray | None = None, etiv: float | None = None) -> Path:
     """Write a FreeSurfer subject folder ``sub-X[_ses-Y]/mri/`` and return it.
 
     Parameters
@@ -308,8 +308,12 @@ def add_freesurfer(root: Path, subject: str, session: str | None = None,
         Volume name (``norm``, ``aseg``, ...) -> array to write instead of the default.
     affine : ndarray, optional
         Affine of every volume.
+    etiv : float, optional
+        Write ``stats/aseg.stats`` with this eTIV (:func:`write_aseg_stats`).
     """
     folder = _subject_folder(root, under, subject, session)
+    if etiv is not None:
+        write_aseg_stats(folder / "stats" / "aseg.stats", etiv)
     arrays = dict(arrays or {})
     names = list(volumes) + (["aseg"] if with_aseg else [])
     for name in names:
@@ -319,6 +323,26 @@ def add_freesurfer(root: Path, subject: str, session: str | None = None,
         where = folder / "mri" / ("transforms" if talairach == "transforms" else "")
         write_talairach(where / "talairach.xfm")
     return folder
+
+
+def write_aseg_stats(path: Path, etiv: float | None) -> Path:
+    """A FreeSurfer 7 ``aseg.stats`` head (``# Measure`` lines, one structure row); without
+    an eTIV line when ``etiv`` is None (``mri_segstats`` run without ``--etiv``)."""
+    lines = [
+        "# Title Segmentation Statistics ",
+        "# generating_program mri_segstats",
+        "# Measure BrainSeg, BrainSegVol, Brain Segmentation Volume, 1218061.000000, mm^3",
+        "# Measure Mask, MaskVol, Mask Volume, 1780580.000000, mm^3",
+    ]
+    if etiv is not None:
+        lines.append("# Measure EstimatedTotalIntraCranialVol, eTIV, Estimated Total "
+                     f"Intracranial Volume, {etiv:.6f}, mm^3")
+    lines += ["# ColHeaders  Index SegId NVoxels Volume_mm3 StructName",
+              "  1   4     7463     7463.0  Left-Lateral-Ventricle"]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 def add_fastsurfer(root: Path, subject: str, session: str | None = None,

@@ -525,3 +525,64 @@ def test_sidecar_scanner_fields_follow_inheritance(tmp_path):
         "Manufacturer": "GE", "MagneticFieldStrength": 1.5}
     assert rows["sub-03_ses-A_run-1_T1w"].acquisition == {
         "Manufacturer": "Siemens", "MagneticFieldStrength": 3}
+
+
+def _real(*parts: str) -> Path:
+    """A file of the real data; skipped when absent, but a failure on CI (it must be there)."""
+    if os.environ.get("CI") == "true":
+        from tests.conftest import SHARED_DATA
+
+        path = SHARED_DATA.joinpath(*parts)
+        assert path.exists(), f"real data {path} is absent on CI"
+        return path
+    return shared_path(*parts)
+
+
+def test_etiv_is_read_from_aseg_stats(tmp_path):
+    from bids_qc.derivatives_fs import read_etiv
+
+    assert read_etiv(fb.write_aseg_stats(tmp_path / "a.stats", 1234567.0)) == 1234567.0
+    # mri_segstats without --etiv (FastSurfer's segmentation-only stats): no value
+    assert read_etiv(fb.write_aseg_stats(tmp_path / "b.stats", None)) is None
+    # BrainSegVol-to-eTIV and friends are other measures, not eTIV
+    (tmp_path / "c.stats").write_text("# Measure BrainSegVol-to-eTIV, BrainSegVol-to-eTIV, "
+                                      "Ratio of BrainSegVol to eTIV, 0.801345, unitless\n")
+    assert read_etiv(tmp_path / "c.stats") is None
+
+
+def test_etiv_of_freesurfers_bert():
+    from bids_qc.derivatives_fs import read_etiv
+
+    # bert (FreeSurfer 7.2): "# Measure EstimatedTotalIntraCranialVol, eTIV, ..., 1520021.264474"
+    etiv = read_etiv(_real("freesurfer_bert", "stats", "aseg.stats"))
+    assert etiv == pytest.approx(1520021.264474)
+    # its own BrainSegVol-to-eTIV ratio agrees with the value read
+    assert 1218061.0 / etiv == pytest.approx(0.801345, abs=1e-6)
+
+
+def test_freesurfer_stats_become_the_etiv_metric(tmp_path):
+    from bids_qc.interfaces.classic import ClassicMetrics
+
+    root = tmp_path / "ds"
+    fb.write_description(root)
+    folder = fb.add_freesurfer(root, "01", etiv=1.45e6)
+    fb.add_freesurfer(root, "02")  # no stats folder
+    rows = _collect(root)
+    one, two = rows["sub-01_T1w"], rows["sub-02_T1w"]
+    assert one.aseg_stats == folder / "stats" / "aseg.stats"
+    assert one.sources["aseg_stats"] == "freesurfer"
+    assert "aseg_stats" in one.input_files()  # a changed stats file reruns the image
+    assert two.aseg_stats is None and "aseg_stats" not in two.sources
+    metrics, warnings = {"etiv_mm3": None}, []
+    ClassicMetrics._etiv(one, metrics, warnings)
+    assert metrics["etiv_mm3"] == pytest.approx(1.45e6) and not warnings
+    ClassicMetrics._etiv(two, metrics := {"etiv_mm3": None}, warnings)
+    assert metrics["etiv_mm3"] is None and not warnings
+    # a stats file without eTIV, or one not fetched: a warning, not a failed stage
+    fb.write_aseg_stats(one.aseg_stats, None)
+    ClassicMetrics._etiv(one, metrics, warnings)
+    assert metrics["etiv_mm3"] is None and "vol_whole_brain instead" in warnings[-1]
+    one.aseg_stats.unlink()
+    one.aseg_stats.symlink_to(tmp_path / "annex-object-not-fetched")
+    ClassicMetrics._etiv(one, metrics, warnings)
+    assert metrics["etiv_mm3"] is None and "eTIV not read" in warnings[-1]

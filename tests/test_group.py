@@ -209,6 +209,39 @@ def test_group_table_has_robust_z_scores_scaled_by_icv(caplog):
     assert "need at least 10" in caplog.text
 
 
+def test_volumes_are_scaled_by_etiv_where_present():
+    def result(i: int, hippo: float, brain: float, etiv: float | None) -> dict:
+        res = _acq_result(i, hippo, brain)
+        res["metrics"]["etiv_mm3"] = etiv
+        return res
+
+    # 14 FreeSurfer images: hippocampus and whole brain in proportion to eTIV (the whole
+    # brain about 80% of it), with some spread
+    scale = [1 + 0.03 * (i % 7) for i in range(14)]
+    results = [result(i, 4000 * s * (1 + 0.01 * (i % 5)), 1.2e6 * s * (1 + 0.004 * (i % 3)),
+                      1.5e6 * s) for i, s in enumerate(scale)]
+    # a small skull whose segmentation's whole brain is large for it, hippocampus in
+    # proportion to eTIV: not an outlier with eTIV, far out against vol_whole_brain
+    results.append(result(20, 4000 * 0.6 * 1.02, 0.9e6, 0.9e6))
+    # two images without FreeSurfer stats: their vol_whole_brain stands in, at eTIV's scale
+    results.append(result(21, 4000 * 1.03 * 1.02, 1.2e6 * 1.03, None))
+    results.append(result(22, 2000, 1.2e6, None))  # a half-size hippocampus
+    frame = group_table(results).set_index("bids_name")
+    rz = frame["rz_vol_left_hippocampus"]
+    assert abs(rz["sub-20_acq-mp_T1w"]) < 1.5
+    from bids_qc.robust_z import robust_z
+
+    by_brain = robust_z(frame["vol_left_hippocampus"] / frame["vol_whole_brain"]).z
+    assert by_brain["sub-20_acq-mp_T1w"] < -3.5  # what the old scaling said
+    # the stand-in is on eTIV's scale (x median eTIV / vol_whole_brain = 1.25): the image
+    # in proportion is not an outlier; divided by vol_whole_brain alone it would be one
+    assert abs(rz["sub-21_acq-mp_T1w"]) < 1.5
+    raw = frame["vol_left_hippocampus"] / frame["etiv_mm3"].fillna(frame["vol_whole_brain"])
+    assert robust_z(raw).z["sub-21_acq-mp_T1w"] > 3.5
+    assert rz["sub-22_acq-mp_T1w"] < -3.5
+    assert "vol_left_hippocampus" in frame.loc["sub-22_acq-mp_T1w", "rz_outliers"].split()
+
+
 def test_acquisition_groups_come_from_entities_and_sidecars():
     from bids_qc.group import acquisition_keys
 
@@ -242,7 +275,8 @@ def test_a_scanner_of_its_own_is_scored_within_its_group():
 
 
 def test_robust_outliers_change_no_model_flag():
-    """The rz_* columns are advisory: checks, flags and the review queue ignore them."""
+    """The rz_* columns are advisory: checks and flags ignore them; the queue only orders
+    by them below every flagged image."""
     from bids_qc.group import volume_bounds
     from bids_qc.review import build_review
     from bids_qc.schema import RZ_COLUMNS
@@ -260,8 +294,19 @@ def test_robust_outliers_change_no_model_flag():
     with_rz = build_review(results, frame, volume_bounds(frame))
     without = build_review(results, bare, volume_bounds(bare))
     pd.testing.assert_frame_equal(with_rz.checks, without.checks)
-    pd.testing.assert_frame_equal(with_rz.queue, without.queue)
     assert not with_rz.checks["check"].str.startswith("rz_").any()
+    # Flagged (and failed) images keep their places at the head of the queue; below them
+    # the scores can only raise a risk, never past 1.
+    n_flagged = int((without.queue["risk"] > 1).sum())
+    assert n_flagged > 0
+    head = ["bids_name", "risk", "flags", "qc_error"]
+    pd.testing.assert_frame_equal(with_rz.queue[head].head(n_flagged),
+                                  without.queue[head].head(n_flagged))
+    merged = with_rz.queue.merge(without.queue, on="bids_name", suffixes=("", "_abs"))
+    rest = merged[merged["risk_abs"].fillna(0) <= 1]
+    assert (rest["risk"] <= 1).all()
+    assert (rest["risk"] >= rest["risk_abs"].fillna(0)).all()
+    assert without.queue["rz_max"].isna().all()
     flag_cols = [c for c in frame.columns if c.endswith(("_flag", "_outlier")) or "_flag_" in c]
     for res in results:
         got = frame.loc[frame["bids_name"] == res["bids_name"], flag_cols].iloc[0]
@@ -269,6 +314,45 @@ def test_robust_outliers_change_no_model_flag():
             if col in res["metrics"]:
                 want = res["metrics"][col]
                 assert (pd.isna(got[col]) and want is None) or got[col] == want
+
+
+def _rmse_result(i: int, rmse: float, etiv: float) -> dict:
+    row = {"bids_name": f"sub-{i:02d}_T1w", "entities": {"subject": f"{i:02d}"},
+           "reg_source": "fmriprep", "seg_source": None, "sources": {}, "candidates": {}}
+    metrics = {"regqc_rmse_mm": rmse, "etiv_mm3": etiv}
+    return assemble(row, [stage_result("classic", metrics, [], [], [])],
+                    {"inputs": {}, "models": {}}, "cpu")
+
+
+def test_a_robust_outlier_ranks_below_flagged_and_above_clean_images(tmp_path):
+    from bids_qc.group import volume_bounds
+    from bids_qc.review import build_review, queue_table
+
+    # 14 clean images (RegQC RMSE 2-5.9 mm against the default 10 mm: risk 0.2-0.59),
+    # one RegQC flags (12 mm: risk 1.2), and two no check flags whose eTIV (which no check
+    # reads) lies far out: a 6-sigma one and a farther one.
+    results = [_rmse_result(i, 2 + 0.3 * i, 1.5e6 + 1e4 * (i % 7)) for i in range(14)]
+    results += [_rmse_result(20, 12.0, 1.5e6), _rmse_result(21, 3.0, 1.5e6 + 2.0e5),
+                _rmse_result(22, 5.0, 1.5e6 + 4.0e5)]
+    frame = group_table(results)
+    z = frame.set_index("bids_name")["rz_etiv_mm3"]
+    assert 5.5 < z["sub-21_T1w"] < 7 and z["sub-22_T1w"] > z["sub-21_T1w"]
+    review = build_review(results, frame, volume_bounds(frame))
+    queue = review.queue.set_index("bids_name")
+    order = review.queue["bids_name"].tolist()
+    assert order[:3] == ["sub-20_T1w", "sub-22_T1w", "sub-21_T1w"]  # larger |z| first
+    assert queue.loc["sub-20_T1w", "risk"] == pytest.approx(1.2)
+    assert queue.loc["sub-21_T1w", "risk"] == queue.loc["sub-22_T1w", "risk"] == 1.0
+    assert queue.loc["sub-21_T1w", "flags"] == []  # relative evidence is no flag
+    # below the cut-off, |z| / 3.5 lifts an image above its own absolute risk
+    clean = queue.drop(["sub-20_T1w", "sub-21_T1w", "sub-22_T1w"])
+    assert (clean["risk"] < 1).all()
+    lifted = clean["rz_max"] / 3.5 > clean["risk"] - 1e-12
+    assert lifted.any()
+    assert not review.checks["check"].str.startswith("rz_").any()
+    tsv = queue_table(review.queue)
+    assert list(tsv.columns)[-1] == "rz_max"
+    assert tsv["rz_max"].iloc[1] == pytest.approx(z["sub-22_T1w"])
 
 
 def test_small_group_report_says_outlier_checks_need_more_images(tmp_path):

@@ -334,3 +334,94 @@ def test_participant_report_highlights_the_failing_structures(tmp_path):
     assert sorted(f.strip() for f in failing) == ["left hippocampus (failed)",
                                                   "left putamen (failed)"]
     assert "not in this segmentation" in html  # the tiny segmentation has no putamen
+
+
+def _group_of(tmp_path, n: int, outlier: bool = True) -> list[dict]:
+    """``n`` FreeSurfer-like results written as JSONs with their participant-level reports;
+    with ``outlier``, sub-20 has a half-size hippocampus."""
+    from bids_qc.results import assemble
+
+    results = []
+    for i in range(n):
+        hippo = 2000.0 if outlier and i == n - 1 else 4000.0 + 10 * i
+        row = {"bids_name": f"sub-{i:02d}_T1w", "entities": {"subject": f"{i:02d}"},
+               "reg_source": None, "seg_source": "freesurfer", "seg_kind": "aseg",
+               "sources": {}, "candidates": {}}
+        metrics = {"vol_left_hippocampus": hippo, "vol_whole_brain": 1.2e6 + 1e3 * (i % 4),
+                   "etiv_mm3": 1.5e6 + 2e3 * (i % 5), "reg_cc": 0.9 + 0.001 * i}
+        res = assemble(row, [stage_result("classic", metrics, [], [], [])],
+                       {"inputs": {}, "models": {}}, "cpu")
+        path = tmp_path / f"sub-{i:02d}" / "anat" / f"{res['bids_name']}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(res))
+        write_participant_report(res, tmp_path)
+        results.append(res)
+    return results
+
+
+def _section(html: str) -> str:
+    from bids_qc.reports.relative import END, START
+
+    return html[html.index(START):html.index(END) + len(END)]
+
+
+def test_participant_level_report_says_the_group_level_adds_the_strips(tmp_path):
+    html = write_participant_report(synthetic_result("sub-01_T1w"), tmp_path).read_text()
+    section = _section(html)
+    assert 'id="relative-note"' in section and "once the group level has run" in section
+    assert 'class="strip"' not in section
+
+
+def test_group_level_draws_where_each_image_stands(tmp_path):
+    from bids_qc.group import write_group_outputs
+    from bids_qc.reports.relative import END, START
+
+    _group_of(tmp_path, 15)
+    before = (tmp_path / "sub-14_T1w.html").read_text()
+    _, _, frame, _ = write_group_outputs(tmp_path)
+    after = (tmp_path / "sub-14_T1w.html").read_text()
+    # only the section changed: the figures drawn at participant level stay
+    assert before[:before.index(START)] == after[:after.index(START)]
+    assert before[before.index(END):] == after[after.index(END):]
+    section = _section(after)
+    rows = {name: cls for cls, name in re.findall(
+        r"<tr( class=\"rz-outlier\")?><td><code>(\w+)</code>", section)}
+    z = frame.set_index("bids_name").loc["sub-14_T1w"]
+    from bids_qc.schema import RZ_COLUMNS
+
+    scored = {m for m, col in RZ_COLUMNS.items() if z[col] == z[col]}  # not NaN
+    assert scored == {"vol_left_hippocampus", "vol_whole_brain", "etiv_mm3", "reg_cc"}
+    assert set(rows) == scored
+    hippo = re.search(r'<tr class="rz-outlier"><td><code>vol_left_hippocampus</code>.*?</tr>',
+                      section, re.S).group(0)
+    # the z shown is the group table's, highlighted, and the mark is red: a triangle at the
+    # left edge (beyond the axis) or a dot where z falls
+    shown = re.search(r'<td class="num flag">([-+][\d.]+)</td>', hippo).group(1)
+    assert float(shown) == pytest.approx(z["rz_vol_left_hippocampus"], abs=0.05)
+    assert z["rz_vol_left_hippocampus"] < -3.5
+    mark = re.search(r'<i class="([\w ]+)" style="left:([\d.]+)px">', hippo)
+    assert mark.group(1).split()[0] == "out" and "% of ICV" in hippo
+    beyond = z["rz_vol_left_hippocampus"] < -6
+    assert ("lo" in mark.group(1).split()) == beyond
+    assert float(mark.group(2)) == pytest.approx(
+        0 if beyond else 90 + 15 * z["rz_vol_left_hippocampus"], abs=0.1)
+    # an image that stands in the middle: no highlight, a blue mark near the median line
+    middle = _section((tmp_path / "sub-05_T1w.html").read_text())
+    assert "rz-outlier" not in middle and 'class="num flag"' not in middle
+    assert '<i class="in" style="left:' in middle and 'class="strip"' in middle
+    # rerunning the group level leaves the same section (no duplicate, no drift)
+    write_group_outputs(tmp_path)
+    again = (tmp_path / "sub-14_T1w.html").read_text()
+    assert again == after and again.count(START) == 1
+
+
+def test_small_dataset_reports_say_strips_need_ten_images(tmp_path):
+    from bids_qc.group import write_group_outputs
+
+    _group_of(tmp_path, 4)
+    (tmp_path / "sub-02_T1w.html").unlink()  # rendered by the group level, with the note
+    write_group_outputs(tmp_path)
+    for i in (1, 2):
+        section = _section((tmp_path / f"sub-0{i}_T1w.html").read_text())
+        assert 'id="relative-note"' in section and "The dataset has 4 image(s)" in section
+        assert 'class="strip"' not in section

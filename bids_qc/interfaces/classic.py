@@ -13,8 +13,9 @@ from nipype.interfaces.base import (
     traits,
 )
 
+from ..derivatives_fs import read_etiv
 from ..inputs import qc_input_from_dict
-from ..io import check_freesurfer_codes, load_image, load_labels
+from ..io import check_freesurfer_codes, load_image, load_labels, require_file
 from ..models.classic import (
     BASELINES,
     baseline_thresholds,
@@ -42,7 +43,7 @@ class _ClassicMetricsOutputSpec(TraitedSpec):
 
 
 class ClassicMetrics(SimpleInterface):
-    """``reg_cc``, ``reg_mi`` and ``vol_<structure>`` of one T1w image.
+    """``reg_cc``, ``reg_mi``, ``vol_<structure>`` and ``etiv_mm3`` of one T1w image.
 
     Each stage fails on its own: an unreadable segmentation leaves the registration
     metrics intact, and the other way round.
@@ -56,6 +57,7 @@ class ClassicMetrics(SimpleInterface):
         metrics: dict[str, float | None] = {"reg_cc": None, "reg_mi": None,
                                             "reg_cc_flag": None, "reg_mi_flag": None}
         metrics.update({f"vol_{n}": None for n in STRUCTURE_NAMES})
+        metrics["etiv_mm3"] = None
         errors: list[dict] = []
         warnings: list[str] = []
         skipped: list[dict] = []
@@ -64,6 +66,7 @@ class ClassicMetrics(SimpleInterface):
         self._check_t1w(row, errors, warnings)
         self._registration(row, metrics, errors, warnings, skipped, Path(runtime.cwd))
         self._segmentation(row, metrics, errors, warnings, skipped)
+        self._etiv(row, metrics, warnings)
 
         self._results["result"] = stage_result(
             "classic", metrics, errors, warnings, skipped, self._provenance
@@ -123,6 +126,24 @@ class ClassicMetrics(SimpleInterface):
             self._provenance["template"]["how"] = how
         except Exception as exc:  # one failed stage must not stop the image
             errors.append(error_record("registration", exc))
+
+    @staticmethod
+    def _etiv(row, metrics, warnings) -> None:
+        # eTIV only rescales volumes at group level (which falls back to vol_whole_brain),
+        # so an unreadable stats file is a warning, never a failed stage.
+        if row.aseg_stats is None:
+            return
+        try:
+            etiv = read_etiv(require_file(row.aseg_stats, role="FreeSurfer aseg.stats"))
+        except Exception as exc:
+            warnings.append(f"eTIV not read ({exc}); group-level volumes of this image are "
+                            "scaled by vol_whole_brain instead")
+            return
+        if etiv is None:
+            warnings.append(f"{row.aseg_stats} has no EstimatedTotalIntraCranialVol (eTIV) "
+                            "line; group-level volumes of this image are scaled by "
+                            "vol_whole_brain instead")
+        metrics["etiv_mm3"] = etiv
 
     def _segmentation(self, row, metrics, errors, warnings, skipped) -> None:
         if row.seg is None:

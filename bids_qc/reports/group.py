@@ -218,6 +218,8 @@ def _queue_rows(review: Review, limit: int = QUEUE_MAX_ROWS) -> list[dict[str, A
         rows.append({"rank": r.rank, "bids_name": r.bids_name, "risk": risk,
                      "high": bool(r.risk > 1) if not pd.isna(r.risk) else False,
                      "flags": ", ".join(r.flags), "qc_error": r.qc_error,
+                     "rz_max": "" if pd.isna(r.rz_max) else f"{r.rz_max:.1f}",
+                     "rz_high": bool(r.rz_max > OUTLIER_Z) if not pd.isna(r.rz_max) else False,
                      "truth": {True: "FAIL", False: "PASS"}.get(r.truth, ""),
                      "caught": f"{100 * caught / review.n_failing:.0f}%"
                      if review.n_failing else ""})

@@ -1,7 +1,8 @@
 """The participant report: ``OUTPUT_DIR/<bids_name>.html``, one self-contained file.
 
 Sections: summary (each check's verdict, value and threshold; what was skipped and why),
-registration, segmentation, shape, provenance and errors, and a rating form whose
+where the image stands in its dataset (:mod:`bids_qc.reports.relative`, filled in by the
+group level), registration, segmentation, shape, provenance and errors, and a rating form whose
 "download ratings" button saves a JSON locally (``bids_qc-ratings`` merges them).
 
 Figures need files that only the running workflow has (the template-space T1w lives in the
@@ -21,6 +22,7 @@ from ..io import atomic_write_text
 from ..schema import column
 from .checks import Outcome, check_spec, evaluate
 from .figures import Figure, embed_file, registration_mosaic, safe_figure, segmentation_mosaic
+from .relative import relative_context
 from .render import fmt, render
 
 #: Artefacts a rater may tick beside a verdict (the optional checklist of the rating form).
@@ -262,8 +264,13 @@ def participant_context(
     stages: list[dict[str, Any]] | None = None,
     qc_input: dict[str, Any] | None = None,
     verbose: bool = False,
+    relative: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Everything the participant template shows (figures drawn here)."""
+    """Everything the participant template shows (figures drawn here).
+
+    ``relative`` is the dataset-relative section (:meth:`bids_qc.reports.relative.Strips.
+    context`); None at participant level, where the section says the group level fills it.
+    """
     outcomes = evaluate(result)
     paths = _inputs(result, qc_input)
     return {
@@ -272,6 +279,7 @@ def participant_context(
         "not_checked": not_checked(result),
         "verdicts": [_verdict(o) for o in outcomes],
         "metric_rows": _metric_rows(result.get("metrics") or {}),
+        "relative": relative if relative is not None else relative_context(),
         "registration": _registration(result, stages, outcomes),
         "segmentation": _segmentation(result, stages, paths, outcomes),
         "shape": _shape(result, stages, outcomes, Path(output_dir), verbose),
@@ -292,6 +300,7 @@ def write_participant_report(
     stages: list[dict[str, Any]] | None = None,
     qc_input: dict[str, Any] | None = None,
     verbose: bool = False,
+    relative: dict[str, Any] | None = None,
 ) -> Path:
     """Write the HTML report of one participant JSON and return its path.
 
@@ -307,9 +316,13 @@ def write_participant_report(
         The row's inputs (``t1w``, ``t1w_preproc``, ``seg``, ``seg_reference``).
     verbose : bool
         Embed every Grad-CAM rendering, not only those of flagged structures.
+    relative : dict, optional
+        The dataset-relative strips (group level); None: a note that the group level adds
+        them.
     """
     html = render(
-        "participant.html.j2", **participant_context(result, output_dir, stages, qc_input, verbose)
+        "participant.html.j2",
+        **participant_context(result, output_dir, stages, qc_input, verbose, relative),
     )
     out = Path(output_dir) / f"{result['bids_name']}.html"
     atomic_write_text(out, html)
