@@ -12,9 +12,53 @@ from .inputs import QCInput
 from .io import atomic_write_json, atomic_write_text, md5sum
 from .models.registry import ModelSpec
 
-BIDSIGNORE = "\n".join(
-    ["*.html", "logs/", "figures/", "group_*.tsv", "ratings_*.tsv", "thresholds_*.json", ""]
+#: Where bids_qc lives (``GeneratedBy.CodeURL``, the README's pointer to the documentation).
+HOMEPAGE = "https://example.org/bids_qc"
+
+#: ``Authors`` of the output dataset unless a user put others in its description.
+DEFAULT_AUTHORS = ("bids_qc developers",)
+
+#: Marks the README / ``.bidsignore`` / validator configuration bids_qc wrote, so that a
+#: rerun rewrites those and leaves a user's own (or one with this line deleted) alone.
+MARKER = "Written by bids_qc; rewritten on every run (delete this line to keep your edits)."
+
+#: The non-BIDS files of the output dataset (gitignore syntax, as BIDS validators read it):
+#: reports, their figures, logs, the per-image result JSONs (sidecars without a data file:
+#: BIDS has no QC-metrics file yet; MRIQC ignores its own the same way) and the group tables.
+BIDSIGNORE = "\n".join([
+    f"# {MARKER}",
+    "# Files that are not BIDS files, so that BIDS validators skip them (see the bids_qc",
+    "# documentation, Outputs): reports, figures, logs, per-image QC results, group tables.",
+    "*.html",
+    "figures/",
+    "logs/",
+    "sub-*/**/anat/*_T1w.json",
+    "group_*.tsv",
+    "ratings_*.tsv",
+    "thresholds_*.json",
+    "",
+])
+
+#: What earlier bids_qc versions wrote to ``.bidsignore`` (no marker): still ours to rewrite.
+_LEGACY_BIDSIGNORES = (
+    "*.html\nlogs/\nfigures/\ngroup_*.tsv\nratings_*.tsv\n",
+    "*.html\nlogs/\nfigures/\ngroup_*.tsv\nratings_*.tsv\nthresholds_*.json\n",
 )
+
+#: The dataset configuration of the legacy (npm 1.x) ``bids-validator``, read from the
+#: dataset root. That validator applies raw-data rules only: it rejects the
+#: BIDS-Derivatives segmentations (``desc`` entity) and, when every file of the subject
+#: folders is a bidsignored QC result, reports "no subject folders"; these stay visible,
+#: as warnings. The schema validator (2.x) reads ``.bidsignore`` and not this file.
+LEGACY_VALIDATOR_CONFIG: dict[str, Any] = {
+    "_comment": f"{MARKER} Configuration of the legacy (1.x) bids-validator for a "
+                "derivative dataset; see the bids_qc documentation, Outputs.",
+    "warn": ["SUBJECT_FOLDERS", "NO_VALID_DATA_FOUND_FOR_SUBJECT"],
+    "ignoredFiles": ["/sub-*/**/anat/*_dseg.nii.gz"],
+}
+
+#: README names BIDS accepts; bids_qc writes the first when the dataset has none.
+_README_NAMES = ("README.md", "README", "README.rst", "README.txt")
 
 
 def container_info() -> dict[str, str] | None:
@@ -29,12 +73,40 @@ def container_info() -> dict[str, str] | None:
     return info
 
 
-def dataset_description(bids_dir: Path) -> dict[str, Any]:
-    """The ``dataset_description.json`` of the output derivative dataset."""
+def _authors(output_dir: Path | None) -> list[str]:
+    """``Authors`` a user put in an earlier ``dataset_description.json``, else the default."""
+    if output_dir is not None:
+        try:
+            old = json.loads((Path(output_dir) / "dataset_description.json").read_text())
+        except (OSError, ValueError):
+            old = None
+        authors = old.get("Authors") if isinstance(old, dict) else None
+        if (isinstance(authors, list) and authors
+                and all(isinstance(a, str) and a.strip() for a in authors)):
+            return authors
+    return list(DEFAULT_AUTHORS)
+
+
+def dataset_description(bids_dir: Path, output_dir: Path | None = None) -> dict[str, Any]:
+    """The ``dataset_description.json`` of the output derivative dataset.
+
+    Parameters
+    ----------
+    bids_dir : Path
+        The input BIDS dataset (``SourceDatasets``; its ``DatasetDOI`` when it has one).
+    output_dir : Path, optional
+        The output dataset: ``Authors`` edited into its existing description are kept.
+
+    Returns
+    -------
+    dict
+        The description, ``Authors`` and ``GeneratedBy`` (name, version, code URL,
+        container) included.
+    """
     generated: dict[str, Any] = {
         "Name": "bids_qc",
         "Version": __version__,
-        "CodeURL": "https://example.org/bids_qc",
+        "CodeURL": HOMEPAGE,
     }
     container = container_info()
     if container:
@@ -50,17 +122,92 @@ def dataset_description(bids_dir: Path) -> dict[str, Any]:
         "Name": "bids_qc quality-control outputs",
         "BIDSVersion": "1.9.0",
         "DatasetType": "derivative",
+        "Authors": _authors(output_dir),
         "GeneratedBy": [generated],
         "SourceDatasets": [source],
     }
 
 
+def readme_text(bids_dir: Path) -> str:
+    """The output dataset's README (Markdown): what it is, which version, its layout."""
+    source = Path(bids_dir).resolve().as_uri()
+    return f"""# bids_qc quality-control outputs
+
+<!-- {MARKER} -->
+
+A BIDS-Derivatives dataset written by bids_qc {__version__} ({HOMEPAGE}): quality control
+of the T1-weighted images of the BIDS dataset at {source}, with its segmentations and
+registrations from fMRIPrep, FreeSurfer or FastSurfer derivatives.
+
+## Layout
+
+- `dataset_description.json`: this dataset (`GeneratedBy` with bids_qc's version,
+  `SourceDatasets`, `Authors`)
+- `sub-<label>/[ses-<label>/]anat/<bids_name>.json`: every metric of one T1w image, with
+  its provenance and errors
+- `sub-<label>/[ses-<label>/]anat/*_desc-<model>_dseg.nii.gz`: segmentations bids_qc made
+  (FreeSurfer codes)
+- `<bids_name>.html`, `sub-<label>/figures/`: participant reports and their figures
+- `group_T1w.tsv`, `group_T1w.html`: one row per image; the group report and review queue
+- `group_T1w_flagged.tsv`, `group_T1w_queue.tsv`: flagged checks; the whole review queue
+- `logs/`: the settings of each run, crash files
+
+Every column and JSON key is described on the Outputs page of the bids_qc documentation
+({HOMEPAGE}, `docs/outputs.md` in its source).
+
+## Validation
+
+`.bidsignore` lists the files that are not BIDS files (reports, figures, logs, the per-image
+result JSONs, group tables), so BIDS validators skip them. `.bids-validator-config.json`
+configures the legacy (1.x) `bids-validator`, which applies raw-data rules only: it skips the
+segmentations' naming check and reports the rules a derivative cannot meet as warnings.
+
+`Authors` in `dataset_description.json` defaults to the bids_qc developers: put the people
+who ran and curated this dataset there before you share it (reruns keep what you edit in).
+"""
+
+
+def _ours(path: Path, legacy: tuple[str, ...] = ()) -> bool:
+    """Whether ``path`` is absent or was written by bids_qc (its marker, or a legacy text)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return True
+    except (OSError, UnicodeDecodeError):
+        return False  # unreadable: never overwrite what we cannot inspect
+    return MARKER in text or text in legacy
+
+
+def _write_if_ours(path: Path, text: str, legacy: tuple[str, ...] = ()) -> None:
+    """Write ``text`` to ``path`` unless a file bids_qc did not write is already there."""
+    if _ours(path, legacy):
+        atomic_write_text(path, text)
+
+
 def init_output_dir(output_dir: Path, bids_dir: Path) -> None:
-    """Create the output dataset's fixed files (atomically; safe for concurrent jobs)."""
+    """Create the output dataset's fixed files (atomically; safe for concurrent jobs).
+
+    ``dataset_description.json`` is always rewritten (``Authors`` a user edited in are
+    kept); the README, ``.bidsignore`` and ``.bids-validator-config.json`` only when absent
+    or written by bids_qc (:data:`MARKER`), so a user's own are left alone.
+
+    Parameters
+    ----------
+    output_dir : Path
+        OUTPUT_DIR; created with its ``logs/`` folder.
+    bids_dir : Path
+        The input BIDS dataset.
+    """
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "logs").mkdir(exist_ok=True)
-    atomic_write_json(output_dir / "dataset_description.json", dataset_description(bids_dir))
-    atomic_write_text(output_dir / ".bidsignore", BIDSIGNORE)
+    atomic_write_json(output_dir / "dataset_description.json",
+                      dataset_description(bids_dir, output_dir))
+    readmes = [output_dir / n for n in _README_NAMES if (output_dir / n).exists()]
+    for readme in readmes or [output_dir / _README_NAMES[0]]:
+        _write_if_ours(readme, readme_text(bids_dir))
+    _write_if_ours(output_dir / ".bidsignore", BIDSIGNORE, _LEGACY_BIDSIGNORES)
+    _write_if_ours(output_dir / ".bids-validator-config.json",
+                   json.dumps(LEGACY_VALIDATOR_CONFIG, indent=2) + "\n")
 
 
 def result_path(output_dir: Path, row: QCInput) -> Path:

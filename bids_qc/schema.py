@@ -262,9 +262,15 @@ def render_markdown() -> str:
         "",
         "| file | what |",
         "|---|---|",
-        "| `dataset_description.json` | BIDS derivative description (GeneratedBy, "
-        "SourceDatasets) |",
-        "| `.bidsignore` | keeps BIDS validators away from the non-BIDS files below |",
+        "| `dataset_description.json` | BIDS derivative description (GeneratedBy with "
+        "bids_qc's version, SourceDatasets, Authors: edit them in, reruns keep them) |",
+        "| `README.md` | what the dataset is, bids_qc's version, the layout below |",
+        "| `.bidsignore` | the files that are not BIDS files (reports, figures, logs, the "
+        "per-image result JSONs, group tables), so BIDS validators skip them |",
+        "| `.bids-validator-config.json` | configuration of the legacy (1.x) `bids-validator`, "
+        "which applies raw-data rules only: it skips the naming check of the segmentations "
+        "and reports what a derivative cannot meet (no raw data in the subject folders) as "
+        "warnings |",
         "| `logs/` | the settings of each run (`run-<time>-<host>-<pid>.json`), nipype "
         "crash files |",
         "| `sub-XX/[ses-YY/]anat/<bids_name>.json` | every metric of one T1w image, with "
@@ -288,6 +294,14 @@ def render_markdown() -> str:
         "`rating`) |",
         "| `thresholds_T1w.json` | per-check thresholds from `bids_qc-calibrate`; use with "
         "`--thresholds` |",
+        "",
+        "OUTPUT_DIR is a BIDS-Derivatives dataset that `bids-validator` accepts without "
+        "errors. The README, `.bidsignore` and `.bids-validator-config.json` carry the line "
+        "\"Written by bids_qc; rewritten on every run\": a rerun rewrites them, and leaves "
+        "alone a file without it (yours, or one you deleted the line from). The per-image "
+        "result JSONs are bidsignored as MRIQC's are: BIDS has no file type for QC metrics "
+        "yet, and a JSON in `anat/` without an image reads as a sidecar without its data "
+        "file.",
         "",
         "## The review queue",
         "",

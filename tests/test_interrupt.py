@@ -48,10 +48,13 @@ def _results(out: Path) -> dict[str, int]:
     return found
 
 
+_DOTFILES = {".bidsignore", ".bids-validator-config.json"}  # written by init_output_dir
+
+
 def _leftovers(out: Path) -> list[Path]:
-    """Temp files (``*.tmp``, hidden files other than .bidsignore) under ``out``."""
+    """Temp files (``*.tmp``, hidden files other than the dataset's own) under ``out``."""
     return [p for p in out.rglob("*")
-            if p.name.endswith(".tmp") or (p.name.startswith(".") and p.name != ".bidsignore")]
+            if p.name.endswith(".tmp") or (p.name.startswith(".") and p.name not in _DOTFILES)]
 
 
 def _interactive_signals() -> None:
