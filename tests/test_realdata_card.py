@@ -158,7 +158,7 @@ def test_readme_columns_come_from_the_schema():
     table = rc.render_readme_table({}, None, REALDATA_DIR)
     assert ("`shapeqc_pfail_<structure>`, `shapeqc_flag_<structure>` (14 subcortical "
             "structures), `shapeqc_nflagged`") in table
-    assert "`vol_<structure>`, `vol_<structure>_outlier`" in table
+    assert "`vol_<structure>`, `etiv_mm3`, `vol_<structure>_outlier`" in table
     assert "rz_" not in table
 
 
