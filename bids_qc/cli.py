@@ -19,7 +19,8 @@ from typing import Any, NoReturn
 
 from . import __version__, exitcodes
 from .errors import DatasetError, Terminated
-from .models.registry import KNOWN_MODELS, installed_models
+from .models.plugin import QCModel
+from .models.plugins import PLUGINS
 from .runtime import prepare_runtime
 from .scheduling import NIPYPE_PLUGINS
 from .settings import Settings
@@ -60,21 +61,21 @@ def _default_nprocs() -> int:
         return os.cpu_count() or 1
 
 
-def _models_help() -> str:
-    """``--models`` help with the real default, read from the registry."""
-    installed = installed_models()
-    default = [m.name for m in installed if not m.experimental and m.name != "vinn"]
-    experimental = [m.name for m in installed if m.experimental and m.name != "vinn"]
-    text = (f"QC models to run ({', '.join(KNOWN_MODELS)}); default: "
+def _models_help(plugins: tuple[QCModel, ...] = PLUGINS) -> str:
+    """``--models`` help with the real default, read from the plugins."""
+    installed = [p.spec for p in plugins if p.spec.is_installed() and p.role == "qc"]
+    default = [m.name for m in installed if not m.experimental]
+    experimental = [m.name for m in installed if m.experimental]
+    text = (f"QC models to run ({', '.join(p.name for p in plugins)}); default: "
             f"{', '.join(default) or 'none'} (the classical metrics always run)")
     if experimental:
         text += f"; experimental, run only when named: {', '.join(experimental)}"
     return text
 
 
-def _segment_help() -> str:
+def _segment_help(plugins: tuple[QCModel, ...] = PLUGINS) -> str:
     """``--segment`` help that says what ``auto`` does in this installation."""
-    vinn = next((m for m in installed_models() if m.name == "vinn"), None)
+    vinn = next((p.spec for p in plugins if p.name == "vinn" and p.spec.is_installed()), None)
     if vinn is None:
         auto = "VINN's weights are not installed, so auto segments nothing"
     elif vinn.experimental:
@@ -95,8 +96,14 @@ def _exit_code_epilog() -> str:
     return "exit codes (BIDS-Apps):\n" + "\n".join(rows)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (also the source of the documented option list)."""
+def build_parser(plugins: tuple[QCModel, ...] = PLUGINS) -> argparse.ArgumentParser:
+    """The argument parser (also the source of the documented option list).
+
+    Parameters
+    ----------
+    plugins : tuple of QCModel
+        The models: ``--models`` lists them, and each adds its threshold options.
+    """
     p = _Parser(
         prog="bids_qc",
         description=textwrap.fill("Quality control of structural brain MRI and its derivatives "
@@ -131,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
                      default="auto", help="which derivative's segmentation to check (auto: "
                      "FreeSurfer, then FastSurfer, then fMRIPrep)")
     sel.add_argument("--segment", choices=["auto", "always", "never"], default="auto",
-                     help=_segment_help())
+                     help=_segment_help(plugins))
     sel.add_argument("--skip-bids-validation", action="store_true",
                      help="do not require a valid dataset_description.json")
     sel.add_argument("--bids-database-dir", type=Path, metavar="DIR",
@@ -141,18 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     mod = p.add_argument_group("models")
     mod.add_argument("--models", nargs="+", metavar="NAME",
-                     help=_models_help())
+                     help=_models_help(plugins))
     mod.add_argument("--device", default="auto", help="auto (GPU when torch sees one), cpu, "
                      "cuda or cuda:N")
-    mod.add_argument("--regqc-threshold-mm", type=_positive_float, default=10.0, metavar="MM",
-                     help="RegQC flags a registration whose predicted RMSE exceeds this "
-                     "(default 10 mm, RegQCNET's threshold)")
-    mod.add_argument("--segqc-threshold", type=_positive_float, default=0.7, metavar="DICE",
-                     help="SegQC flags a segmentation when any structure's predicted Dice is "
-                     "below this (default 0.7)")
-    mod.add_argument("--manifoldqc-threshold", type=_positive_float, default=None,
-                     metavar="DICE", help="ManifoldQC flags a segmentation when any "
-                     "subcortical structure's Dice is below this (default: --segqc-threshold)")
+    for option in (o for p in plugins for o in p.options):
+        mod.add_argument(option.flag, type=_positive_float, default=option.default,
+                         metavar=option.metavar, help=option.help)
     mod.add_argument("--thresholds", type=Path, metavar="FILE",
                      help="JSON of per-check thresholds (from bids_qc-calibrate, or shipped "
                      "with ShapeQC); wins over the per-model threshold options")
@@ -267,6 +268,20 @@ def _read_thresholds(path: Path | None) -> dict[str, float]:
         raise UsageError(f"--thresholds {exc}") from None
 
 
+def _option_thresholds(ns: argparse.Namespace,
+                       plugins: tuple[QCModel, ...]) -> dict[str, float]:
+    """Threshold key -> value of every plugin's threshold option (defaults included)."""
+    out: dict[str, float] = {}
+    options = [o for p in plugins for o in p.options]
+    for option in options:
+        value = getattr(ns, option.dest)
+        out[option.threshold_key] = value
+    for option in options:  # a None default takes its fallback option's value
+        if out[option.threshold_key] is None and option.fallback_key:
+            out[option.threshold_key] = out.get(option.fallback_key)
+    return {k: v for k, v in out.items() if v is not None}
+
+
 def _shapeqc_recall_thresholds(recall: float | None) -> dict[str, float]:
     if recall is None:
         return {}
@@ -329,8 +344,11 @@ def _check_output_dir(bids_dir: Path, output_dir: Path) -> None:
                          f"of its own, e.g. {bids_dir}/derivatives/bids_qc")
 
 
-def parse_settings(argv: Sequence[str] | None = None) -> Settings:
+def parse_settings(argv: Sequence[str] | None = None,
+                   plugins: tuple[QCModel, ...] = PLUGINS) -> Settings:
     """Parse the command line into Settings.
+
+    ``plugins`` are the models the command line knows (their names and threshold options).
 
     Raises
     ------
@@ -341,15 +359,16 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
     """
     from .bids import normalise_labels
 
-    ns = build_parser().parse_args(argv)
+    ns = build_parser(plugins).parse_args(argv)
     if ns.analysis_level not in ("participant", "group"):
         raise DatasetError(f"analysis level {ns.analysis_level!r} is unknown: use participant "
                            "or group", exitcodes.UNKNOWN_LEVEL)
     if ns.models:
-        unknown = [m for m in ns.models if m not in KNOWN_MODELS]
+        known = [p.name for p in plugins]
+        unknown = [m for m in ns.models if m not in known]
         if unknown:
             raise UsageError(f"--models: unknown {', '.join(unknown)}; choose from "
-                             f"{', '.join(KNOWN_MODELS)}")
+                             f"{', '.join(known)}")
     nprocs = ns.nprocs or _default_nprocs()
     plugin, plugin_args = _read_plugin(ns.plugin_config, nprocs, ns.mem_gb)
     labels = _read_labels(ns.participant_label, ns.participant_label_file)
@@ -373,10 +392,8 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         bids_database_dir=ns.bids_database_dir.absolute() if ns.bids_database_dir else None,
         force=ns.force,
         # A thresholds file wins over the per-model threshold options.
-        thresholds={"regqc_rmse_mm": ns.regqc_threshold_mm, "segqc_dice": ns.segqc_threshold,
+        thresholds={**_option_thresholds(ns, plugins),
                     **_shapeqc_recall_thresholds(ns.shapeqc_recall),
-                    "manifoldqc_dice": (ns.segqc_threshold if ns.manifoldqc_threshold is None
-                                        else ns.manifoldqc_threshold),
                     **_read_thresholds(ns.thresholds)},
         shapeqc_recall=ns.shapeqc_recall,
         verbose_reports=ns.verbose_reports,

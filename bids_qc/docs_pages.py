@@ -35,8 +35,6 @@ NAV_SECTION = "Models"
 
 _INCLUDE = re.compile(r"^<!-- include: (?P<path>\S+)(?: (?P<lang>\w+))? -->$", re.MULTILINE)
 _DATA_SOURCES = "<!-- generated: data-sources -->"
-_TITLES = {"regqc": "RegQC", "segqc": "SegQC", "manifoldqc": "ManifoldQC",
-           "shapeqc": "ShapeQC", "vinn": "VINN"}  # fmt: skip
 
 
 def model_names() -> list[str]:
@@ -48,8 +46,10 @@ def model_names() -> list[str]:
 
 
 def model_title(name: str) -> str:
-    """Display name of a model (``segqc`` -> ``SegQC``)."""
-    return _TITLES.get(name, name)
+    """Display name of a model (``segqc`` -> ``SegQC``), from its plugin."""
+    from bids_qc.models.plugins import PLUGINS
+
+    return next((p.title for p in PLUGINS if p.name == name), name)
 
 
 def read_card(name: str) -> str | None:

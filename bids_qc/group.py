@@ -24,7 +24,7 @@ from .ratings import RATINGS_FILE, failing_images, read_rating_file
 from .reports.relative import Strips
 from .review import build_review, flagged_table, queue_table
 from .robust_z import RobustZ, acquisition_groups, icv_scaled, intracranial_volume, robust_z
-from .schema import COLUMNS, RZ_COLUMNS, column_names
+from .schema import COLUMNS, Column, rz_columns
 from .structures import STRUCTURE_NAMES
 
 LOGGER = logging.getLogger("bids_qc")
@@ -154,10 +154,12 @@ def volume_bounds(frame: pd.DataFrame) -> dict[str, tuple[float, float]]:
 
 
 def group_table(results: list[dict[str, Any]],
-                details: dict[str, tuple[pd.Series, RobustZ]] | None = None) -> pd.DataFrame:
+                details: dict[str, tuple[pd.Series, RobustZ]] | None = None,
+                columns: tuple[Column, ...] = COLUMNS) -> pd.DataFrame:
     """One row per image, the schema's columns in their stable order, then any extra ones.
 
-    ``details`` is filled as by :func:`add_robust_z` (indexed like the returned table).
+    ``details`` is filled as by :func:`add_robust_z` (indexed like the returned table);
+    ``columns`` are the schema's (:func:`bids_qc.schema.build_columns` of the plugins).
     """
     records = []
     for res in results:
@@ -169,7 +171,7 @@ def group_table(results: list[dict[str, Any]],
         }
         row.update(res.get("metrics", {}))
         records.append(row)
-    participant_cols = column_names("participant")
+    participant_cols = [c.name for c in columns if c.level == "participant"]
     frame = pd.DataFrame.from_records(records)
     for col in participant_cols:
         if col not in frame.columns:
@@ -181,8 +183,8 @@ def group_table(results: list[dict[str, Any]],
         frame[f"vol_{name}"] = pd.to_numeric(frame[f"vol_{name}"], errors="coerce")
         frame[f"vol_{name}_outlier"] = outlier_flags(frame[f"vol_{name}"])
     sidecars = {r["bids_name"]: r.get("acquisition") or {} for r in results}
-    frame = add_robust_z(frame, acquisition_keys(frame["bids_name"], sidecars), details)
-    ordered = [c.name for c in COLUMNS] + extra
+    frame = add_robust_z(frame, acquisition_keys(frame["bids_name"], sidecars), details, columns)
+    ordered = [c.name for c in columns] + extra
     return frame[ordered]
 
 
@@ -228,8 +230,8 @@ def _sidecar_value(value: Any) -> str | None:
 
 
 def add_robust_z(frame: pd.DataFrame, groups: pd.Series | None = None,
-                 details: dict[str, tuple[pd.Series, RobustZ]] | None = None
-                 ) -> pd.DataFrame:
+                 details: dict[str, tuple[pd.Series, RobustZ]] | None = None,
+                 columns: tuple[Column, ...] = COLUMNS) -> pd.DataFrame:
     """``frame`` with the ``rz_*`` scores of :mod:`bids_qc.robust_z`, ``rz_noutliers`` and
     ``rz_outliers``.
 
@@ -249,12 +251,14 @@ def add_robust_z(frame: pd.DataFrame, groups: pd.Series | None = None,
     details : dict, optional
         Filled with metric -> (the values scored, their :class:`RobustZ`), for the
         participant reports' strips.
+    columns : tuple of Column
+        The schema, whose ``rz_*`` columns say which metrics are scored.
     """
     icv = intracranial_volume(frame["etiv_mm3"], frame["vol_whole_brain"])
     warned: set[str] = set()
     hits = pd.Series("", index=frame.index, dtype="object")
     scores = {}
-    for metric, col in RZ_COLUMNS.items():
+    for metric, col in rz_columns(columns).items():
         values = pd.to_numeric(frame[metric], errors="coerce")
         if metric.startswith("vol_") and metric != "vol_whole_brain":
             values = icv_scaled(values, icv)

@@ -23,7 +23,7 @@ from typing import Any
 
 from . import exitcodes
 from .io import atomic_write_text
-from .reports.checks import is_check
+from .reports.checks import is_check, model_check_names
 
 RATINGS_FILE = "ratings_T1w.tsv"
 COLUMNS = ("bids_name", "check", "rating", "rater", "artefacts", "comment", "source", "timestamp")
@@ -41,8 +41,8 @@ def _row(
         )
     if not isinstance(check, str) or not is_check(check):
         raise ValueError(
-            f"{path}: {where}: check {check!r} is not a flag column (regqc_flag, "
-            "segqc_flag, manifoldqc_flag, shapeqc_flag_<structure>)"
+            f"{path}: {where}: check {check!r} is not a flag column "
+            f"({', '.join(model_check_names())})"
         )
     if rating not in ("PASS", "FAIL"):
         raise ValueError(f"{path}: {where}: rating {rating!r} must be PASS or FAIL")

@@ -89,8 +89,8 @@ def _check_thresholds(spec: CheckSpec, keys: np.ndarray,
     """
     def one(found: dict[str, float]) -> float:
         value = found.get(spec.threshold_key)
-        if value is None and spec.flag.startswith("shapeqc_"):
-            value = found.get("shapeqc_pfail")
+        if value is None and spec.fallback_key:
+            value = found.get(spec.fallback_key)
         return spec.default if value is None else value
 
     return np.array([one(found) for found in sets], dtype=float)[keys]

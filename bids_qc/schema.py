@@ -1,47 +1,21 @@
 """Every output column of bids_qc: the public contract of ``group_T1w.tsv`` and the JSONs.
 
 ``docs/outputs.md`` is generated from this module (``python -m bids_qc.schema``); a test
-checks that the committed file is up to date. Later models append their columns here.
+checks that the committed file is up to date. A model's columns come from its plugin
+(:class:`bids_qc.models.plugin.QCModel`); :func:`build_columns` places them.
 """
 
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
-from typing import Literal
 
-from .structures import STRUCTURES, SUBCORTICAL
+from .models.plugin import Column, Kind, Level, QCModel
+from .models.plugins import PLUGINS
+from .structures import STRUCTURES
 
-Kind = Literal["str", "float", "int", "flag"]
-Level = Literal["participant", "group"]
-
-
-@dataclass(frozen=True)
-class Column:
-    """One output column.
-
-    Parameters
-    ----------
-    name : str
-        Column name (public contract: never renamed without a major version).
-    kind : {"str", "float", "int", "flag"}
-        Value type; flags are 0/1; missing values are ``n/a`` in the TSV, null in JSON.
-    unit : str
-        Unit ("" when dimensionless).
-    description : str
-        What the value means.
-    producer : str
-        The stage that computes it (``classic``, ``group``, a model name, ``bids_qc``).
-    level : {"participant", "group"}
-        ``group`` columns exist only in the group table (computed across images).
-    """
-
-    name: str
-    kind: Kind
-    unit: str
-    description: str
-    producer: str
-    level: Level = "participant"
+__all__ = ["COLUMNS", "JSON_KEYS", "METRIC_COLUMNS", "PROVENANCE_KEYS", "RZ_COLUMNS",
+           "RZ_CUTOFF", "RZ_PREFIX", "Column", "Kind", "Level", "build_columns", "column",
+           "column_names", "participant_columns", "render_markdown", "rz_columns"]
 
 
 def _identity_columns() -> list[Column]:
@@ -70,11 +44,6 @@ def _classic_columns() -> list[Column]:
                "classic"),
         Column("reg_mi_flag", "flag", "", "1 when reg_mi is below its threshold (fitted like "
                "reg_cc's).", "classic"),
-        Column("regqc_rmse_mm", "float", "mm", "Residual misregistration to the template "
-               "predicted by RegQC: mean displacement over the template's field of view "
-               "(RegQCNET Eq. 1).", "regqc"),
-        Column("regqc_flag", "flag", "", "1 when regqc_rmse_mm exceeds the RegQC threshold "
-               "(`--regqc-threshold-mm`, default 10).", "regqc"),
     ]
     for s in STRUCTURES:
         what = s.name.replace("_", " ")
@@ -87,52 +56,17 @@ def _classic_columns() -> list[Column]:
     return cols
 
 
-def _segqc_columns() -> list[Column]:
-    cols = [
-        Column(f"segqc_dice_{s.name}", "float", "", f"Dice of {s.name.replace('_', ' ')} "
-               "against the true segmentation, as predicted by SegQC from the image and the "
-               "segmentation.", "segqc")
-        for s in STRUCTURES
-    ]
-    cols += [
-        Column("segqc_dice_mean", "float", "", "Mean of the 20 predicted Dice values "
-               "(SegQC).", "segqc"),
-        Column("segqc_flag", "flag", "", "1 when any predicted Dice is below the SegQC "
-               "threshold (`--segqc-threshold`, default 0.7).", "segqc"),
-    ]
-    return cols
+def participant_columns(plugins: tuple[QCModel, ...] = PLUGINS) -> list[Column]:
+    """The participant-level columns: identity, classical, then each plugin's.
 
-
-def _manifoldqc_columns() -> list[Column]:
-    cols = [
-        Column(f"manifoldqc_dice_{s.name}", "float", "", f"Dice of {s.name.replace('_', ' ')} "
-               "against the surrogate segmentation that ManifoldQC finds on its learned "
-               "manifold of good image-segmentation pairs (an estimate of its true Dice).",
-               "manifoldqc")
-        for s in SUBCORTICAL
-    ]
-    cols += [
-        Column("manifoldqc_dice_mean", "float", "", "Mean of the 14 subcortical Dice values "
-               "(ManifoldQC).", "manifoldqc"),
-        Column("manifoldqc_flag", "flag", "", "1 when any ManifoldQC Dice is below its "
-               "threshold (`--manifoldqc-threshold`, default: the SegQC threshold).",
-               "manifoldqc"),
-    ]
-    return cols
-
-
-def _shapeqc_columns() -> list[Column]:
-    cols = []
-    for s in SUBCORTICAL:
-        what = s.name.replace("_", " ")
-        cols.append(Column(f"shapeqc_pfail_{s.name}", "float", "", f"Probability that the shape "
-                           f"of {what} is a segmentation failure (ShapeQC, from its spherical "
-                           "thickness and area maps).", "shapeqc"))
-        cols.append(Column(f"shapeqc_flag_{s.name}", "flag", "", f"1 when shapeqc_pfail_{s.name}"
-                           " exceeds its threshold (shipped: F-recall 0.8 on the evaluation "
-                           "split; `--shapeqc-recall` re-derives it).", "shapeqc"))
-    cols.append(Column("shapeqc_nflagged", "int", "", "Number of structures ShapeQC flags.",
-                       "shapeqc"))
+    A plugin's columns follow its ``columns_after`` column where it names one (RegQC's sit
+    beside the classical registration metrics), else the columns before them.
+    """
+    cols = _identity_columns() + _classic_columns()
+    for plugin in plugins:
+        names = [c.name for c in cols]
+        at = names.index(plugin.columns_after) + 1 if plugin.columns_after else len(cols)
+        cols[at:at] = plugin.columns
     return cols
 
 
@@ -180,19 +114,23 @@ def _robust_z_columns(metrics: list[Column]) -> list[Column]:
     return cols
 
 
-_PARTICIPANT_COLUMNS = (_identity_columns() + _classic_columns() + _segqc_columns()
-                        + _manifoldqc_columns() + _shapeqc_columns())
+def build_columns(plugins: tuple[QCModel, ...] = PLUGINS) -> tuple[Column, ...]:
+    """Every column of a run with these plugins, in the stable order of ``group_T1w.tsv``."""
+    participant = participant_columns(plugins)
+    return tuple(participant + _group_columns() + _robust_z_columns(participant))
+
 
 #: Every column, in the stable order of ``group_T1w.tsv``.
-COLUMNS: tuple[Column, ...] = tuple(
-    _PARTICIPANT_COLUMNS + _group_columns() + _robust_z_columns(_PARTICIPANT_COLUMNS)
-)
+COLUMNS: tuple[Column, ...] = build_columns()
+
+def rz_columns(columns: tuple[Column, ...]) -> dict[str, str]:
+    """Metric -> its robust z-score column, in table order."""
+    return {c.name[len(RZ_PREFIX):]: c.name for c in columns
+            if c.name.startswith(RZ_PREFIX) and c.name not in ("rz_noutliers", "rz_outliers")}
+
 
 #: Metric -> its robust z-score column, in table order.
-RZ_COLUMNS: dict[str, str] = {
-    c.name[len(RZ_PREFIX):]: c.name for c in COLUMNS
-    if c.name.startswith(RZ_PREFIX) and c.name not in ("rz_noutliers", "rz_outliers")
-}
+RZ_COLUMNS: dict[str, str] = rz_columns(COLUMNS)
 
 _BY_NAME = {c.name: c for c in COLUMNS}
 

@@ -322,29 +322,30 @@ def test_worker_processes_follow_quiet_and_verbose(tmp_path):
     assert "[Node] Finished" in loud.stdout + loud.stderr
 
 
-def test_help_states_the_real_defaults_and_the_exit_codes(monkeypatch):
+def test_help_states_the_real_defaults_and_the_exit_codes():
     import dataclasses
 
     from bids_qc import cli, exitcodes
+    from bids_qc.models.plugins import PLUGINS
     from bids_qc.models.registry import installed_models
 
-    specs = {m.name: m for m in installed_models()}
-    assert {"segqc", "regqc", "vinn"} <= set(specs)
+    plugins = {p.name: p for p in PLUGINS}
+    assert {"segqc", "regqc", "vinn"} <= {m.name for m in installed_models()}
+
+    def gated(name: str, experimental: bool):
+        spec = dataclasses.replace(plugins[name].spec, experimental=experimental)
+        return dataclasses.replace(plugins[name], spec=spec)
+
     # a registry where RegQC passed its gate and VINN did not: the help follows it
-    toy = (dataclasses.replace(specs["regqc"], experimental=False),
-           dataclasses.replace(specs["segqc"], experimental=True),
-           dataclasses.replace(specs["vinn"], experimental=True))
-    monkeypatch.setattr(cli, "installed_models", lambda: toy)
-    text = " ".join(cli.build_parser().format_help().split())
+    toy = (gated("regqc", False), gated("segqc", True), gated("vinn", True))
+    text = " ".join(cli.build_parser(toy).format_help().split())
     assert "default: regqc (the classical metrics always run)" in text
     assert "experimental, run only when named: segqc" in text
     assert "VINN is experimental in this installation, so auto segments only with --models vinn" \
         in text
     for code, (name, _) in exitcodes.TABLE.items():
         assert f"{code} {name}:" in text
-    toy = (dataclasses.replace(specs["vinn"], experimental=False),)
-    monkeypatch.setattr(cli, "installed_models", lambda: toy)
-    text = " ".join(cli.build_parser().format_help().split())
+    text = " ".join(cli.build_parser((gated("vinn", False),)).format_help().split())
     assert "default: none" in text
     assert "default auto: images without a FreeSurfer-coded segmentation" in text
 

@@ -11,112 +11,19 @@ fingerprint), else the model's default.
 
 from __future__ import annotations
 
-import math
-import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from functools import lru_cache
+from typing import Any
 
-Direction = Literal["above", "below"]
+from ..models.plugin import MAX_RATIO, CheckFamily, CheckSpec, Direction, QCModel
+from ..models.plugin import finite as _num
+from ..models.plugins import PLUGINS, SHAPEQC
 
-#: A ratio is capped here so that a Dice of 0 or a threshold of 0 still sorts (and prints).
-MAX_RATIO = 100.0
+__all__ = ["MAX_RATIO", "SHAPEQC_DEFAULT", "CheckSpec", "Direction", "Outcome", "check_spec",
+           "evaluate", "is_check", "model_check_names", "model_checks", "run_thresholds"]
 
-
-@dataclass(frozen=True)
-class CheckSpec:
-    """How one check turns a value into a verdict.
-
-    Parameters
-    ----------
-    flag : str
-        The flag column (the check's name).
-    metric : str
-        The value column, or a ``prefix*`` whose per-structure columns are reduced by ``min``.
-    threshold_key : str
-        Key of ``Settings.thresholds`` (and of ``--thresholds`` files, through the flag).
-    direction : {"above", "below"}
-        ``above``: a value above the threshold fails (an error); ``below``: below fails
-        (a Dice).
-    default : float
-        Threshold when the run recorded none.
-    label : str
-        What the check judges, for the reports.
-    """
-
-    flag: str
-    metric: str
-    threshold_key: str
-    direction: Direction
-    default: float
-    label: str
-
-    @property
-    def model(self) -> str:
-        """The model whose check this is (the flag column's prefix)."""
-        return self.flag.split("_", 1)[0]
-
-    @property
-    def experimental(self) -> bool:
-        """Whether the model is experimental (its card misses its targets): reports say so."""
-        from ..models.registry import REGISTRY
-
-        return any(s.name == self.model and s.experimental for s in REGISTRY)
-
-    def value(self, metrics: dict[str, Any]) -> float | None:
-        """The check's value in a participant's metrics (None when absent)."""
-        if self.metric.endswith("*"):
-            prefix = self.metric[:-1]
-            values = [
-                _num(v)
-                for k, v in metrics.items()
-                if k.startswith(prefix) and k != prefix + "mean"
-            ]
-            values = [v for v in values if v is not None]
-            if values:
-                return min(values)
-            return _num(metrics.get(prefix + "mean"))
-        return _num(metrics.get(self.metric))
-
-    def fails(self, value: float, threshold: float) -> bool:
-        """Whether ``value`` is on the failing side of ``threshold``."""
-        return value > threshold if self.direction == "above" else value < threshold
-
-    def ratio(self, value: float | None, threshold: float | None) -> float | None:
-        """Value relative to threshold, oriented so that above 1 means failing."""
-        if value is None or threshold is None:
-            return None
-        num, den = (value, threshold) if self.direction == "above" else (threshold, value)
-        if den <= 0:
-            return MAX_RATIO if num > 0 else 0.0
-        return min(MAX_RATIO, max(0.0, num / den))
-
-
-_FIXED = (
-    CheckSpec(
-        "regqc_flag",
-        "regqc_rmse_mm",
-        "regqc_rmse_mm",
-        "above",
-        10.0,
-        "registration (RegQC predicted RMSE, mm)",
-    ),
-    CheckSpec(
-        "segqc_flag",
-        "segqc_dice_*",
-        "segqc_dice",
-        "below",
-        0.7,
-        "segmentation (SegQC lowest predicted Dice)",
-    ),
-    CheckSpec(
-        "manifoldqc_flag",
-        "manifoldqc_dice_*",
-        "manifoldqc_dice",
-        "below",
-        0.7,
-        "segmentation (ManifoldQC lowest predicted Dice)",
-    ),
-)
+#: ShapeQC's threshold where neither the run nor its shipped file has one.
+SHAPEQC_DEFAULT = SHAPEQC.check_family.default if SHAPEQC.check_family else 0.5
 
 
 def _baseline_checks() -> tuple[CheckSpec, ...]:
@@ -132,13 +39,23 @@ def _baseline_checks() -> tuple[CheckSpec, ...]:
         for name in ("reg_cc", "reg_mi") if name in fitted)
 
 
-_FIXED = _FIXED + _baseline_checks()
-_BY_FLAG = {c.flag: c for c in _FIXED}
-_SHAPE = re.compile(r"^shapeqc_flag_(\w+)$")
-SHAPEQC_DEFAULT = 0.5
+@lru_cache(maxsize=8)
+def _table(plugins: tuple[QCModel, ...]) -> tuple[dict[str, CheckSpec], tuple[CheckFamily, ...]]:
+    """The fixed checks by flag (the plugins', then the baselines') and the check families."""
+    fixed = [c for p in plugins for c in p.checks] + list(_baseline_checks())
+    families = tuple(p.check_family for p in plugins if p.check_family is not None)
+    return {c.flag: c for c in fixed}, families
 
 
-def check_spec(flag: str) -> CheckSpec:
+def _family_spec(flag: str, families: tuple[CheckFamily, ...]) -> CheckSpec | None:
+    for family in families:
+        structure = family.structure(flag)
+        if structure is not None:
+            return family.spec(structure)
+    return None
+
+
+def check_spec(flag: str, plugins: tuple[QCModel, ...] = PLUGINS) -> CheckSpec:
     """The spec of check ``flag``.
 
     Raises
@@ -146,43 +63,43 @@ def check_spec(flag: str) -> CheckSpec:
     ValueError
         If no check has that flag column.
     """
-    if flag in _BY_FLAG:
-        return _BY_FLAG[flag]
-    match = _SHAPE.match(flag)
-    if match:
-        s = match.group(1)
-        return CheckSpec(
-            flag,
-            f"shapeqc_pfail_{s}",
-            f"shapeqc_pfail_{s}",
-            "above",
-            SHAPEQC_DEFAULT,
-            f"shape of {s.replace('_', ' ')} (ShapeQC P(FAIL))",
-        )
-    known = ", ".join([*_BY_FLAG, "shapeqc_flag_<structure>"])
+    fixed, families = _table(plugins)
+    if flag in fixed:
+        return fixed[flag]
+    spec = _family_spec(flag, families)
+    if spec is not None:
+        return spec
+    known = ", ".join([*fixed, *(f"{f.flag_prefix}<structure>" for f in families)])
     raise ValueError(f"{flag!r} is not a check (a flag column); checks: {known}")
 
 
-def is_check(flag: str) -> bool:
+def is_check(flag: str, plugins: tuple[QCModel, ...] = PLUGINS) -> bool:
     """Whether ``flag`` names a model check."""
-    return flag in _BY_FLAG or bool(_SHAPE.match(flag))
+    fixed, families = _table(plugins)
+    return flag in fixed or _family_spec(flag, families) is not None
 
 
-def model_checks(metrics: dict[str, Any]) -> list[CheckSpec]:
+def model_check_names(plugins: tuple[QCModel, ...] = PLUGINS) -> list[str]:
+    """The models' check names, for messages (``shapeqc_flag_<structure>`` for a family)."""
+    return [*(c.flag for p in plugins for c in p.checks),
+            *(f"{p.check_family.flag_prefix}<structure>" for p in plugins if p.check_family)]
+
+
+def model_checks(metrics: dict[str, Any],
+                 plugins: tuple[QCModel, ...] = PLUGINS) -> list[CheckSpec]:
     """The checks a participant's metrics hold a flag or a value for, in a stable order."""
-    found = [c for c in _FIXED if c.flag in metrics or c.value(metrics) is not None]
-    shape = sorted(
-        {
-            f"shapeqc_flag_{k.removeprefix('shapeqc_pfail_')}"
-            for k in metrics
-            if k.startswith("shapeqc_pfail_")
-        }
-        | {k for k in metrics if _SHAPE.match(k)}
-    )
-    return found + [check_spec(f) for f in shape]
+    fixed, families = _table(plugins)
+    found = [c for c in fixed.values() if c.flag in metrics or c.value(metrics) is not None]
+    flags: set[str] = set()
+    for family in families:
+        flags |= {family.flag_prefix + k.removeprefix(family.metric_prefix)
+                  for k in metrics if k.startswith(family.metric_prefix)}
+        flags |= {k for k in metrics if family.structure(k) is not None}
+    return found + [check_spec(f, plugins) for f in sorted(flags)]
 
 
-def run_thresholds(result: dict[str, Any]) -> dict[str, float]:
+def run_thresholds(result: dict[str, Any],
+                   plugins: tuple[QCModel, ...] = PLUGINS) -> dict[str, float]:
     """The thresholds in force when a participant JSON was computed.
 
     The run's ``thresholds`` option (in the fingerprint), overridden by what a model stage
@@ -192,9 +109,10 @@ def run_thresholds(result: dict[str, Any]) -> dict[str, float]:
     prov = result.get("provenance") or {}
     found = ((prov.get("fingerprint") or {}).get("options") or {}).get("thresholds") or {}
     out = {k: float(v) for k, v in found.items() if _num(v) is not None}
+    fixed = _table(plugins)[0]
     for name, stage in (prov.get("stages") or {}).items():
         stage = stage or {}
-        spec = _BY_FLAG.get(f"{name}_flag")
+        spec = fixed.get(f"{name}_flag")
         if spec is not None and _num(stage.get("threshold")) is not None:
             out[spec.threshold_key] = float(stage["threshold"])
         recorded = stage.get("thresholds")
@@ -214,16 +132,16 @@ class Outcome:
     ratio: float | None
 
 
-def evaluate(result: dict[str, Any]) -> list[Outcome]:
-    """Every model check of a participant JSON."""
+def evaluate(result: dict[str, Any], plugins: tuple[QCModel, ...] = PLUGINS) -> list[Outcome]:
+    """Every model check of a participant JSON (of the models of ``plugins``)."""
     metrics = result.get("metrics") or {}
-    thresholds = run_thresholds(result)
+    thresholds = run_thresholds(result, plugins)
     out = []
-    for spec in model_checks(metrics):
+    for spec in model_checks(metrics, plugins):
         value = spec.value(metrics)
         threshold = thresholds.get(spec.threshold_key)
-        if threshold is None and spec.flag.startswith("shapeqc_"):
-            threshold = thresholds.get("shapeqc_pfail")
+        if threshold is None and spec.fallback_key:
+            threshold = thresholds.get(spec.fallback_key)
         threshold = spec.default if threshold is None else threshold
         flag = metrics.get(spec.flag)
         if flag is None and value is not None:
@@ -238,14 +156,3 @@ def evaluate(result: dict[str, Any]) -> list[Outcome]:
             )
         )
     return out
-
-
-def _num(value: Any) -> float | None:
-    """A finite float, or None."""
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return None
-    return out if math.isfinite(out) else None

@@ -19,6 +19,8 @@ from typing import Any
 
 from .. import __version__
 from ..io import atomic_write_text
+from ..models.plugin import QCModel, Section
+from ..models.plugins import PLUGINS
 from ..schema import column
 from .checks import Outcome, check_spec, evaluate
 from .figures import Figure, embed_file, registration_mosaic, safe_figure, segmentation_mosaic
@@ -37,6 +39,13 @@ ARTEFACTS = (
     "missing or truncated structure",
     "other",
 )
+
+
+def _in_section(outcomes: list[Outcome], section: Section,
+                plugins: tuple[QCModel, ...]) -> list[Outcome]:
+    """The outcomes of the models whose plugin shows them in ``section`` of the report."""
+    models = {p.name for p in plugins if p.report_section == section}
+    return [o for o in outcomes if o.spec.model in models]
 
 
 def _metric_rows(metrics: dict[str, Any]) -> list[dict[str, str]]:
@@ -88,7 +97,8 @@ def _stage_prov(
 
 
 def _registration(
-    result: dict[str, Any], stages: list[dict[str, Any]] | None, outcomes: list[Outcome]
+    result: dict[str, Any], stages: list[dict[str, Any]] | None, outcomes: list[Outcome],
+    plugins: tuple[QCModel, ...] = PLUGINS,
 ) -> dict[str, Any]:
     metrics = result.get("metrics") or {}
     classic = _stage_prov(result, stages, "classic")
@@ -107,12 +117,14 @@ def _registration(
         "figure": figure,
         "template": template,
         "baselines": [{"name": n, "value": fmt(metrics.get(n))} for n in ("reg_cc", "reg_mi")],
-        "verdicts": [_verdict(o) for o in outcomes if o.spec.flag == "regqc_flag"],
+        "verdicts": [_verdict(o) for o in _in_section(outcomes, "registration", plugins)],
     }
 
 
-def _dice_table(metrics: dict[str, Any], outcomes: list[Outcome]) -> dict[str, Any]:
-    models = [o for o in outcomes if o.spec.flag in ("segqc_flag", "manifoldqc_flag")]
+def _dice_table(metrics: dict[str, Any], outcomes: list[Outcome],
+                plugins: tuple[QCModel, ...] = PLUGINS) -> dict[str, Any]:
+    # The segmentation section's checks reduce per-structure values (``prefix*`` metrics).
+    models = _in_section(outcomes, "segmentation", plugins)
     names: list[str] = []
     for o in models:
         prefix = o.spec.metric[:-1]
@@ -138,7 +150,8 @@ def _dice_table(metrics: dict[str, Any], outcomes: list[Outcome]) -> dict[str, A
     }
 
 
-def failing_structures(metrics: dict[str, Any], outcomes: list[Outcome]) -> list[str]:
+def failing_structures(metrics: dict[str, Any], outcomes: list[Outcome],
+                       plugins: tuple[QCModel, ...] = PLUGINS) -> list[str]:
     """Subcortical structures a check failed, in check order.
 
     Parameters
@@ -147,6 +160,8 @@ def failing_structures(metrics: dict[str, Any], outcomes: list[Outcome]) -> list
         The participant's metrics.
     outcomes : list of Outcome
         Its checks (:func:`~bids_qc.reports.checks.evaluate`).
+    plugins : tuple of QCModel
+        Which models' checks are segmentation checks, and which are per-structure shapes.
 
     Returns
     -------
@@ -155,18 +170,31 @@ def failing_structures(metrics: dict[str, Any], outcomes: list[Outcome]) -> list
         then those ShapeQC flagged.
     """
     out: list[str] = []
+    segmentation = _in_section(outcomes, "segmentation", plugins)
+    shape = _shape_structures(outcomes, plugins)
     for o in outcomes:
-        if o.spec.flag in ("segqc_flag", "manifoldqc_flag"):
+        if o in segmentation:
             prefix = o.spec.metric[:-1]
             for key, value in metrics.items():
                 s = key.removeprefix(prefix)
                 if (key.startswith(prefix) and s != "mean" and value is not None
                         and o.spec.fails(float(value), o.threshold) and s not in out):
                     out.append(s)
-        elif o.spec.flag.startswith("shapeqc_flag_") and o.flag == 1:
-            s = o.spec.flag.removeprefix("shapeqc_flag_")
+        elif o.spec.flag in shape and o.flag == 1:
+            s = shape[o.spec.flag]
             if s not in out:
                 out.append(s)
+    return out
+
+
+def _shape_structures(outcomes: list[Outcome], plugins: tuple[QCModel, ...]) -> dict[str, str]:
+    """Flag -> structure of the per-structure checks of the report's shape section."""
+    out = {}
+    for o in _in_section(outcomes, "shape", plugins):
+        family = next(p.check_family for p in plugins if p.name == o.spec.model)
+        structure = family.structure(o.spec.flag) if family is not None else None
+        if structure is not None:
+            out[o.spec.flag] = structure
     return out
 
 
@@ -175,11 +203,12 @@ def _segmentation(
     stages: list[dict[str, Any]] | None,
     paths: dict[str, str | None],
     outcomes: list[Outcome],
+    plugins: tuple[QCModel, ...] = PLUGINS,
 ) -> dict[str, Any]:
     seg = paths.get("seg")
     base = paths.get("seg_reference") or paths.get("t1w_preproc") or paths.get("t1w")
     figures = []
-    failing = failing_structures(result.get("metrics") or {}, outcomes)
+    failing = failing_structures(result.get("metrics") or {}, outcomes, plugins)
     if seg and result.get("seg_source"):
         figures.append(
             safe_figure("segmentation", segmentation_mosaic, base, seg, failing=failing)
@@ -203,10 +232,8 @@ def _segmentation(
         )
     return {
         "figures": figures,
-        "dice": _dice_table(result.get("metrics") or {}, outcomes),
-        "verdicts": [
-            _verdict(o) for o in outcomes if o.spec.flag in ("segqc_flag", "manifoldqc_flag")
-        ],
+        "dice": _dice_table(result.get("metrics") or {}, outcomes, plugins),
+        "verdicts": [_verdict(o) for o in _in_section(outcomes, "segmentation", plugins)],
     }
 
 
@@ -222,13 +249,15 @@ def _shape(
     outcomes: list[Outcome],
     output_dir: Path,
     verbose: bool,
+    plugins: tuple[QCModel, ...] = PLUGINS,
 ) -> list[dict[str, Any]]:
     renders = _gradcam_paths(result, stages)
+    structures = _shape_structures(outcomes, plugins)
     rows = []
     for o in outcomes:
-        if not o.spec.flag.startswith("shapeqc_flag_"):
+        if o.spec.flag not in structures:
             continue
-        s = o.spec.flag.removeprefix("shapeqc_flag_")
+        s = structures[o.spec.flag]
         row = {**_verdict(o), "structure": s.replace("_", " "), "figure": None}
         if (o.flag == 1 or verbose) and s in renders:
             row["figure"] = safe_figure(s, embed_file, renders[s], f"Grad-CAM: {s}", output_dir)
@@ -236,7 +265,8 @@ def _shape(
     return rows
 
 
-def _rating_checks(result: dict[str, Any], outcomes: list[Outcome]) -> list[dict[str, str]]:
+def _rating_checks(result: dict[str, Any], outcomes: list[Outcome],
+                   plugins: tuple[QCModel, ...] = PLUGINS) -> list[dict[str, str]]:
     """The checks a rater can judge: every model check, and the registration and
     segmentation checks whenever their inputs exist (so ratings can calibrate those models
     before they run on this dataset)."""
@@ -245,7 +275,7 @@ def _rating_checks(result: dict[str, Any], outcomes: list[Outcome]) -> list[dict
         names.insert(0, "regqc_flag")
     if result.get("seg_source") and "segqc_flag" not in names:
         names.insert(1 if "regqc_flag" in names else 0, "segqc_flag")
-    return [{"check": n, "label": check_spec(n).label} for n in names]
+    return [{"check": n, "label": check_spec(n, plugins).label} for n in names]
 
 
 def not_checked(result: dict[str, Any]) -> list[str]:
@@ -265,13 +295,15 @@ def participant_context(
     qc_input: dict[str, Any] | None = None,
     verbose: bool = False,
     relative: dict[str, Any] | None = None,
+    plugins: tuple[QCModel, ...] = PLUGINS,
 ) -> dict[str, Any]:
     """Everything the participant template shows (figures drawn here).
 
     ``relative`` is the dataset-relative section (:meth:`bids_qc.reports.relative.Strips.
     context`); None at participant level, where the section says the group level fills it.
+    ``plugins`` say which checks exist and which section shows each model.
     """
-    outcomes = evaluate(result)
+    outcomes = evaluate(result, plugins)
     paths = _inputs(result, qc_input)
     return {
         "result": result,
@@ -280,10 +312,10 @@ def participant_context(
         "verdicts": [_verdict(o) for o in outcomes],
         "metric_rows": _metric_rows(result.get("metrics") or {}),
         "relative": relative if relative is not None else relative_context(),
-        "registration": _registration(result, stages, outcomes),
-        "segmentation": _segmentation(result, stages, paths, outcomes),
-        "shape": _shape(result, stages, outcomes, Path(output_dir), verbose),
-        "rating_checks": _rating_checks(result, outcomes),
+        "registration": _registration(result, stages, outcomes, plugins),
+        "segmentation": _segmentation(result, stages, paths, outcomes, plugins),
+        "shape": _shape(result, stages, outcomes, Path(output_dir), verbose, plugins),
+        "rating_checks": _rating_checks(result, outcomes, plugins),
         "artefacts": ARTEFACTS,
         "rating_meta": {
             "format": "bids_qc-ratings",
@@ -301,6 +333,7 @@ def write_participant_report(
     qc_input: dict[str, Any] | None = None,
     verbose: bool = False,
     relative: dict[str, Any] | None = None,
+    plugins: tuple[QCModel, ...] = PLUGINS,
 ) -> Path:
     """Write the HTML report of one participant JSON and return its path.
 
@@ -319,10 +352,12 @@ def write_participant_report(
     relative : dict, optional
         The dataset-relative strips (group level); None: a note that the group level adds
         them.
+    plugins : tuple of QCModel
+        The models whose checks the report shows (default: every plugin).
     """
     html = render(
         "participant.html.j2",
-        **participant_context(result, output_dir, stages, qc_input, verbose, relative),
+        **participant_context(result, output_dir, stages, qc_input, verbose, relative, plugins),
     )
     out = Path(output_dir) / f"{result['bids_name']}.html"
     atomic_write_text(out, html)

@@ -12,39 +12,38 @@ from nipype.pipeline import engine as pe
 
 from ..inputs import QCInput, qc_input_to_dict
 from ..interfaces.classic import ClassicMetrics
-from ..interfaces.manifoldqc import ManifoldQC
-from ..interfaces.regqc import RegQC
 from ..interfaces.results import WriteResults
-from ..interfaces.segqc import SegQC
-from ..interfaces.shapeqc import ShapeQC
-from ..interfaces.vinn import VINNSegment
+from ..models.plugin import QCModel
+from ..models.plugins import PLUGINS, get_plugin
 from ..models.registry import ModelSpec, missing_needs
 
-#: Model name -> its nipype interface class. Every interface takes ``qc_input`` (the row as
-#: a dict), ``classic_result`` (the classical stage's result, whose provenance holds the
-#: template-space T1w it wrote, so no model resamples it again), ``device`` and
-#: ``thresholds`` (dict), and returns ``result``, a stage result
+#: Model name -> its nipype interface class, from the plugins. Every interface takes
+#: ``qc_input`` (the row as a dict), ``classic_result`` (the classical stage's result, whose
+#: provenance holds the template-space T1w it wrote, so no model resamples it again),
+#: ``device`` and ``thresholds`` (dict), and returns ``result``, a stage result
 #: (:func:`bids_qc.results.stage_result`). A model enters here when its weights ship.
 MODEL_INTERFACES: dict[str, type] = {
-    "regqc": RegQC, "segqc": SegQC, "manifoldqc": ManifoldQC, "shapeqc": ShapeQC,
+    p.name: p.interface_class() for p in PLUGINS if p.role == "qc"
 }
 
-#: Memory (GB) and CPU threads each model node declares to the scheduler.
+#: Memory (GB) and CPU threads each model node declares to the scheduler (its plugin's
+#: :class:`~bids_qc.models.plugin.Resources`).
 MODEL_RESOURCES: dict[str, tuple[float, int]] = {
-    # The 1 mm template-space T1w, its 4 mm input and a 1.3 M-parameter CNN.
-    "regqc": (1.0, 2),
-    # A 256^3 image and segmentation plus the 2 mm model input stay under 1 GB.
-    "segqc": (1.0, 2),
-    # A 256^3 segmentation, 14 small meshes and a 0.2 M-parameter 2D CNN.
-    "shapeqc": (1.0, 1),
-    # 29 float16 class maps of a 0.7 mm head (about 1 GB) plus the image and slice stacks.
-    "vinn": (2.5, 2),
+    p.name: (p.resources.mem_gb, p.resources.threads) for p in PLUGINS
 }
-# SegQC's inputs plus a 200 k-parameter VAE and a 50-step latent search on one crop.
-MODEL_RESOURCES["manifoldqc"] = (1.0, 2)
 
 #: Models that produce an input (a segmentation) for the others rather than a QC stage.
-SEGMENTERS: tuple[str, ...] = ("vinn",)
+SEGMENTERS: tuple[str, ...] = tuple(p.name for p in PLUGINS if p.role == "segmenter")
+
+
+def _model_node(plugin: QCModel, device: str, max_threads: int) -> pe.Node:
+    """A model's node, with the resources its plugin declares."""
+    node = pe.Node(plugin.interface_class()(), name=plugin.name, mem_gb=plugin.resources.mem_gb,
+                   n_procs=max(1, min(plugin.resources.threads, max_threads)))
+    node.inputs.device = device
+    if device.startswith("cuda"):
+        node.is_gpu_node = True  # MultiProc schedules these on its GPU slots
+    return node
 
 
 def runs_segmenter(row: QCInput, segment: str) -> bool:
@@ -107,6 +106,7 @@ def init_image_qc_wf(
     max_threads: int = 1,
     segmenter: ModelSpec | None = None,
     segment: str = "auto",
+    plugins: tuple[QCModel, ...] = PLUGINS,
 ) -> pe.Workflow:
     """The QC workflow of one T1w image.
 
@@ -134,6 +134,8 @@ def init_image_qc_wf(
         VINN, when installed and not turned off.
     segment : {"auto", "always", "never"}
         When the segmenter runs (see :func:`runs_segmenter`).
+    plugins : tuple of QCModel
+        Where each model's interface and resources come from.
 
     Notes
     -----
@@ -155,34 +157,25 @@ def init_image_qc_wf(
     have = available_inputs(row)
     source, source_field = inputnode, "qc_input"
     if segmenter is not None and runs_segmenter(row, segment):
-        mem, threads = MODEL_RESOURCES[segmenter.name]
-        seg_node = pe.Node(VINNSegment(), name=segmenter.name, mem_gb=mem,
-                           n_procs=max(1, min(threads, max_threads)))
-        seg_node.inputs.device = device
+        seg_node = _model_node(get_plugin(segmenter.name, plugins), device, max_threads)
         seg_node.inputs.output_dir = str(output_dir)
-        if device.startswith("cuda"):
-            seg_node.is_gpu_node = True
         wf.connect([(inputnode, seg_node, [("qc_input", "qc_input")])])
         source, source_field = seg_node, "qc_input"
         stages.append(seg_node)
         have.add("seg")
     for spec in models:
-        if spec.name in SEGMENTERS:
+        plugin = get_plugin(spec.name, plugins)
+        if plugin.role == "segmenter":
             continue
         lacking = missing_needs(spec, have)
         if lacking:
             skipped.append({"model": spec.name, "reason": "this image has no "
                             + " and no ".join(lacking) + " input in the derivatives"})
             continue
-        mem, threads = MODEL_RESOURCES.get(spec.name, (mem_gb, 1))
-        node = pe.Node(MODEL_INTERFACES[spec.name](), name=spec.name, mem_gb=mem,
-                       n_procs=max(1, min(threads, max_threads)))
-        node.inputs.device = device
+        node = _model_node(plugin, device, max_threads)
         node.inputs.thresholds = dict(thresholds or {})
         if "output_dir" in node.inputs.copyable_trait_names():  # models that write figures
             node.inputs.output_dir = str(output_dir)
-        if device.startswith("cuda"):
-            node.is_gpu_node = True  # MultiProc schedules these on its GPU slots
         wf.connect([
             (source, node, [(source_field, "qc_input")]),
             (classic, node, [("result", "classic_result")]),
