@@ -319,6 +319,19 @@ def regqc_choice(sets: Path, weights: Path, part: Part = "calibration") -> dict[
     return out
 
 
+def _cached(sets: Path, kind: str, part: str, key: str, compute) -> list[dict[str, Any]]:
+    """Planted cases of one kind and part, computed once per weights (``key``)."""
+    import hashlib
+
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    path = sets / f"planted_{kind}_{part}_{digest}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    cases = compute()
+    path.write_text(json.dumps(cases))
+    return cases
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command line: evaluate every model on the real sets and write the gate files."""
     from ..models.gate import REALDATA_DIR
@@ -344,10 +357,19 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{part}: app run in {time.time() - t0:.0f} s")
         results[part] = read_results(out)
     thresholds = fit_baseline_thresholds(results["calibration"])
-    parts = ("calibration", "test")
-    cases = {part: planted_misregistrations(args.sets / part, part) for part in parts}
-    seg_cases = {part: planted_segmentations(args.sets / part, part) for part in parts}
-    shape_cases = {part: planted_shapes(args.sets / part, part) for part in parts}
+    parts: tuple[Part, ...] = ("calibration", "test")
+    shas = {s.name: s.sha256 for s in REGISTRY}
+    # Planted cases hold the models' predictions: cached per weights, so a rerun after
+    # a retrain of one model recomputes only that model's cases.
+    cases = {part: _cached(args.sets, "misreg", part, shas["regqc"],
+                           lambda part=part: planted_misregistrations(args.sets / part, part))
+             for part in parts}
+    seg_cases = {part: _cached(args.sets, "seg", part, shas["segqc"] + shas["manifoldqc"],
+                               lambda part=part: planted_segmentations(args.sets / part, part))
+                 for part in parts}
+    shape_cases = {part: _cached(args.sets, "shape", part, shas["shapeqc"],
+                                 lambda part=part: planted_shapes(args.sets / part, part))
+                   for part in parts}
     args.write.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y-%m-%d")
     for spec in REGISTRY:
