@@ -692,15 +692,8 @@ def _fmriprep_files(root: Path, database: Path | None, subjects: tuple[str, ...]
 
 def _parse_name(name: str) -> dict[str, str] | None:
     """Entities of a BIDS file name (pybids names), or None if it is not one."""
-    extension = _extension(name)
-    *pairs, suffix = name[: len(name) - len(extension)].split("_")
-    entities = {"suffix": suffix}
-    for pair in pairs:
-        key, sep, value = pair.partition("-")
-        if not sep or not value:
-            return None
-        entities[_LONG.get(key, key)] = value
-    return entities if "subject" in entities else None
+    entities = _name_entities(name)
+    return entities if entities is not None and "subject" in entities else None
 
 
 def _extension(name: str) -> str:

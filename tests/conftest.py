@@ -20,6 +20,15 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+def require_shared_data() -> Path:
+    """The real data folder; skips without it, but fails under ``CI=true`` (CI has it)."""
+    if not SHARED_DATA.is_dir():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must have the real data folder {SHARED_DATA}")
+        pytest.skip(f"real data folder {SHARED_DATA} is absent")
+    return SHARED_DATA
+
+
 def shared_path(*parts: str) -> Path:
     """A path under the real data folder; skips the test when it is missing."""
     path = SHARED_DATA.joinpath(*parts)

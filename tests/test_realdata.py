@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import nibabel as nib
 import numpy as np
 import pytest
@@ -15,15 +13,7 @@ from bids_qc.training.realdata import (
     load_splits,
     muse_to_freesurfer,
 )
-from tests.conftest import SHARED_DATA
-
-
-def _real_data():
-    if not SHARED_DATA.is_dir():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI must have the real data folder {SHARED_DATA}")
-        pytest.skip(f"real data folder {SHARED_DATA} is absent")
-    return SHARED_DATA
+from tests.conftest import require_shared_data
 
 
 def test_load_splits_reads_parts(tmp_path):
@@ -56,7 +46,7 @@ def test_load_splits_names_a_missing_file(tmp_path):
 
 
 def test_real_split_table_is_as_documented():
-    data = _real_data()
+    data = require_shared_data()
     s = load_splits(data)
     assert len(s.items("ixi_dlmuse", "training")) == 60
     assert len(s.items("ixi_dlmuse", "calibration")) == 30
@@ -82,7 +72,7 @@ def test_muse_mapping_codes():
 
 
 def test_muse_mapping_on_a_real_person_keeps_sides_and_sizes():
-    data = _real_data()
+    data = require_shared_data()
     person = ixi_people(data, "calibration")[0]
     img = nib.load(person.dlmuse)
     fs = muse_to_freesurfer(np.asarray(img.dataobj))

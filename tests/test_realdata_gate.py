@@ -3,8 +3,6 @@ the records say, and the planted-failure builders give exact truth on a real per
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
@@ -13,19 +11,11 @@ from bids_qc.models.registry import REGISTRY
 from bids_qc.training.real_damage import plant_dice
 from bids_qc.training.real_gate import false_flags, read_results, run_app, verdicts
 from bids_qc.training.real_sets import REGISTRATIONS, build_dataset, good_images, segmentation
-from tests.conftest import SHARED_DATA
-
-
-def _real_data():
-    if not SHARED_DATA.is_dir():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI must have the real data folder {SHARED_DATA}")
-        pytest.skip(f"real data folder {SHARED_DATA} is absent")
-    return SHARED_DATA
+from tests.conftest import require_shared_data
 
 
 def test_good_images_leave_out_the_exclusions_and_keep_the_split():
-    data = _real_data()
+    data = require_shared_data()
     test = good_images(data, "test")
     items = {(im.dataset, im.item) for im in test}
     assert ("scanners", "ge_signa_pioneer_mprage") not in items      # the phantom
@@ -35,7 +25,7 @@ def test_good_images_leave_out_the_exclusions_and_keep_the_split():
 
 
 def test_planted_dice_is_exact_on_a_real_segmentation():
-    data = _real_data()
+    data = require_shared_data()
     person = next(im for im in good_images(data, "calibration") if im.seg_kind == "muse")
     labels, _ = segmentation(person)
     rng = np.random.default_rng(0)
@@ -53,7 +43,7 @@ def test_planted_dice_is_exact_on_a_real_segmentation():
 
 @pytest.fixture(scope="module")
 def test_run(tmp_path_factory):
-    data = _real_data()
+    data = require_shared_data()
     if not REGISTRATIONS.is_dir():
         pytest.fail(f"{REGISTRATIONS} (the shipped registrations) is missing")
     root = tmp_path_factory.mktemp("real_test")

@@ -24,7 +24,7 @@ from .plugin import (
 
 #: The sha256 of each model's shipped weights (its card and real-data figures are stamped
 #: with it). A model is *installed* when its weights file ships.
-_REGQC_SHA = "9dda0cffa42bdd97157908e459964cf8dd53cdb273babb07b4a18e2ff67b8c2b"
+_REGQC_SHA = "19d316caa2cf463f70ad4f03907ae0f9258806a7d216e8d823842d80b526e283"
 _SEGQC_SHA = "cff3e20167615fea5611f3ea9d1c4eb975a4864ea29e2690c341866a7532e921"
 _MANIFOLDQC_SHA = "72ce5568a53ffbbee566e0af4a7f9d245c9ee2be2b576b9390feb04db895aa26"
 _SHAPEQC_SHA = "95eff42aea27029d1e3ce9f31a4be3eb446f8c65277f8efe06683517ef40c4c5"
@@ -34,7 +34,7 @@ _VINN_SHA = "e016e0c433d70b2295b411ae72b1c8926c09176238932c841c782dfa289733fd"
 _DICE_DEFAULT = 0.7
 
 REGQC = QCModel(
-    spec=gated_spec("regqc", "1.1.0", "regqc.pt", _REGQC_SHA, ("template_t1w",),
+    spec=gated_spec("regqc", "1.2.0", "regqc.pt", _REGQC_SHA, ("template_t1w",),
                     "Residual misregistration to the template (mm), RegQCNET-style CNN"),
     title="RegQC",
     interface="bids_qc.interfaces.regqc:RegQC",

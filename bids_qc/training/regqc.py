@@ -297,6 +297,9 @@ def train(minutes: float, out: Path, resume: bool, cache: Path, batch_size: int 
         spec = get_spec("regqc")
         _load_checkpoint(model, load_state_dict(spec), spec.weights_path())
         log(f"warm start from the shipped weights {spec.version} ({spec.sha256[:12]})")
+        state_warm = spec.sha256
+    else:
+        state_warm = None
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     state = {"step": 0, "cases": 0, "seconds": 0.0, "losses": []}
     ckpt = out / "checkpoint.pt"
@@ -306,6 +309,8 @@ def train(minutes: float, out: Path, resume: bool, cache: Path, batch_size: int 
         opt.load_state_dict(saved["opt"])
         state = saved["state"]
         log(f"resumed at step {state['step']}")
+    if state_warm is not None:
+        state["warm_start_sha256"] = state_warm
     rng = np.random.default_rng(SEED + state["step"])
     # Each sitting restarts the cosine decay of the rate over its own budget.
     state.setdefault("sittings", []).append(minutes)
@@ -350,6 +355,7 @@ def train(minutes: float, out: Path, resume: bool, cache: Path, batch_size: int 
         "block_dropout": model.encoder[3].p, "head_dropout": model.head[3].p,
         "calibration": fit, "sittings_minutes": state["sittings"],
         "warm_start": bool(init_shipped), "lr": lr, "real_pool": real_data is not None,
+        "warm_start_sha256": state.get("warm_start_sha256"),
     }
     (out / "train_info.json").write_text(json.dumps(info, indent=1))
     log(f"done: {info}")

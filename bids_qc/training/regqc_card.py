@@ -299,6 +299,15 @@ def fs_section(check: dict[str, Any] | None) -> list[str]:
     return [*card_lines(check), ""]
 
 
+def _warm_start_lines(train: dict[str, Any]) -> list[str]:
+    # A warm-started sitting continues the weights it replaced: the card says which.
+    if not train.get("warm_start"):
+        return []
+    return [f"- this sitting started from the previously shipped weights "
+            f"(sha256 `{train.get('warm_start_sha256', 'not recorded')}`), learning rate "
+            f"{train.get('lr')} with cosine decay over the sitting"]
+
+
 def render(res: dict[str, Any], train: dict[str, Any], sha: str) -> str:
     """The card's markdown."""
     lines = [
@@ -319,9 +328,12 @@ def render(res: dict[str, Any], train: dict[str, Any], sha: str) -> str:
         f"- cases seen: {train['cases_seen']} ({train['steps']} steps of batch "
         f"{train['batch_size']}), {train['epochs']:.1f} epochs over a pool of "
         f"{train['pool_volumes']} template-space anatomies (SynthSeg maps 1-16 synthesised, "
-        "ds002748 sub-01..08)",
+        "ds002748 sub-01..08" + (", and the 60 real IXI people of the training part, "
+                                 "whole-head, registered through their brain"
+                                 if train.get("real_pool") else "") + ")",
         f"- wall time: {train['train_minutes']:.1f} min on {train['hardware']}; seed {SEED}",
         *_sittings_lines(train.get("sittings_minutes")),
+        *_warm_start_lines(train),
         f"- dropout: {train.get('block_dropout', 0.1)} after each convolutional block, "
         f"{train.get('head_dropout', 0.5)} in the regression layers",
         *_calibration_lines(train.get("calibration")),
@@ -386,7 +398,8 @@ def main(argv: list[str] | None = None) -> None:
                        help="fs_transform_check.json (python -m "
                        "bids_qc.training.fs_transform_check) for the FreeSurfer section")
     args = parser.parse_args(argv)
-    fs_check = json.loads(args.fs_check.read_text()) if args.fs_check else None
+    fs_path = getattr(args, "fs_check", None)  # the cases command takes none
+    fs_check = json.loads(fs_path.read_text()) if fs_path else None
     if args.cmd == "render":
         res = json.loads(args.evaluation.read_text())
         if fs_check is not None:
