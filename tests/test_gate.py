@@ -62,3 +62,14 @@ def test_registration_flags_fire_below_the_threshold_only():
         "reg_cc_flag": None, "reg_mi_flag": None}
     assert registration_flags({"reg_cc": 0.2, "reg_mi": 0.05}, {}) == {
         "reg_cc_flag": None, "reg_mi_flag": None}
+
+
+def test_the_segmenters_gate_needs_dice_and_plausible_volumes():
+    ok = {"kind": "segmenter", "dice": {"test": {"mean": 0.87}},
+          "volumes": {"test": {"n": 5, "implausible": []}}}
+    assert gate.gate_decision(ok)["passes"]
+    low = {**ok, "dice": {"test": {"mean": 0.69}}}
+    assert "0.690 < 0.85" in gate.gate_decision(low)["reasons"][0]
+    odd = {**ok, "volumes": {"test": {"n": 5, "implausible": ["sub-01"]}}}
+    assert not gate.gate_decision(odd)["passes"]
+    assert not gate.gate_decision({"kind": "segmenter"})["passes"]

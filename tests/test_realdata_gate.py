@@ -24,6 +24,16 @@ def test_good_images_leave_out_the_exclusions_and_keep_the_split():
     assert len({im.label for im in test}) == len(test)                # BIDS labels unique
 
 
+def test_the_mosaic_shows_every_image_of_the_part_exclusions_included(tmp_path):
+    data = require_shared_data()
+    from bids_qc.training.real_sets import mosaic
+
+    path = mosaic(data, "test", tmp_path / "test.png")
+    import matplotlib.image as mpimg
+
+    assert mpimg.imread(path).shape[0] > 400     # five rows of eight images
+
+
 def test_planted_dice_is_exact_on_a_real_segmentation():
     data = require_shared_data()
     person = next(im for im in good_images(data, "calibration") if im.seg_kind == "muse")

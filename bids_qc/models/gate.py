@@ -23,6 +23,11 @@ GATE: dict[str, float] = {
     "min_sensitivity": 0.80,       # at the shipped threshold (one that never fires fails)
 }
 
+#: The segmenter's gate (VINN), on the real test images: mean subcortical Dice against a
+#: FreeSurfer-coded reference where one exists, and plausible volumes on every image
+#: (the bounds are the VINN issue's, fixed before the test images are looked at).
+SEGMENTER_GATE: dict[str, float] = {"min_subcortical_dice": 0.85}
+
 #: Where the generated figures live (package data).
 REALDATA_DIR = Path(str(resources.files("bids_qc.models") / "cards" / "realdata"))
 
@@ -46,6 +51,8 @@ def gate_decision(entry: dict[str, Any]) -> dict[str, Any]:
     entry : dict
         A real-data record: ``good.test.rate`` and ``planted.test.{auroc, sensitivity}``.
     """
+    if entry.get("kind") == "segmenter":
+        return _segmenter_decision(entry)
     reasons = []
     good = (entry.get("good") or {}).get("test") or {}
     rate = good.get("rate")
@@ -63,6 +70,24 @@ def gate_decision(entry: dict[str, Any]) -> dict[str, Any]:
     if auc is not None and (sens is None or sens < GATE["min_sensitivity"]):
         reasons.append(f"sensitivity {sens if sens is None else round(sens, 3)} < "
                        f"{GATE['min_sensitivity']:.2f} at the shipped threshold")
+    return {"passes": not reasons, "reasons": reasons}
+
+
+def _segmenter_decision(entry: dict[str, Any]) -> dict[str, Any]:
+    """VINN's gate: ``dice.test.mean`` against references and ``volumes.test`` plausibility."""
+    reasons = []
+    dice = ((entry.get("dice") or {}).get("test") or {}).get("mean")
+    if dice is None:
+        reasons.append("no Dice against real reference segmentations of the test part")
+    elif dice < SEGMENTER_GATE["min_subcortical_dice"]:
+        reasons.append(f"mean subcortical Dice {dice:.3f} < "
+                       f"{SEGMENTER_GATE['min_subcortical_dice']:.2f} on real test images")
+    volumes = (entry.get("volumes") or {}).get("test") or {}
+    if not volumes:
+        reasons.append("volumes of the real test images not checked for plausibility")
+    elif volumes.get("implausible"):
+        reasons.append(f"implausible volumes on {len(volumes['implausible'])} of "
+                       f"{volumes.get('n')} real test images")
     return {"passes": not reasons, "reasons": reasons}
 
 

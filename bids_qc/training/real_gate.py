@@ -97,6 +97,24 @@ def false_flags(v: dict[str, int | None]) -> dict[str, Any]:
             "flagged_images": sorted(k for k, x in v.items() if x != 0)}
 
 
+def outlier_rate(dataset: Path, out: Path) -> dict[str, Any]:
+    """Per-image rate of dataset-relative outliers (``rz_noutliers`` > 0) on good images.
+
+    Runs the group level on the participant outputs, as a user would. Advisory figures,
+    reported apart from the models' false flags.
+    """
+    import pandas as pd
+
+    cmd = [sys.executable, "-m", "bids_qc", str(dataset), str(out), "group"]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {done.returncode}:\n{done.stderr[-3000:]}")
+    table = pd.read_csv(out / "group_T1w.tsv", sep="\t")
+    flags = {name: int(n > 0) for name, n in zip(table["bids_name"],
+                                                   table["rz_noutliers"].fillna(0))}
+    return false_flags(flags)
+
+
 def _template_grid():
     from ..spatial import load_template
     from ..templates_data import get_template
@@ -401,6 +419,8 @@ def main(argv: list[str] | None = None) -> None:
             part: false_flags({k: int(r["metrics"][name] < thresholds[name])
                                for k, r in results[part].items()
                                if r["metrics"].get(name) is not None}) for part in results}
+    baseline["outliers"] = {part: outlier_rate(args.sets / part, args.sets / f"{part}_out")
+                            for part in parts}
     baseline["cases"] = {part: cases[part] for part in cases}
     (args.write / "classic.json").write_text(json.dumps(baseline, indent=1) + "\n")
     print("classic thresholds", thresholds)

@@ -79,8 +79,9 @@ def exclusions() -> dict[tuple[str, str], str]:
     return {(r["dataset"], r["item"]): r["reason"] for r in rows}
 
 
-def good_images(data_dir: str | Path, part: Part) -> list[RealImage]:
-    """Every good real image of ``part`` (exclusions removed), in a stable order."""
+def good_images(data_dir: str | Path, part: Part, exclude: bool = True) -> list[RealImage]:
+    """Every good real image of ``part`` (exclusions removed unless ``exclude`` is False),
+    in a stable order."""
     data_dir = Path(data_dir)
     splits = load_splits(data_dir)
     images = [RealImage("ixi_dlmuse", p.item, p.t1w, p.dlmuse, "muse")
@@ -99,8 +100,13 @@ def good_images(data_dir: str | Path, part: Part) -> list[RealImage]:
                                 skull_stripped=True))
     for item in splits.items("scanners", part):
         images.append(RealImage("scanners", item, data_dir / "scanners" / f"{item}.nii.gz"))
-    left_out = exclusions()
+    left_out = exclusions() if exclude else {}
     return [im for im in images if (im.dataset, im.item) not in left_out]
+
+
+def _all_images(data_dir: str | Path, part: Part) -> list[RealImage]:
+    """The images of ``part`` before exclusions (what the mosaic shows)."""
+    return good_images(data_dir, part, exclude=False)
 
 
 def segmentation(image: RealImage) -> tuple[np.ndarray, np.ndarray] | None:
@@ -195,15 +201,49 @@ def build_dataset(data_dir: str | Path, part: Part, out: str | Path,
     return images
 
 
+def mosaic(data_dir: str | Path, part: Part, path: str | Path) -> Path:
+    """One axial slice of every image of ``part``, exclusions included, for the look by eye
+    that decides the exclusions (before any model runs on the images)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    images = _all_images(data_dir, part)
+    cols = 8
+    rows = max(1, -(-len(images) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2, rows * 2.1), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, im in zip(axes.ravel(), images):
+        img = nib.as_closest_canonical(nib.load(str(im.t1w)))
+        data = np.asanyarray(img.dataobj, dtype=np.float32)
+        data = data[..., 0] if data.ndim == 4 else data
+        ax.imshow(np.rot90(data[:, :, int(data.shape[2] * 0.55)]), cmap="gray",
+                  vmax=float(np.percentile(data, 99.5)))
+        ax.set_title(f"{im.dataset}/{im.item}"[:28], fontsize=5)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return Path(path)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command line: build one part's dataset."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default="../shared/data", help="the shared data folder")
     p.add_argument("--part", choices=("calibration", "test"), required=True)
-    p.add_argument("--out", required=True, help="dataset folder (cached)")
+    p.add_argument("--out", default=None, help="dataset folder (cached)")
+    p.add_argument("--mosaic", default=None,
+                   help="only write a PNG mosaic of the part's images (the look by eye)")
     p.add_argument("--ship", action="store_true",
                    help="store new registrations in the package (for the shipped figures)")
     args = p.parse_args(argv)
+    if args.mosaic:
+        print(mosaic(args.data, args.part, args.mosaic))
+        return
+    if not args.out:
+        p.error("--out is needed to build a dataset")
     images = build_dataset(args.data, args.part, args.out, ship=args.ship)
     print(f"{len(images)} good {args.part} images in {args.out}")
 

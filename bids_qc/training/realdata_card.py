@@ -293,6 +293,12 @@ def readme_context(records: dict[str, dict[str, Any] | None], classic: dict[str,
                 for b in BASELINES["regqc"]]
         classic_gate += (f"; on RegQC's planted real test failures: {', '.join(aucs)} "
                          "([RegQC's card](bids_qc/models/cards/regqc.md#real-data))")
+        out = ((classic.get("outliers") or {}).get("test") or {})
+        if out.get("n"):
+            lo, hi = out["wilson95"]
+            classic_gate += (f"; dataset-relative outliers (advisory, `rz_outliers`): "
+                             f"{out['flagged']} of {out['n']} good real test images "
+                             f"({out['rate']:.1%}, Wilson 95% {lo:.1%}-{hi:.1%})")
     rows = [{"check": TITLES["classic"],
              "columns": _check_columns(("classic", "group")) + f" ({NOTES['classic']})",
              "default": "always run", "gate": classic_gate}]
