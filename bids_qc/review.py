@@ -6,7 +6,9 @@ P(FAIL), a volume above the group's upper outlier bound) and threshold / value f
 that fail below it (predicted Dice, a volume below the lower bound), so a ratio above 1 means
 flagged and a larger ratio means further beyond the threshold. An image's risk is its
 largest ratio; images whose processing failed come first (a person must look at them), images
-without any check value last.
+without any check value last. An experimental model's check (below the real-data gate)
+counts its ratio ``r`` below 1 and ``1 - 0.01 / r`` from 1 on: its flags keep their order
+just below every gated check's flag.
 
 Relative evidence: the dataset-relative robust z-scores (``rz_*``, :mod:`bids_qc.robust_z`)
 add ``min(rz_max / 3.5, 1)``, where ``rz_max`` is the image's largest ``|z|``: an image's
@@ -36,7 +38,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .reports.checks import MAX_RATIO, CheckSpec, model_checks, run_thresholds
+from .reports.checks import (
+    MAX_RATIO,
+    CheckSpec,
+    check_spec,
+    is_check,
+    model_checks,
+    run_thresholds,
+)
 from .robust_z import OUTLIER_Z
 from .schema import RZ_COLUMNS
 from .structures import STRUCTURE_NAMES
@@ -190,10 +199,24 @@ def queue_table(queue: pd.DataFrame) -> pd.DataFrame:
     return out[QUEUE_COLUMNS]
 
 
+def _experimental_checks(names: np.ndarray) -> np.ndarray:
+    """Which rows of a checks table belong to an experimental model (below the gate)."""
+    found = {n: is_check(n) and check_spec(n).experimental for n in set(names.tolist())}
+    return np.array([found[n] for n in names.tolist()], dtype=bool)
+
+
 def risk_scores(frame: pd.DataFrame, checks: pd.DataFrame) -> pd.Series:
-    """bids_name -> risk (see the module docstring); inf for failed images, NaN without data."""
+    """bids_name -> risk (see the module docstring); inf for failed images, NaN without data.
+
+    An experimental model's check (below the real-data gate) keeps a ratio ``r`` below 1
+    and counts ``1 - 0.01 / r`` from 1 on: its flags rank in their own order just below any
+    gated check's flag, never above it, since on real images they are mostly false.
+    """
     risk = np.full(len(frame), -np.inf)
-    ratio = checks["ratio"].to_numpy(dtype=float)
+    ratio = checks["ratio"].to_numpy(dtype=float).copy()
+    experimental = _experimental_checks(checks["check"].to_numpy(dtype=object))
+    flagged = experimental & (ratio >= 1)
+    ratio[flagged] = 1.0 - 0.01 / ratio[flagged]
     present = ~np.isnan(ratio)
     rows = checks["row"].to_numpy(dtype=np.int64)[present]
     np.maximum.at(risk, rows, ratio[present])

@@ -124,6 +124,22 @@ def test_flagged_table_and_review_queue(tmp_path):
     assert [data["names"][i] for i in rmse["own"]] == ["sub-01_T1w"]
 
 
+def test_experimental_checks_never_outrank_a_gated_flag():
+    """An experimental model's flag lifts an image only as far as relative evidence does."""
+    from bids_qc.models.registry import get_spec
+    from bids_qc.review import risk_scores
+
+    assert not get_spec("regqc").experimental and get_spec("segqc").experimental
+    names = ["gated", "experimental", "less", "clean"]
+    frame = pd.DataFrame({"bids_name": names, "qc_error": [""] * 4})
+    checks = pd.DataFrame({"bids_name": names,
+                           "check": ["regqc_flag", "segqc_flag", "segqc_flag", "regqc_flag"],
+                           "ratio": [1.2, 7.0, 2.0, 0.5], "row": [0, 1, 2, 3]})
+    risk = risk_scores(frame, checks)
+    assert risk["gated"] == 1.2 and risk["experimental"] < 1
+    assert risk["gated"] > risk["experimental"] > risk["less"] > risk["clean"]
+
+
 def test_share_to_review_reads_ties_together():
     risk = pd.Series({"a": 5.0, "b": 3.0, "c": 3.0, "d": 1.0, "e": np.nan})
     truth = {"a": True, "b": False, "c": True, "d": False, "e": True}
@@ -145,7 +161,9 @@ def test_group_report_shows_share_to_review_with_ratings(tmp_path):
     _, html, _, _ = write_group_outputs(tmp_path)
     shares = re.findall(r'<td class="num">([\d.]+%)</td></tr>', html.read_text().split(
         'id="review-shares"')[1].split("</table>")[0])
-    assert shares == ["60.0%", "60.0%"]  # the failed sub-04, then sub-01 and sub-02
+    # the failed sub-04, then sub-01 (RegQC, gated); sub-02's flags are all experimental and
+    # rank with the other images' experimental ShapeQC flags, so every image is read
+    assert shares == ["100.0%", "100.0%"]
     # Checks of experimental models carry a badge in the summary; the default one does not.
     from bids_qc.models.registry import get_spec
 
