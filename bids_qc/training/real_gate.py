@@ -41,10 +41,11 @@ FAIL_MM = 10.0
 SEED = 20261207
 
 
-def run_app(dataset: Path, out: Path, models: list[str]) -> None:
+def run_app(dataset: Path, out: Path, models: list[str], nprocs: int = 2) -> None:
     """``bids_qc dataset out participant --models ...`` in a subprocess (a user's run)."""
     cmd = [sys.executable, "-m", "bids_qc", str(dataset), str(out), "participant",
-           "--models", *models, "--nprocs", "1", "-w", str(out.parent / (out.name + "_work"))]
+           "--models", *models, "--nprocs", str(nprocs),
+           "-w", str(out.parent / (out.name + "_work"))]
     done = subprocess.run(cmd, capture_output=True, text=True)
     # 1: some images failed, which the figures count; but a run that wrote nothing is broken
     if done.returncode not in (0, 1) or not read_results(out):
