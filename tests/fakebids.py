@@ -268,8 +268,15 @@ def write_itk_affine(path: Path, matrix: np.ndarray | None = None) -> Path:
 
 
 def write_talairach(path: Path, matrix: np.ndarray | None = None) -> Path:
-    """Write a FreeSurfer/MNI ``talairach.xfm`` (linear, 3x4 rows of ``matrix``)."""
-    matrix = np.eye(4) if matrix is None else np.asarray(matrix, dtype=float)
+    """Write a FreeSurfer/MNI ``talairach.xfm`` (linear, 3x4 rows of ``matrix``).
+
+    ``matrix`` maps native RAS to MNI305, as FreeSurfer's does; the default is the
+    transform of an image already in MNI152 space (FreeSurfer's MNI152 -> MNI305 affine),
+    so the app's composition brings it back exactly.
+    """
+    from bids_qc.transforms import FS_MNI152_TO_MNI305
+
+    matrix = FS_MNI152_TO_MNI305 if matrix is None else np.asarray(matrix, dtype=float)
     rows = "\n".join(" ".join(f"{v:.6f}" for v in row) for row in matrix[:3])
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
