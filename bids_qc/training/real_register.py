@@ -116,21 +116,3 @@ def register_affine(image: str | Path, template: str | Path, out: str | Path,
     tmp.replace(out)
     return Registration(out, float(reg.GetMetricValue()), int(reg.GetOptimizerIteration()))
 
-
-def to_template(image: str | Path, transform: str | Path, template: str | Path) -> np.ndarray:
-    """``image`` resampled onto ``template``'s grid through the app's own reader and resampler.
-
-    Returns the template-grid array (float32). Using the app's path (not SimpleITK's) checks
-    that the written affine means what the app reads from it.
-    """
-    import nibabel as nib
-
-    from ..transforms import read_itk_affine, resample_to_grid
-
-    img = nib.load(str(image))
-    tpl = nib.load(str(template))
-    data = np.asanyarray(img.dataobj, dtype=np.float32)
-    world = read_itk_affine(transform)
-    out = resample_to_grid(data, img.affine, tpl.shape[:3], tpl.affine, order=1,
-                           world_transform=world)
-    return np.asarray(out, dtype=np.float32)

@@ -104,10 +104,6 @@ def good_images(data_dir: str | Path, part: Part, exclude: bool = True) -> list[
     return [im for im in images if (im.dataset, im.item) not in left_out]
 
 
-def _all_images(data_dir: str | Path, part: Part) -> list[RealImage]:
-    """The images of ``part`` before exclusions (what the mosaic shows)."""
-    return good_images(data_dir, part, exclude=False)
-
 
 def segmentation(image: RealImage) -> tuple[np.ndarray, np.ndarray] | None:
     """The image's segmentation in FreeSurfer codes and its affine (None without one)."""
@@ -209,7 +205,7 @@ def mosaic(data_dir: str | Path, part: Part, path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    images = _all_images(data_dir, part)
+    images = good_images(data_dir, part, exclude=False)
     cols = 8
     rows = max(1, -(-len(images) // cols))
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 2, rows * 2.1), squeeze=False)

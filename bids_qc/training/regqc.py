@@ -291,17 +291,16 @@ def train(minutes: float, out: Path, resume: bool, cache: Path, batch_size: int 
 
     torch.manual_seed(SEED)
     model = RegQCNet()
+    warm_sha = None  # the weights a warm-started sitting continues (its card names them)
     if init_shipped and not (resume and (out / "checkpoint.pt").is_file()):
         from ..models.registry import get_spec, load_state_dict
 
         spec = get_spec("regqc")
         _load_checkpoint(model, load_state_dict(spec), spec.weights_path())
         log(f"warm start from the shipped weights {spec.version} ({spec.sha256[:12]})")
-        state_warm = spec.sha256
-    else:
-        state_warm = None
+        warm_sha = spec.sha256
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    state = {"step": 0, "cases": 0, "seconds": 0.0, "losses": []}
+    state = {"step": 0, "cases": 0, "seconds": 0.0, "losses": [], "warm_start_sha256": warm_sha}
     ckpt = out / "checkpoint.pt"
     if resume and ckpt.is_file():
         saved = torch.load(ckpt, weights_only=False)
@@ -309,8 +308,6 @@ def train(minutes: float, out: Path, resume: bool, cache: Path, batch_size: int 
         opt.load_state_dict(saved["opt"])
         state = saved["state"]
         log(f"resumed at step {state['step']}")
-    if state_warm is not None:
-        state["warm_start_sha256"] = state_warm
     rng = np.random.default_rng(SEED + state["step"])
     # Each sitting restarts the cosine decay of the rate over its own budget.
     state.setdefault("sittings", []).append(minutes)
