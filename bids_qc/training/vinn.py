@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -54,7 +55,8 @@ from bids_qc.models.vinn import (
 from bids_qc.structures import SUBCORTICAL
 from bids_qc.synth.labelmaps import TRAIN_MAPS, check_training_maps, load_label_map
 from bids_qc.synth.synthesize import synthesize
-from bids_qc.training.common import export_weights, hardware, learning_rate, train_logger
+from bids_qc.training.common import export_weights, train_logger
+from bids_qc.training.loop import SittingConfig, run_sitting
 
 #: Contrast families of the pool, in turn. ``random`` makes the network read shapes, not one
 #: contrast's ordering: trained on ``t1``/``t1_wide`` only (1.0.0), it called most of bert's
@@ -213,115 +215,153 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -
     return ce + (1 - dice[present]).mean()
 
 
-def train(args: argparse.Namespace) -> dict[str, Any]:
-    """Run (or resume) training; returns the summary written to ``summary.json``."""
+def real_cases(data_dir: Path, cache: Path, log: Any = print) -> list[Path]:
+    """The training part's IXI people as pool cases (cached): real whole-head T1w with their
+    DLMUSE segmentations mapped to FreeSurfer codes, everything outside the brain background."""
+    from bids_qc.training.realdata import ixi_people, muse_to_freesurfer
+
+    files = []
+    for person in ixi_people(data_dir, "training"):
+        path = cache / f"real_{person.item}.npz"
+        if not path.is_file():
+            img, seg = nib.load(person.t1w), nib.load(person.dlmuse)
+            if img.shape != seg.shape or not np.allclose(img.affine, seg.affine, atol=1e-3):
+                raise ValueError(f"{person.dlmuse} is not on the grid of {person.t1w}")
+            image, vox, _ = to_ras(np.asarray(img.dataobj, np.float32), img.affine)
+            codes = muse_to_freesurfer(np.asarray(seg.dataobj))
+            labels, _, _ = to_ras(code_to_class(codes).astype(np.uint8), seg.affine)
+            tmp = path.with_suffix(".tmp.npz")
+            np.savez_compressed(tmp, image=normalise_intensity(image).astype(np.float16),
+                                labels=labels, vox=vox)  # fmt: skip
+            os.replace(tmp, path)
+        files.append(path)
+    log(f"{len(files)} real training people (IXI, DLMUSE labels) in the pool")
+    return files
+
+
+class Pool:
+    """The synthetic pool at a global step: cases ``[n - MAX_POOL_IN_MEMORY, n)`` with
+    ``n = INITIAL_POOL + step // grow_every``, synthesized on demand and cached on disk, so
+    the pool is a function of the step (a resumed sitting sees the same cases)."""
+
+    def __init__(self, seed: int, cache: Path, grow_every: int, log: Any = print) -> None:
+        self.seed, self.cache, self.grow_every, self.log = seed, cache, grow_every, log
+        self.loaded: dict[int, Case] = {}
+
+    def size(self, step: int) -> int:
+        """Pool cases made by ``step``."""
+        return INITIAL_POOL + (step // self.grow_every if self.grow_every else 0)
+
+    def cases(self, step: int) -> list[Case]:
+        """The cases in memory at ``step``, oldest first."""
+        n = self.size(step)
+        want = range(max(0, n - MAX_POOL_IN_MEMORY), n)
+        for i in want:
+            if i not in self.loaded:
+                self.loaded[i] = Case(make_case(i, self.seed, self.cache, self.log), self.seed)
+        for i in [i for i in self.loaded if i not in want]:
+            del self.loaded[i]
+        return [self.loaded[i] for i in want]
+
+
+def shipped_weights() -> tuple[dict[str, torch.Tensor], str]:
+    """The shipped VINN weights (float32) and a description with their sha256."""
+    from bids_qc.models.registry import get_spec, load_state_dict
+
+    spec = get_spec("vinn")
+    state = {k: v.float() for k, v in load_state_dict(spec).items()}
+    return state, f"shipped vinn.pt {spec.version} sha256 {spec.sha256}"
+
+
+def train(args: argparse.Namespace) -> dict[str, Any] | None:
+    """Run (or resume) one sitting; returns its record (None if it paused)."""
     out, cache = Path(args.out), Path(args.cache)
     out.mkdir(parents=True, exist_ok=True)
     cache.mkdir(parents=True, exist_ok=True)
     log = train_logger(out)
-
-    torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     net = VINN()
+    warm = "scratch"
+    if not args.from_scratch:
+        state, warm = shipped_weights()
+        net.load_state_dict(state)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
-    ckpt = out / "checkpoint.pt"
-    state = {"step": 0, "elapsed": 0.0, "losses": [], "n_cases": INITIAL_POOL}
-    if args.resume and ckpt.is_file():
-        saved = torch.load(ckpt, map_location="cpu", weights_only=False)
-        net.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["optim"])
-        state = saved["state"]
-        log(f"resumed at step {state['step']} (time budget {args.minutes} min)")
-    t_start = time.time()
-    files = [make_case(i, args.seed, cache, log) for i in range(state["n_cases"])]
-    cases = [Case(f, args.seed) for f in files[-MAX_POOL_IN_MEMORY:]]
-    init = [np.load(f)["labels"] for f in files[:INITIAL_POOL]]
+    pool = Pool(args.seed, cache, args.grow_every, log)
+    real = [Case(f, args.seed) for f in real_cases(Path(args.real_data), cache, log)
+            ] if args.real_data else []  # fmt: skip
+    # Class weights from the first synthetic cases (fixed: they do not follow the stream).
+    init = [np.load(make_case(i, args.seed, cache, log))["labels"] for i in range(INITIAL_POOL)]
     w_full = torch.as_tensor(class_weights(init, N_CLASSES), dtype=torch.float32)
     w_sag = torch.as_tensor(class_weights(init, N_SAGITTAL, FULL_TO_SAGITTAL),
                             dtype=torch.float32)  # fmt: skip
     del init
     fold = torch.as_tensor(FULL_TO_SAGITTAL)
-    budget = args.minutes * 60.0
-    net.train()
-    t_ckpt = time.time()
-    run = dict.fromkeys(VIEWS, 0.0)
-    while True:
-        elapsed = state["elapsed"] + time.time() - t_start
-        progress = state["step"] / args.steps if args.steps else elapsed / budget
-        if progress >= 1.0:
-            break
-        lr = learning_rate(progress, args.lr)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        opt.zero_grad(set_to_none=True)
+
+    def step(gstep: int) -> dict[str, float]:
+        synth = pool.cases(gstep)
+        losses: dict[str, float] = {"samples": args.batch * len(VIEWS)}
         for v, view in enumerate(VIEWS):
-            rng = np.random.default_rng([args.seed, state["step"], v])
-            gamma = args.gamma_std if state["step"] >= args.gamma_from else 0.0
-            x, y, scale = make_batch(cases, view, args.batch, rng, gamma)
+            rng = np.random.default_rng([args.seed, gstep, v])
+            cases = real if real and rng.random() < args.real_share else synth
+            x, y, scale = make_batch(cases, view, args.batch, rng, args.gamma_std)
             if view == "sagittal":
                 y = fold[y]
-            logits = net.views[view](x, scale)
-            loss = loss_fn(logits, y, w_sag if view == "sagittal" else w_full)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+                logits = net.views[view](x, scale)
+            loss = loss_fn(logits.float(), y, w_sag if view == "sagittal" else w_full)
             loss.backward()
-            run[view] += float(loss.detach())
-        opt.step()
-        state["step"] += 1
-        if state["step"] % 20 == 0:
-            state["losses"].append([state["step"], *(run[v] / 20 for v in VIEWS)])
-            log(f"step {state['step']} t={elapsed / 60:.1f}min lr={lr:.2e} cases="
-                f"{state['n_cases']} " + " ".join(f"{v}={run[v] / 20:.3f}" for v in VIEWS))
-            run = dict.fromkeys(VIEWS, 0.0)
-        if args.grow_every and state["step"] % args.grow_every == 0:
-            files.append(make_case(state["n_cases"], args.seed, cache, log))
-            state["n_cases"] += 1
-            cases = (cases + [Case(files[-1], args.seed)])[-MAX_POOL_IN_MEMORY:]
-        if time.time() - t_ckpt > args.checkpoint_minutes * 60:
-            state["elapsed"], t_start = state["elapsed"] + time.time() - t_start, time.time()
-            torch.save({"model": net.state_dict(), "optim": opt.state_dict(), "state": state},
-                       ckpt)  # fmt: skip
-            export_weights(net, out / "vinn.pt")
-            t_ckpt = time.time()
-    state["elapsed"] = state["elapsed"] + time.time() - t_start
-    torch.save({"model": net.state_dict(), "optim": opt.state_dict(), "state": state}, ckpt)
-    export_weights(net, out / "vinn.pt")
-    summary = {
-        "pool_cases": state["n_cases"], "maps": list(TRAIN_MAPS), "contrasts": list(CONTRASTS),
-        "steps": state["step"], "batch_per_view": args.batch,
-        "patches": state["step"] * args.batch * len(VIEWS), "patch_mm": PATCH_MM,
-        "minutes": state["elapsed"] / 60, "seed": args.seed, "lr": args.lr,
-        "threads": args.threads, "hardware": hardware(),
-        "class_weight_bounds": [MIN_CLASS_WEIGHT, MAX_CLASS_WEIGHT],
-        "boundary_weight": BOUNDARY_WEIGHT,
-        "gamma_std": args.gamma_std, "gamma_from": args.gamma_from,
-        "subcortical_share": SUBCORTICAL_SHARE,
-        "final_losses": dict(zip(VIEWS, state["losses"][-1][1:])) if state["losses"] else None,
-    }  # fmt: skip
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    log(f"done: {json.dumps(summary)}")
-    return summary
+            losses[view] = float(loss.detach())
+        return losses
+
+    options = {"batch": args.batch, "grow_every": args.grow_every, "gamma_std": args.gamma_std,
+               "real_data": bool(args.real_data), "real_people": len(real),
+               "real_share": args.real_share if real else 0.0, "bf16": args.bf16,
+               "patch_mm": PATCH_MM, "contrasts": list(CONTRASTS), "maps": list(TRAIN_MAPS),
+               "class_weight_bounds": [MIN_CLASS_WEIGHT, MAX_CLASS_WEIGHT],
+               "boundary_weight": BOUNDARY_WEIGHT, "subcortical_share": SUBCORTICAL_SHARE}
+    config = SittingConfig(model="vinn", out=out, steps=args.steps, lr=args.lr, seed=args.seed,
+                           start_step=args.start_step, warm_start=warm, threads=args.threads,
+                           options=options)  # fmt: skip
+    record = run_sitting(config, net, opt, step, lambda p: export_weights(net, p),
+                         weights_name="vinn.pt", log=log,
+                         checkpoint_minutes=args.checkpoint_minutes,
+                         pause_after_minutes=args.pause_after_minutes)  # fmt: skip
+    if record is not None:
+        record["pool_cases"] = pool.size(args.start_step + args.steps)
+        (out / "sitting.json").write_text(json.dumps(record, indent=1))
+    return record
 
 
 def main(argv: list[str] | None = None) -> None:
     """Command line entry point."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--minutes", type=float, default=45.0, help="time budget (pool included)")
-    p.add_argument("--steps", type=int, default=0, help="fixed number of steps instead")
-    p.add_argument("--out", required=True, help="output folder (log, checkpoint, weights)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--steps", type=int, required=True, help="optimiser steps of this sitting")
+    p.add_argument("--start-step", type=int, default=0,
+                   help="global step to start at (the earlier sittings' total, from the ledger)")
+    p.add_argument("--out", required=True,
+                   help="output folder (log, checkpoint, weights, sitting.json); a checkpoint "
+                        "there is resumed")  # fmt: skip
+    p.add_argument("--from-scratch", action="store_true",
+                   help="start from random weights instead of the shipped ones")
+    p.add_argument("--real-data", default="",
+                   help="shared data folder: add the IXI training people to the pool")
+    p.add_argument("--real-share", type=float, default=0.5,
+                   help="share of batches drawn from the real people")
     p.add_argument("--cache", default="/tmp/vinn_cache", help="pool cache folder")
     p.add_argument("--grow-every", type=int, default=100, help="steps between new pool cases")
     p.add_argument("--batch", type=int, default=4, help="patches per view and step")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--gamma-std", type=float, default=GAMMA_STD,
                    help="sigma of the log of each patch's random gamma (0: none)")
-    p.add_argument("--gamma-from", type=int, default=0,
-                   help="first step with the gamma augmentation")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast of the networks")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED)
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--checkpoint-minutes", type=float, default=3.0)
+    p.add_argument("--pause-after-minutes", type=float, default=None,
+                   help="checkpoint and stop after this long (resume later, same result)")
     args = p.parse_args(argv)
-    if args.minutes <= 0 or args.batch < 1:
-        raise ValueError("--minutes and --batch must be positive")
+    if args.steps < 1 or args.batch < 1:
+        raise ValueError("--steps and --batch must be positive")
     print(json.dumps(train(args)))
 
 

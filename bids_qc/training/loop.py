@@ -1,0 +1,267 @@
+"""The training loop every recipe shares: step budget, atomic checkpoints, resume, sitting.
+
+A *sitting* is one run of a recipe on a fixed number of optimiser steps. It starts from the
+shipped weights (warm start) or from the sitting's own checkpoint (resume), follows one
+learning-rate schedule over its steps, checkpoints every few minutes and can pause (write a
+checkpoint and exit) when the session must end; resumed, it finishes exactly as it would have
+without the pause. At the end it exports the weights and writes ``sitting.json``, the record
+that :mod:`bids_qc.training.ledger` adds to the model's card.
+
+Determinism is the recipe's side of the contract: its step function must draw everything from
+``(seed, global step)`` (e.g. ``np.random.default_rng([seed, step])``) and from torch's global
+generator, which the checkpoint saves. Then, with one thread and fp32, a paused and resumed
+sitting gives weights bitwise equal to an uninterrupted one on the same machine (tested).
+
+Steps are *global*: a sitting that follows earlier ones starts at their total
+(``start_step``), so its data stream continues instead of repeating the first sitting's.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bids_qc.training.common import learning_rate
+
+#: Name of a sitting's checkpoint and record inside its output folder.
+CHECKPOINT = "checkpoint.pt"
+RECORD = "sitting.json"
+
+#: A recipe's step: given the global step, compute the loss and call ``backward`` (the loop
+#: zeroes the gradients before and steps the optimiser after); returns the step's scalars,
+#: with ``samples`` (training samples the step saw) among them.
+StepFn = Callable[[int], Mapping[str, float]]
+
+
+@dataclass(frozen=True)
+class SittingConfig:
+    """What a sitting is: the settings that must not change when it resumes.
+
+    Parameters
+    ----------
+    model : str
+        The model's registry name (``vinn``, ``regqc``, ...).
+    out : Path
+        Output folder: log, checkpoint, exported weights, ``sitting.json``.
+    steps : int
+        Optimiser steps of this sitting.
+    lr : float
+        Peak learning rate (warm-up then cosine decay over the sitting's steps).
+    seed : int
+        Seed of the data stream and of torch's generator.
+    start_step : int
+        Global step the sitting starts at (the earlier sittings' total).
+    warm_start : str
+        What the weights started from (e.g. ``shipped vinn.pt sha256 ...`` or ``scratch``).
+    threads : int
+        Torch threads.
+    warmup : float
+        Fraction of the steps spent warming the learning rate up.
+    options : dict
+        The recipe's own settings (recorded; part of the resume check).
+    """
+
+    model: str
+    out: Path
+    steps: int
+    lr: float
+    seed: int
+    start_step: int = 0
+    warm_start: str = "scratch"
+    threads: int = 1
+    warmup: float = 0.03
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def identity(self) -> dict[str, Any]:
+        """The settings a checkpoint must match to be resumed (everything but ``out``)."""
+        d = asdict(self)
+        d.pop("out")
+        d.pop("threads")  # threads change speed, not (beyond rounding) the result
+        return json.loads(json.dumps(d, default=str))
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename it into place.
+
+    A reader sees the old file or the new one, never a half-written one, even when the
+    writer is killed mid-write (the rename is atomic on one file system).
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any] | None:
+    """A checkpoint written by :func:`save_atomic`, or None if there is none.
+
+    Loaded with ``weights_only=True``: a checkpoint holds tensors, numbers and strings only.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def machine() -> str:
+    """The CPU (model name and cores) a sitting ran on, for its record."""
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = ", GPU present but not used" if torch.cuda.is_available() else ", no GPU"
+    return f"{name}, {os.cpu_count()} cores{gpu}"
+
+
+def sha256_file(path: Path) -> str:
+    """sha256 of a file (the exported weights, recorded in the sitting)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def run_sitting(
+    config: SittingConfig,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    step_fn: StepFn,
+    export: Callable[[Path], None],
+    *,
+    weights_name: str,
+    log: Callable[[str], None] = print,
+    checkpoint_minutes: float = 3.0,
+    pause_after_minutes: float | None = None,
+    log_every: int = 20,
+) -> dict[str, Any] | None:
+    """Run (or resume) one sitting; returns its record, or None if it paused.
+
+    Parameters
+    ----------
+    config : SittingConfig
+        The sitting; a checkpoint in ``config.out`` is resumed if its identity matches.
+    model, optimizer : torch.nn.Module, torch.optim.Optimizer
+        Already warm-started by the recipe; replaced by the checkpoint's state on resume.
+    step_fn : StepFn
+        One training step (see :data:`StepFn`).
+    export : callable
+        Writes the shipped form of the weights to a path.
+    weights_name : str
+        File name of the exported weights inside ``config.out``.
+    log : callable
+        Where progress lines go.
+    checkpoint_minutes : float
+        Wall minutes between checkpoints.
+    pause_after_minutes : float, optional
+        Checkpoint and return None after this many wall minutes of this process (to be
+        resumed later with the same config); the result does not depend on it.
+    log_every : int
+        Steps between log lines (losses averaged over them).
+
+    Raises
+    ------
+    ValueError
+        If ``config.out`` holds a checkpoint of a different sitting.
+    """
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(config.threads)
+    ckpt_path = out / CHECKPOINT
+    saved = load_checkpoint(ckpt_path)
+    if saved is not None:
+        if saved["identity"] != config.identity():
+            raise ValueError(
+                f"{ckpt_path} belongs to another sitting ({saved['identity']}); use a new "
+                "--out folder, or the same options to resume it")
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        torch.set_rng_state(saved["torch_rng"])
+        loop = dict(saved["loop"])
+        loop["resumes"] += 1
+        log(f"resumed {config.model} at step {loop['step']} of {config.steps}")
+    else:
+        torch.manual_seed(config.seed)
+        loop = {"step": 0, "samples": 0, "cpu_s": 0.0, "wall_s": 0.0, "resumes": 0,
+                "started": _now(), "losses": []}  # fmt: skip
+        log(f"sitting of {config.model}: {config.steps} steps from global step "
+            f"{config.start_step}, warm start: {config.warm_start}")  # fmt: skip
+
+    def checkpoint() -> None:
+        nonlocal cpu0, wall0
+        loop["cpu_s"] += time.process_time() - cpu0
+        loop["wall_s"] += time.time() - wall0
+        cpu0, wall0 = time.process_time(), time.time()
+        save_atomic({"identity": config.identity(), "model": model.state_dict(),
+                     "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+                     "loop": loop}, ckpt_path)  # fmt: skip
+
+    cpu0, wall0 = time.process_time(), time.time()
+    t_process, t_ckpt = time.time(), time.time()
+    model.train()
+    run: dict[str, float] = {}
+    while loop["step"] < config.steps:
+        lr = learning_rate(loop["step"] / config.steps, config.lr, warmup=config.warmup)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.zero_grad(set_to_none=True)
+        scalars = dict(step_fn(config.start_step + loop["step"]))
+        optimizer.step()
+        loop["step"] += 1
+        loop["samples"] += int(scalars.pop("samples", 0))
+        for k, v in scalars.items():
+            run[k] = run.get(k, 0.0) + float(v)
+        if loop["step"] % log_every == 0 or loop["step"] == config.steps:
+            n = loop["step"] % log_every or log_every
+            mean = {k: round(v / n, 5) for k, v in run.items()}
+            loop["losses"].append([config.start_step + loop["step"], mean])
+            log(f"step {loop['step']}/{config.steps} lr={lr:.2e} "
+                + " ".join(f"{k}={v:.4f}" for k, v in mean.items()))
+            run = {}
+        if time.time() - t_ckpt > checkpoint_minutes * 60:
+            checkpoint()
+            export(out / weights_name)
+            t_ckpt = time.time()
+        if (pause_after_minutes is not None and loop["step"] < config.steps
+                and time.time() - t_process > pause_after_minutes * 60):
+            checkpoint()
+            log(f"paused at step {loop['step']}; resume with the same options")
+            return None
+    checkpoint()
+    weights = out / weights_name
+    export(weights)
+    record = {
+        "model": config.model, "started": loop["started"], "ended": _now(),
+        "start_step": config.start_step, "steps": config.steps,
+        "end_step": config.start_step + config.steps, "samples": loop["samples"],
+        "cpu_hours": round(loop["cpu_s"] / 3600, 3), "wall_hours": round(loop["wall_s"] / 3600, 3),
+        "resumes": loop["resumes"], "machine": machine(), "threads": config.threads,
+        "seed": config.seed, "lr": config.lr, "warm_start": config.warm_start,
+        "options": config.identity()["options"], "weights_sha256": sha256_file(weights),
+        "final_losses": loop["losses"][-1][1] if loop["losses"] else {},
+        "torch": torch.__version__,
+    }  # fmt: skip
+    (out / RECORD).write_text(json.dumps(record, indent=1))
+    log(f"sitting done: {json.dumps(record)}")
+    return record
