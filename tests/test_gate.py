@@ -64,12 +64,17 @@ def test_registration_flags_fire_below_the_threshold_only():
         "reg_cc_flag": None, "reg_mi_flag": None}
 
 
-def test_the_segmenters_gate_needs_dice_and_plausible_volumes():
-    ok = {"kind": "segmenter", "dice": {"test": {"mean": 0.87}},
+def test_the_segmenters_gate_needs_dice_per_protocol_and_plausible_volumes():
+    ok = {"kind": "segmenter", "dice": {"test": {"freesurfer": 0.87, "dlmuse": 0.81}},
           "volumes": {"test": {"n": 5, "implausible": []}}}
     assert gate.gate_decision(ok)["passes"]
-    low = {**ok, "dice": {"test": {"mean": 0.69}}}
-    assert "0.690 < 0.85" in gate.gate_decision(low)["reasons"][0]
+    low = {**ok, "dice": {"test": {"freesurfer": 0.69, "dlmuse": 0.81}}}
+    assert "0.690 < 0.85 against freesurfer" in gate.gate_decision(low)["reasons"][0]
+    # DLMUSE's bar is lower (its boundaries differ from FreeSurfer's), but it is a bar.
+    assert gate.gate_decision({**ok, "dice": {"test": {"dlmuse": 0.82}}})["passes"]
+    dl = gate.gate_decision({**ok, "dice": {"test": {"freesurfer": 0.9, "dlmuse": 0.79}}})
+    assert dl["reasons"] == ["mean subcortical Dice 0.790 < 0.80 against dlmuse references "
+                             "on real test images"]
     odd = {**ok, "volumes": {"test": {"n": 5, "implausible": ["sub-01"]}}}
     assert not gate.gate_decision(odd)["passes"]
     assert not gate.gate_decision({"kind": "segmenter"})["passes"]

@@ -32,6 +32,8 @@ from bids_qc.models.gate import GATE, REALDATA_DIR, gate_decision, realdata, wil
 from bids_qc.models.registry import REGISTRY, ModelSpec
 from bids_qc.schema import COLUMNS, RZ_PREFIX
 from bids_qc.structures import STRUCTURES, SUBCORTICAL
+from bids_qc.training.realdata_segmenter import segmenter_context
+from bids_qc.training.realdata_segmenter import targets as segmenter_targets
 
 #: Markers around the generated section of a card, and of the README's table.
 CARD_MARKERS = ("<!-- realdata:start -->", "<!-- realdata:end -->")
@@ -157,8 +159,9 @@ def section_context(spec: ModelSpec, record: dict[str, Any] | None,
         Where the records are (the gate is asked about the same folder).
     """
     source = f"`bids_qc/models/cards/realdata/{spec.name}.json`"
-    ctx: dict[str, Any] = {"source": source, "measured": record is not None,
-                           "targets": _targets(record)}
+    ctx: dict[str, Any] = {"source": source, "measured": record is not None, "segmenter": False,
+                           "targets": segmenter_targets() if spec.name == "vinn"
+                           else _targets(record)}
     reasons = gate.why_experimental(spec.name, spec.sha256, folder)
     ctx["passes"] = not reasons
     ctx["reasons"] = "; ".join(reasons)
@@ -172,6 +175,8 @@ def section_context(spec: ModelSpec, record: dict[str, Any] | None,
     # Gate reasons come from the record itself, also for other weights (what they measured).
     if ctx["other_weights"] and gate_decision(record)["reasons"]:
         ctx["reasons"] += "; and those figures: " + "; ".join(gate_decision(record)["reasons"])
+    if record.get("kind") == "segmenter":
+        return {**ctx, **segmenter_context(record), "targets": segmenter_targets()}
 
     good = record.get("good") or {}
     ctx["good_header"] = ["good real images", "images", "flagged",

@@ -246,6 +246,56 @@ def _gamma_line(train: dict[str, Any]) -> str:
             f"{when}.")
 
 
+def _summary_lines(train: dict[str, Any]) -> list[str]:
+    """The training section of a one-sitting run before the shared loop (``summary.json``)."""
+    return [
+        f"- Where: {train.get('hardware')}; {train.get('minutes', 0):.1f} minutes of wall "
+        f"time (torch threads: {train.get('threads')}), {train.get('steps')} steps of "
+        f"{train.get('batch_per_view')} patches per view ({train.get('patches')} 2.5D "
+        f"patches of {train.get('patch_mm')} mm in all).",
+        f"- Data: {train.get('pool_cases')} images synthesized by `bids_qc.synth` from "
+        "SynthSeg label maps 1-16 (maps 17-20 never seen), contrast families "
+        f"{', '.join(train.get('contrasts', []))} in turn (`random`: a random mean per label, "
+        "SynthSeg's domain randomisation), random resolution 0.7-1.6 mm (anisotropic half "
+        "of the time), random deformation and skull stripping. No real image "
+        "was used for training.",
+        "- Resumed from a checkpoint: " + ("; ".join(train["resumes"]) + " (stopped right "
+        "after a checkpoint and resumed; the learning-rate schedule follows the elapsed "
+        "fraction of the time budget)." if train.get("resumes") else "never."),
+        _gamma_line(train),
+        f"- A short CPU run ({train.get('minutes', 0):.0f} min); the numbers below are what "
+        "it reached.",
+    ]
+
+
+def _sitting_lines(sitting: dict[str, Any]) -> list[str]:
+    """The training section of a sitting of the shared loop (``sitting.json``); the ledger
+    section lists every sitting."""
+    o = sitting.get("options", {})
+    real = (f"the {o.get('real_people')} IXI training people (real whole-head T1w at 2 mm, "
+            "their DLMUSE labels mapped to FreeSurfer codes, everything outside the brain "
+            f"background) in {o.get('real_share', 0):.0%} of the batches, beside "
+            if o.get("real_data") else "")
+    return [
+        f"- This sitting: global steps {sitting['start_step']} to {sitting['end_step']} "
+        f"({sitting['steps']} steps, {sitting['samples']} 2.5D patches of "
+        f"{o.get('patch_mm')} mm), {sitting['cpu_hours']:.2f} CPU-hours "
+        f"({sitting['wall_hours']:.2f} h wall, {sitting['threads']} torch thread(s), "
+        f"{'bf16 autocast' if o.get('bf16') else 'fp32'}) on {sitting['machine']}; "
+        f"warm start: {sitting['warm_start']}; peak learning rate {sitting['lr']}, warm-up "
+        "then cosine decay over the sitting.",
+        f"- Data: {real}{sitting.get('pool_cases', 'n/a')} pool images synthesized by "
+        "`bids_qc.synth` from SynthSeg label maps 1-16 (maps 17-20 never seen), contrast "
+        f"families {', '.join(o.get('contrasts', []))} in turn, random resolution 0.7-1.6 mm, "
+        "deformation and skull stripping (whole-head half of the time, non-brain labelled "
+        "background).",
+        f"- Intensity augmentation: a random gamma per patch (log-normal, sigma "
+        f"{o.get('gamma_std')}) on every step.",
+        f"- Resumed within the sitting: {sitting.get('resumes', 0)} time(s) (a resumed "
+        "sitting gives the weights an uninterrupted one would).",
+    ]
+
+
 def render_card(synth: dict[str, Any], bert: dict[str, Any], timing: dict[str, Any],
                 train: dict[str, Any], sha: str, version: str,
                 previous: dict[str, Any] | None = None) -> str:  # fmt: skip
@@ -283,22 +333,7 @@ def render_card(synth: dict[str, Any], bert: dict[str, Any], timing: dict[str, A
         "",
         "## Training",
         "",
-        f"- Where: {train.get('hardware')}; {train.get('minutes', 0):.1f} minutes of wall "
-        f"time (torch threads: {train.get('threads')}), {train.get('steps')} steps of "
-        f"{train.get('batch_per_view')} patches per view ({train.get('patches')} 2.5D "
-        f"patches of {train.get('patch_mm')} mm in all).",
-        f"- Data: {train.get('pool_cases')} images synthesized by `bids_qc.synth` from "
-        "SynthSeg label maps 1-16 (maps 17-20 never seen), contrast families "
-        f"{', '.join(train.get('contrasts', []))} in turn (`random`: a random mean per label, "
-        "SynthSeg's domain randomisation), random resolution 0.7-1.6 mm (anisotropic half "
-        "of the time), random deformation and skull stripping. No real image "
-        "was used for training.",
-        "- Resumed from a checkpoint: " + ("; ".join(train["resumes"]) + " (stopped right "
-        "after a checkpoint and resumed; the learning-rate schedule follows the elapsed "
-        "fraction of the time budget)." if train.get("resumes") else "never."),
-        _gamma_line(train),
-        f"- A short CPU run ({train.get('minutes', 0):.0f} min); the numbers below are what "
-        "it reached.",
+        *(_sitting_lines(train) if "start_step" in train else _summary_lines(train)),
         "",
         "## Targets",
         "",
@@ -405,7 +440,8 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--out", default="/tmp/vinn_eval")
     k = sub.add_parser("card", help="evaluate and write the card")
     k.add_argument("--eval", default="/tmp/vinn_eval")
-    k.add_argument("--train", required=True, help="training output folder (summary.json)")
+    k.add_argument("--train", required=True,
+                   help="training output folder (sitting.json, or an older run's summary.json)")
     k.add_argument("--weights", default=None, help="weights file (default: the shipped one)")
     k.add_argument("--card", default=None, help="card path (default: the package's)")
     k.add_argument("--threads", type=int, default=1, help="torch threads of the Dice runs")
@@ -461,8 +497,12 @@ def main(argv: list[str] | None = None) -> None:
     if "synth" not in stored:
         stored["synth"] = {} if args.stored_only else evaluate_synth(eval_dir, model)
     bert, timing, synth = stored["bert"], stored["timing"], stored["synth"]
-    train = json.loads((Path(args.train) / "summary.json").read_text())
-    train["resumes"] = resumes(Path(args.train))
+    sitting = Path(args.train) / "sitting.json"
+    if sitting.is_file():
+        train = json.loads(sitting.read_text())
+    else:
+        train = json.loads((Path(args.train) / "summary.json").read_text())
+        train["resumes"] = resumes(Path(args.train))
     from bids_qc.models.registry import get_spec
 
     previous = json.loads(Path(args.previous).read_text()) if args.previous else None

@@ -32,7 +32,7 @@ from scipy import ndimage as ndi
 
 from bids_qc.models import volumes as V
 from bids_qc.structures import SUBCORTICAL
-from bids_qc.training.real_sets import RealImage, good_images, segmentation
+from bids_qc.training.real_sets import RealImage, exclusions, good_images, segmentation
 from bids_qc.training.realdata import Part, ixi_people, muse_to_freesurfer
 
 #: Reference protocols: which segmentations count as FreeSurfer's and which as DLMUSE's.
@@ -229,7 +229,8 @@ def evaluate_part(data_dir: Path, part: Part, weights: Path | None, out: Path,
 
 def summarise(result: dict[str, Any]) -> dict[str, Any]:
     """Means per protocol, outside-brain and plausibility counts of one evaluated part."""
-    images = result["images"]
+    left_out = exclusions()  # images excluded after they were evaluated do not count
+    images = [im for im in result["images"] if (im["dataset"], im["item"]) not in left_out]
     out: dict[str, Any] = {"n": len(images)}
     for protocol in ("freesurfer", "dlmuse"):
         ds = [im["dice"] for im in images if im.get("protocol") == protocol]
