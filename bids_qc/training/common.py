@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -34,26 +34,32 @@ def learning_rate(progress: float, base: float, warmup: float = 0.03,
 
 def export_weights(net: torch.nn.Module, path: Path,
                    keep_float32: Sequence[str] = ()) -> None:
-    """Save ``net``'s state dict as shipped: floating tensors in fp16, written atomically.
+    """Save ``net``'s state dict as shipped (see :func:`export_state`)."""
+    export_state(net.state_dict(), path, keep_float32)
+
+
+def export_state(state: Mapping[str, torch.Tensor], path: Path,
+                 keep_float32: Sequence[str] = ()) -> None:
+    """Save a state dict as shipped: floating tensors in fp16, written atomically.
 
     Parameters
     ----------
-    net : torch.nn.Module
-        The trained network.
+    state : mapping
+        The trained network's state dict (or a checkpoint's copy of it).
     path : Path
         The weights file.
     keep_float32 : sequence of str
         Prefixes of state entries kept in float32 (statistics fp16 would round too coarsely).
     """
     prefixes = tuple(keep_float32)
-    state = {}
-    for key, value in net.state_dict().items():
+    out = {}
+    for key, value in state.items():
         value = value.detach().cpu()
         half = value.is_floating_point() and not (prefixes and key.startswith(prefixes))
-        state[key] = value.half() if half else value
+        out[key] = value.half() if half else value
     path = Path(path)
     tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
+    torch.save(out, tmp)
     os.replace(tmp, path)
 
 

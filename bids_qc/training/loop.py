@@ -143,6 +143,62 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def sitting_record(identity: dict[str, Any], loop: dict[str, Any], weights: Path,
+                   threads: int | None = None) -> dict[str, Any]:
+    """The record of a sitting (finished, or paused: ``completed`` false) and its weights.
+
+    Parameters
+    ----------
+    identity : dict
+        :meth:`SittingConfig.identity` (as the checkpoint stores it).
+    loop : dict
+        The loop state (steps done, samples, CPU and wall seconds, losses).
+    weights : Path
+        The exported weights of that state.
+    threads : int, optional
+        Torch threads of the (last) process.
+    """
+    done = int(loop["step"])
+    return {
+        "model": identity["model"], "started": loop["started"], "ended": _now(),
+        "completed": done >= identity["steps"], "start_step": identity["start_step"],
+        "steps": done, "planned_steps": identity["steps"],
+        "end_step": identity["start_step"] + done, "samples": loop["samples"],
+        "cpu_hours": round(loop["cpu_s"] / 3600, 3), "wall_hours": round(loop["wall_s"] / 3600, 3),
+        "resumes": loop["resumes"], "machine": machine(), "threads": threads,
+        "seed": identity["seed"], "lr": identity["lr"], "warm_start": identity["warm_start"],
+        "options": identity["options"], "weights_sha256": sha256_file(weights),
+        "final_losses": loop["losses"][-1][1] if loop["losses"] else {},
+        "torch": torch.__version__,
+    }  # fmt: skip
+
+
+def record_from_checkpoint(out: Path, weights_name: str,
+                           export: Callable[[dict[str, torch.Tensor], Path], None]
+                           ) -> dict[str, Any]:  # fmt: skip
+    """Write ``sitting.json`` of a sitting stopped between checkpoints (e.g. at the end of a
+    session): its weights are re-exported from the last checkpoint, so record and weights
+    agree, and the sitting can still be resumed later.
+
+    Parameters
+    ----------
+    out : Path
+        The sitting's folder.
+    weights_name : str
+        File name of the exported weights.
+    export : callable
+        Writes a state dict in the shipped form to a path.
+    """
+    out = Path(out)
+    saved = load_checkpoint(out / CHECKPOINT)
+    if saved is None:
+        raise ValueError(f"{out / CHECKPOINT} does not exist: nothing to record")
+    export(saved["model"], out / weights_name)
+    record = sitting_record(saved["identity"], saved["loop"], out / weights_name)
+    (out / RECORD).write_text(json.dumps(record, indent=1))
+    return record
+
+
 def run_sitting(
     config: SittingConfig,
     model: torch.nn.Module,
@@ -246,22 +302,15 @@ def run_sitting(
         if (pause_after_minutes is not None and loop["step"] < config.steps
                 and time.time() - t_process > pause_after_minutes * 60):
             checkpoint()
+            export(out / weights_name)
+            (out / RECORD).write_text(json.dumps(sitting_record(
+                config.identity(), loop, out / weights_name, threads=config.threads), indent=1))
             log(f"paused at step {loop['step']}; resume with the same options")
             return None
     checkpoint()
     weights = out / weights_name
     export(weights)
-    record = {
-        "model": config.model, "started": loop["started"], "ended": _now(),
-        "start_step": config.start_step, "steps": config.steps,
-        "end_step": config.start_step + config.steps, "samples": loop["samples"],
-        "cpu_hours": round(loop["cpu_s"] / 3600, 3), "wall_hours": round(loop["wall_s"] / 3600, 3),
-        "resumes": loop["resumes"], "machine": machine(), "threads": config.threads,
-        "seed": config.seed, "lr": config.lr, "warm_start": config.warm_start,
-        "options": config.identity()["options"], "weights_sha256": sha256_file(weights),
-        "final_losses": loop["losses"][-1][1] if loop["losses"] else {},
-        "torch": torch.__version__,
-    }  # fmt: skip
+    record = sitting_record(config.identity(), loop, weights, threads=config.threads)
     (out / RECORD).write_text(json.dumps(record, indent=1))
     log(f"sitting done: {json.dumps(record)}")
     return record

@@ -1,6 +1,14 @@
-"""Training recipe of VINN: ``python -m bids_qc.training.vinn --minutes N --out DIR``.
+"""Training recipe of VINN, one sitting of the shared loop (:mod:`bids_qc.training.loop`)::
 
-Data, all from the synthetic engine on training label maps 1-16 only (17-20 held out):
+    python -m bids_qc.training.vinn --steps N --start-step S --out DIR \
+        --real-data ../shared/data --bf16 [--pause-after-minutes M]
+
+A sitting warm-starts from the shipped weights (``--from-scratch`` to opt out), trains ``N``
+steps from global step ``S`` (the earlier sittings' total, from the card's ledger), resumes a
+checkpoint in ``DIR`` and writes ``sitting.json``; ``--record-only`` records a sitting
+stopped between checkpoints (e.g. when the session ended) so its weights can be evaluated.
+
+Synthetic data, from the engine on training label maps 1-16 only (17-20 held out):
 a pool of synthesized cases (contrasts ``t1``, ``t1_wide`` and ``random``, the last SynthSeg's
 domain randomisation with a random mean per label; random resolution 0.7-1.6 mm,
 anisotropic half of the time, random deformation and skull stripping), reoriented to RAS,
@@ -19,9 +27,13 @@ QuickNAT: the median-frequency weight of the pixel's class (class frequencies of
 pool, kept between :data:`MIN_CLASS_WEIGHT` and :data:`MAX_CLASS_WEIGHT`) plus
 :data:`BOUNDARY_WEIGHT` on label boundaries.
 
-Every batch is a pure function of ``(seed, step, view)`` and every pool case of
-``(seed, index)``, so a resumed run continues the same stream. ``--minutes`` is a time
-budget (the learning rate follows the elapsed fraction of it).
+Real data (``--real-data``): the training part's IXI people (real whole-head T1w at 2 mm,
+their DLMUSE labels mapped to FreeSurfer codes, the non-brain background) in a share of the
+batches (``--real-share``).
+
+Every batch is a pure function of ``(seed, global step, view)`` and every pool case of
+``(seed, index)``, so a resumed sitting continues the same stream and a later sitting
+(a larger ``--start-step``) a new part of it.
 """
 
 from __future__ import annotations
@@ -55,8 +67,8 @@ from bids_qc.models.vinn import (
 from bids_qc.structures import SUBCORTICAL
 from bids_qc.synth.labelmaps import TRAIN_MAPS, check_training_maps, load_label_map
 from bids_qc.synth.synthesize import synthesize
-from bids_qc.training.common import export_weights, train_logger
-from bids_qc.training.loop import SittingConfig, run_sitting
+from bids_qc.training.common import export_state, export_weights, train_logger
+from bids_qc.training.loop import SittingConfig, record_from_checkpoint, run_sitting
 
 #: Contrast families of the pool, in turn. ``random`` makes the network read shapes, not one
 #: contrast's ordering: trained on ``t1``/``t1_wide`` only (1.0.0), it called most of bert's
@@ -335,7 +347,7 @@ def train(args: argparse.Namespace) -> dict[str, Any] | None:
 def main(argv: list[str] | None = None) -> None:
     """Command line entry point."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, required=True, help="optimiser steps of this sitting")
+    p.add_argument("--steps", type=int, default=0, help="optimiser steps of this sitting")
     p.add_argument("--start-step", type=int, default=0,
                    help="global step to start at (the earlier sittings' total, from the ledger)")
     p.add_argument("--out", required=True,
@@ -359,7 +371,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--checkpoint-minutes", type=float, default=3.0)
     p.add_argument("--pause-after-minutes", type=float, default=None,
                    help="checkpoint and stop after this long (resume later, same result)")
+    p.add_argument("--record-only", action="store_true",
+                   help="write sitting.json of a sitting stopped between checkpoints (its "
+                        "weights re-exported from the last checkpoint) and exit")
     args = p.parse_args(argv)
+    if args.record_only:
+        print(json.dumps(record_from_checkpoint(Path(args.out), "vinn.pt", export_state)))
+        return
     if args.steps < 1 or args.batch < 1:
         raise ValueError("--steps and --batch must be positive")
     print(json.dumps(train(args)))

@@ -278,7 +278,12 @@ def _sitting_lines(sitting: dict[str, Any]) -> list[str]:
             if o.get("real_data") else "")
     return [
         f"- This sitting: global steps {sitting['start_step']} to {sitting['end_step']} "
-        f"({sitting['steps']} steps, {sitting['samples']} 2.5D patches of "
+        f"({sitting['steps']} steps"
+        + ("" if sitting.get("completed", True) else
+           f" of a planned {sitting['planned_steps']}: stopped at the end of a session, to be "
+           "resumed; these weights are the last checkpoint's, before the learning rate "
+           "decayed")
+        + f", {sitting['samples']} 2.5D patches of "
         f"{o.get('patch_mm')} mm), {sitting['cpu_hours']:.2f} CPU-hours "
         f"({sitting['wall_hours']:.2f} h wall, {sitting['threads']} torch thread(s), "
         f"{'bf16 autocast' if o.get('bf16') else 'fp32'}) on {sitting['machine']}; "
