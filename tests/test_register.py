@@ -70,6 +70,10 @@ def test_a_known_pose_is_recovered(tmp_path, template_2mm):
     world = read_itk_affine(out)  # T1w -> template, as the app reads fMRIPrep's transforms
     assert affine_rmse(world @ pose, tpl.shape, tpl.affine) < 1.0
     assert not list(tmp_path.glob(".*"))  # written atomically, no temp file left
+    # a rerun gives the same transform (a fixed sampling seed, not SimpleITK's wall clock)
+    again = register_affine(moving, get_template(DEFAULT_SPACE).t1w, tmp_path / "again.txt",
+                            brain=data > 0, threads=1)
+    assert np.allclose(read_itk_affine(again.transform), world, atol=1e-6)  # float noise only
 
 
 def test_an_implausible_transform_is_refused(tmp_path):

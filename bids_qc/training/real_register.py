@@ -10,6 +10,6 @@ the recipes.
 
 from __future__ import annotations
 
-from ..register import RIM_VOXELS, Registration, register_affine
+from ..register import RIM_MM, Registration, register_affine
 
-__all__ = ["RIM_VOXELS", "Registration", "register_affine"]
+__all__ = ["RIM_MM", "Registration", "register_affine"]
