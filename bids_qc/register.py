@@ -30,6 +30,10 @@ RIM_MM = 12.0
 #: a 1 mm level, which costs most), so both images are smoothed and resampled to 2 mm once
 #: rather than at every level: a 1 mm image registers in a third of the time.
 WORK_MM = 2.0
+#: Volume (litres) a brain mask may hold: outside it the segmentation is not a brain's
+#: (a whole-head image whose scalp was labelled brain holds 2.6 L), and a registration
+#: through it would misplace the head. Generous on purpose: it stops gross failures only.
+BRAIN_LITRES = (0.3, 2.4)
 #: Seed of the metric's random sampling. SimpleITK's seed 0 is the wall clock (another
 #: sampling, and a slightly different transform, on every run): a rerun must reproduce.
 SEED = 1
@@ -151,6 +155,22 @@ def brain_mask(labels: np.ndarray, labels_affine: np.ndarray, shape: tuple[int, 
     if brain.shape[:3] == shape and np.allclose(labels_affine, affine, atol=1e-4):
         return brain
     return resample_to_grid(brain.astype(np.uint8), labels_affine, shape, affine, order=0) > 0
+
+
+def check_brain(brain: np.ndarray, affine: np.ndarray) -> float:
+    """The brain mask's volume in litres, checked against :data:`BRAIN_LITRES`.
+
+    Raises
+    ------
+    ValueError
+        When the mask is empty or holds a volume no brain has.
+    """
+    litres = float(np.count_nonzero(brain)) * abs(np.linalg.det(affine[:3, :3])) / 1e6
+    lo, hi = BRAIN_LITRES
+    if not lo <= litres <= hi:
+        raise ValueError(f"its brain (the labelled voxels) holds {litres:.2f} L, outside the "
+                         f"{lo}-{hi} L of a brain")
+    return litres
 
 
 def check_transform(path: str | Path) -> np.ndarray:

@@ -99,7 +99,7 @@ def _write(path, data, affine=LIA):
 def test_the_node_skips_what_it_cannot_register_and_names_the_file_that_failed(tmp_path,
                                                                               monkeypatch):
     head = np.zeros((80, 80, 80), np.float32)
-    head[20:60, 20:60, 20:60] = 100.0
+    head[10:70, 10:70, 10:70] = 100.0  # 0.35 L at LIA's voxels: a (small) brain's volume
     t1w = _write(tmp_path / "sub-01_T1w.nii.gz", head)
     row = QCInput("sub-01_T1w", {"subject": "01"}, t1w=t1w)
     # no segmentation: nothing to take a brain mask from
@@ -112,7 +112,8 @@ def test_the_node_skips_what_it_cannot_register_and_names_the_file_that_failed(t
     new, result = _run_node(tmp_path, QCInput("sub-01_T1w", {"subject": "01"}, t1w=t1w,
                                               seg=seg, seg_kind="aseg"))
     err = result["errors"][0]
-    assert new["xfm"] is None and err["stage"] == "registration" and err["file"] == str(seg)
+    assert new["xfm"] is None and err["stage"] == "bids_qc registration"
+    assert err["file"] == str(seg)
     # SimpleITK fails (as it does when too few samples fall in the image): the error names
     # the T1w and the segmentation the mask came from
     def fails(*args, **kwargs):
@@ -127,6 +128,17 @@ def test_the_node_skips_what_it_cannot_register_and_names_the_file_that_failed(t
     assert err["file"] == str(t1w) and "affine registration" in err["problem"]
     assert "Too many samples" in err["problem"] and str(seg) in err["hint"]
     assert new["reg_source"] is None and not list((tmp_path / "out").rglob("*xfm*"))
+    # a segmentation whose "brain" is the whole head (2 mm voxels: 4.1 L) is not used
+    big = np.diag([2.0, 2.0, 2.0, 1.0])
+    whole = _write(tmp_path / "whole_T1w.nii.gz", head + 10, big)
+    labels = np.full(head.shape, 3, np.int16)
+    labels[0, 0, 0] = 0  # (a label map of one label is refused on read)
+    seg_all = _write(tmp_path / "all.nii.gz", labels, big)
+    _, result = _run_node(tmp_path, QCInput("sub-01_T1w", {"subject": "01"}, t1w=whole,
+                                            seg=seg_all, seg_kind="aseg"))
+    reason = result["skipped"][0]["reason"]
+    assert not result["errors"] and str(seg_all) in reason
+    assert "4.10 L, outside the 0.3-2.4 L" in reason
     # a field of view too small for a head is skipped, as VINN skips it
     small = _write(tmp_path / "small_T1w.nii.gz", head[:30, :30, :30])
     _, result = _run_node(tmp_path, QCInput("sub-01_T1w", {"subject": "01"}, t1w=small,
