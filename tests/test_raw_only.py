@@ -86,6 +86,7 @@ def test_report_and_group_table_say_the_registration_is_bids_qcs_own(raw_run):
     html = (out / "sub-01_T1w.html").read_text()
     assert "own affine registration of the T1w" in html
     assert "no registration input" not in html
+    assert 'alt="Template-space T1w, template edges overlaid"' in html  # the mosaic
     with open(out / "group_T1w.tsv", newline="") as fh:
         row = next(csv.DictReader(fh, delimiter="\t"))
     assert (row["reg_source"], row["seg_source"]) == ("bids_qc", "bids_qc")
