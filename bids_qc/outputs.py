@@ -47,14 +47,15 @@ _LEGACY_BIDSIGNORES = (
 
 #: The dataset configuration of the legacy (npm 1.x) ``bids-validator``, read from the
 #: dataset root. That validator applies raw-data rules only: it rejects the
-#: BIDS-Derivatives segmentations (``desc`` entity) and, when every file of the subject
-#: folders is a bidsignored QC result, reports "no subject folders"; these stay visible,
-#: as warnings. The schema validator (2.x) reads ``.bidsignore`` and not this file.
+#: BIDS-Derivatives segmentations (``desc`` entity) and transforms (``xfm``) and, when
+#: every file of the subject folders is a bidsignored QC result, reports "no subject
+#: folders"; these stay visible, as warnings. The schema validator (2.x) reads
+#: ``.bidsignore`` and not this file.
 LEGACY_VALIDATOR_CONFIG: dict[str, Any] = {
     "_comment": f"{MARKER} Configuration of the legacy (1.x) bids-validator for a "
                 "derivative dataset; see the bids_qc documentation, Outputs.",
     "warn": ["SUBJECT_FOLDERS", "NO_VALID_DATA_FOUND_FOR_SUBJECT"],
-    "ignoredFiles": ["/sub-*/**/anat/*_dseg.nii.gz"],
+    "ignoredFiles": ["/sub-*/**/anat/*_dseg.nii.gz", "/sub-*/**/anat/*_xfm.txt"],
 }
 
 #: README names BIDS accepts; bids_qc writes the first when the dataset has none.
@@ -147,6 +148,8 @@ registrations from fMRIPrep, FreeSurfer or FastSurfer derivatives.
   its provenance and errors
 - `sub-<label>/[ses-<label>/]anat/*_desc-<model>_dseg.nii.gz`: segmentations bids_qc made
   (FreeSurfer codes)
+- `sub-<label>/[ses-<label>/]anat/*_from-T1w_to-<space>_mode-image_xfm.txt`: bids_qc's own
+  affine registrations of T1w images without one from a derivative (ITK text affine)
 - `<bids_name>.html`, `sub-<label>/figures/`: participant reports and their figures
 - `group_T1w.tsv`, `group_T1w.html`: one row per image; the group report and review queue
 - `group_T1w_flagged.tsv`, `group_T1w_queue.tsv`: flagged checks; the whole review queue
@@ -160,7 +163,8 @@ Every column and JSON key is described on the Outputs page of the bids_qc docume
 `.bidsignore` lists the files that are not BIDS files (reports, figures, logs, the per-image
 result JSONs, group tables), so BIDS validators skip them. `.bids-validator-config.json`
 configures the legacy (1.x) `bids-validator`, which applies raw-data rules only: it skips the
-segmentations' naming check and reports the rules a derivative cannot meet as warnings.
+naming check of the segmentations and transforms and reports the rules a derivative cannot
+meet as warnings.
 
 `Authors` in `dataset_description.json` defaults to the bids_qc developers: put the people
 who ran and curated this dataset there before you share it (reruns keep what you edit in).
@@ -226,6 +230,16 @@ def dseg_path(output_dir: Path, row: QCInput, desc: str) -> Path:
     """
     stem = row.bids_name.removesuffix("_T1w")
     return result_path(output_dir, row).parent / f"{stem}_desc-{desc}_dseg.nii.gz"
+
+
+def xfm_path(output_dir: Path, row: QCInput, space: str) -> Path:
+    """``sub-X/[ses-Y/]anat/<entities>_from-T1w_to-<space>_mode-image_xfm.txt``.
+
+    bids_qc's own affine from the T1w to the template, named as fMRIPrep names its
+    transforms (the ``_T1w`` suffix dropped, as in :func:`dseg_path`).
+    """
+    stem = row.bids_name.removesuffix("_T1w")
+    return result_path(output_dir, row).parent / f"{stem}_from-T1w_to-{space}_mode-image_xfm.txt"
 
 
 def fingerprint(

@@ -170,7 +170,9 @@ def run_participant(settings: Settings) -> int:
     selection = select_models(settings.models)
     for s in selection.skipped:
         LOGGER.info("model %s skipped: %s", s["model"], s["reason"])
-    segmenter = _segmenter(settings.segment, settings.models)
+    from .workflows.base import choose_segmenter
+
+    segmenter = choose_segmenter(settings.segment, settings.models)
 
     options = {k: settings.to_json()[k] for k in _RESULT_OPTIONS}
     options["device"] = device
@@ -189,29 +191,6 @@ def run_participant(settings: Settings) -> int:
     failures = _collect_failures(settings, todo, prints, device, started)
     _write_run_log(settings, rows, todo, failures, selection, device)
     return _summary(settings, rows, todo, failures, selection)
-
-
-def _segmenter(segment: str, requested: tuple[str, ...] | None = None) -> ModelSpec | None:
-    """VINN's spec when it should segment the images that lack a segmentation, else None.
-
-    The segmenter is an input provider, so ``--models`` (which picks QC models) does not
-    turn it off; ``--segment never`` does. While VINN is experimental (its card misses its
-    accuracy targets, and segmentation checks on a bad segmentation would mislead),
-    ``--segment auto`` uses it only when ``--models`` names ``vinn``; ``--segment always``
-    asks for it explicitly.
-    """
-    if segment == "never":
-        return None
-    spec = next((m for m in installed_models() if m.name == "vinn"), None)
-    if spec is None:
-        LOGGER.warning("--segment %s: VINN's weights are missing from this installation; "
-                       "images without a segmentation are not segmented", segment)
-        return None
-    if spec.experimental and segment == "auto" and "vinn" not in (requested or ()):
-        LOGGER.info("VINN is experimental in this release: images without a segmentation are "
-                    "not segmented (use --models vinn ... or --segment always)")
-        return None
-    return spec
 
 
 def _run_workflow(settings: Settings, rows: list[QCInput], prints: dict, selection: Selection,

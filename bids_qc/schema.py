@@ -23,7 +23,9 @@ def _identity_columns() -> list[Column]:
         Column("bids_name", "str", "", "The T1w image this row describes "
                "(`sub-X[_ses-Y][_acq-Z][_run-N]_T1w`).", "bids_qc"),
         Column("reg_source", "str", "", "Which derivative supplied the template-space image: "
-               "`fmriprep`, `freesurfer`, `fastsurfer`, `bids_qc`, or n/a.", "bids_qc"),
+               "`fmriprep`, `freesurfer`, `fastsurfer`, or n/a; `bids_qc`: bids_qc's own "
+               "affine registration of the T1w, through the brain mask of its segmentation "
+               "(the registration checks then check bids_qc's own work).", "bids_qc"),
         Column("seg_source", "str", "", "Which derivative supplied the segmentation: "
                "`freesurfer`, `fastsurfer`, `fmriprep`, `bids_qc`, or n/a.", "bids_qc"),
         Column("qc_error", "str", "", "Short reason the image (or a stage of it) failed; "
@@ -148,7 +150,8 @@ JSON_KEYS: tuple[tuple[str, str], ...] = (
     ("acquisition", "the raw image's sidecar fields `Manufacturer` and "
      "`MagneticFieldStrength` where its sidecars (BIDS inheritance) hold them; the group "
      "level's `rz_*` scores are per acquisition group"),
-    ("reg_source", "the derivative that supplied the template-space image, or null"),
+    ("reg_source", "the derivative that supplied the template-space image, `bids_qc` for "
+     "bids_qc's own registration, or null"),
     ("seg_source", "the derivative that supplied the segmentation, or null"),
     ("qc_error", "short reason a stage failed; empty when every stage ran"),
     ("metrics", "every participant-level column below that a stage computed (null: not "
@@ -207,8 +210,8 @@ def render_markdown() -> str:
         "per-image result JSONs, group tables), so BIDS validators skip them |",
         "| `.bids-validator-config.json` | configuration of the legacy (1.x) `bids-validator`, "
         "which applies raw-data rules only: it skips the naming check of the segmentations "
-        "and reports what a derivative cannot meet (no raw data in the subject folders) as "
-        "warnings |",
+        "and transforms and reports what a derivative cannot meet (no raw data in the "
+        "subject folders) as warnings |",
         "| `logs/` | the settings of each run (`run-<time>-<host>-<pid>.json`), nipype "
         "crash files |",
         "| `sub-XX/[ses-YY/]anat/<bids_name>.json` | every metric of one T1w image, with "
@@ -216,6 +219,10 @@ def render_markdown() -> str:
         "| `sub-XX/[ses-YY/]anat/<entities>_desc-vinn_dseg.nii.gz` | VINN's segmentation "
         "(FreeSurfer codes, on the T1w's grid) of an image without one from a derivative "
         "(`--segment`) |",
+        "| `sub-XX/[ses-YY/]anat/<entities>_from-T1w_to-MNI152NLin2009cAsym_mode-image_xfm.txt`"
+        " | bids_qc's own affine registration (ITK text affine, as fMRIPrep's) of a T1w with "
+        "a segmentation but no template-space image or transform from a derivative; "
+        "`reg_source` = `bids_qc` |",
         "| `sub-XX/figures/` | figures of the reports |",
         "| `sub-XX/[ses-YY/]anat/<entities>_desc-manifoldqc_dseg.nii.gz` | ManifoldQC's "
         "surrogate segmentation (FreeSurfer codes of the 14 subcortical structures, on the "

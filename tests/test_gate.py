@@ -78,3 +78,58 @@ def test_the_segmenters_gate_needs_dice_per_protocol_and_plausible_volumes():
     odd = {**ok, "volumes": {"test": {"n": 5, "implausible": ["sub-01"]}}}
     assert not gate.gate_decision(odd)["passes"]
     assert not gate.gate_decision({"kind": "segmenter"})["passes"]
+
+
+@pytest.mark.parametrize(("dice", "passes"), [(0.87, True), (0.69, False)])
+def test_segment_auto_follows_vinns_gate(monkeypatch, tmp_path, dice, passes):
+    """``--segment auto`` (the default) segments images without a segmentation with VINN,
+    with no ``--models vinn``, exactly when VINN's gate record passes."""
+    import dataclasses
+
+    from bids_qc.cli import _segment_help, parse_settings
+    from bids_qc.inputs import QCInput
+    from bids_qc.models.plugin import gated_spec
+    from bids_qc.models.plugins import PLUGINS, get_plugin
+    from bids_qc.models.registry import get_spec
+    from bids_qc.workflows.base import choose_segmenter, init_image_qc_wf
+
+    # A real-data record of VINN's weights, read by the gate as the registry asks it when
+    # the plugins are built.
+    shipped = get_plugin("vinn").spec
+    (tmp_path / "vinn.json").write_text(json.dumps({
+        "kind": "segmenter", "sha256": shipped.sha256, "dice": {"test": {"mean": dice}},
+        "volumes": {"test": {"n": 5, "implausible": []}}}))
+    real_passes = gate.passes
+    monkeypatch.setattr(gate, "passes",
+                        lambda name, sha256, folder=None: real_passes(name, sha256, tmp_path))
+    spec = gated_spec(shipped.name, shipped.version, shipped.weights, shipped.sha256,
+                      shipped.needs, shipped.description)
+    assert spec.experimental is not passes
+    plugins = tuple(dataclasses.replace(p, spec=spec) if p.name == "vinn" else p
+                    for p in PLUGINS)
+    registry = tuple(p.spec for p in plugins)
+
+    settings = parse_settings([str(tmp_path / "bids"), str(tmp_path / "out"), "participant",
+                               "--models", "regqc", "segqc"])
+    assert settings.segment == "auto"  # the default
+    chosen = choose_segmenter(settings.segment, settings.models, registry)
+    assert chosen == (spec if passes else None)
+    assert choose_segmenter("auto", None, registry) == chosen  # no --models at all
+    # Named or asked for, VINN segments whatever the gate says; never turns it off.
+    assert choose_segmenter("auto", ("vinn",), registry) == spec
+    assert choose_segmenter("always", None, registry) == spec
+    assert choose_segmenter("never", ("vinn",), registry) is None
+    experimental_help = "VINN is experimental in this installation"
+    assert (experimental_help in _segment_help(plugins)) is not passes
+
+    # A raw image gets VINN's node (and the registration after it) only when it passes;
+    # an image with a FreeSurfer-coded segmentation is never segmented under auto.
+    raw = QCInput("sub-01_T1w", {"subject": "01"}, t1w=tmp_path / "sub-01_T1w.nii.gz")
+    derived = dataclasses.replace(raw, seg=tmp_path / "aseg.mgz", seg_kind="aseg",
+                                  template_t1w=tmp_path / "space-MNI_T1w.nii.gz")
+    for row, segmented in ((raw, passes), (derived, False)):
+        wf = init_image_qc_wf(row, output_dir=tmp_path / "out", fingerprint={},
+                              models=(get_spec("regqc"),), device="cpu", segmenter=chosen,
+                              segment=settings.segment, plugins=plugins)
+        names = set(wf.list_node_names())
+        assert ("vinn" in names) is segmented and ("register" in names) is segmented

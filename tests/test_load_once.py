@@ -1,4 +1,5 @@
-"""Participant level on several images in one process loads each model's weights once."""
+"""Participant level on several images in one process loads each model's weights once,
+VINN's included (``--segment always`` makes it segment every image)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ def test_linear_run_loads_each_model_once(tmp_path):
     models = [m.name for m in installed_models()]
     proc = subprocess.run(
         [sys.executable, "-c", _CHILD, str(bids), str(out), "participant", "-q",
-         "--plugin-config", str(config), "-w", str(tmp_path / "work"), "--models", *models],
+         "--plugin-config", str(config), "-w", str(tmp_path / "work"), "--segment", "always",
+         "--models", *models],
         capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=600)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     assert lines, proc.stderr[-3000:]
@@ -43,4 +45,9 @@ def test_linear_run_loads_each_model_once(tmp_path):
            if all(any(v is not None and producer.get(k) == name
                       for k, v in res["metrics"].items()) for res in results)}
     assert "segqc" in ran  # the shipped model runs on the demo images
+    # VINN has no columns: it ran when it segmented every image (a file per image)
+    if "vinn" in models:
+        assert all("cpu_seconds" in res["provenance"]["stages"]["vinn"] for res in results)
+        assert len(list(out.rglob("*_desc-vinn_dseg.nii.gz"))) == 2
+        ran.add("vinn")
     assert {name: info["loads"].get(name, 0) for name in ran} == {name: 1 for name in ran}

@@ -22,6 +22,7 @@ segmentation lands on the T1w's native grid voxel for voxel. Labels are FreeSurf
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 import nibabel as nib
@@ -294,14 +295,23 @@ def segment_array(
     return from_ras(out, ornt)
 
 
-def load_model(device: str = "cpu") -> VINN:
-    """The shipped model (weights checked against the registry's sha256), in eval mode."""
-    from .registry import get_spec, load_state_dict
+_CACHE: dict[str, VINN] = {}
+_LOCK = threading.Lock()
 
-    model = VINN()
-    state = load_state_dict(get_spec("vinn"))
-    model.load_state_dict({k: v.float() for k, v in state.items()})
-    return model.to(device).eval()
+
+def load_model(device: str = "cpu") -> VINN:
+    """The shipped model on ``device`` (weights checked against the registry's sha256), in
+    eval mode, loaded once per process and device as the other models are: a run of many
+    images reads and hashes the weights once."""
+    with _LOCK:
+        if device not in _CACHE:
+            from .registry import get_spec, load_state_dict
+
+            model = VINN()
+            state = load_state_dict(get_spec("vinn"))
+            model.load_state_dict({k: v.float() for k, v in state.items()})
+            _CACHE[device] = model.to(device).eval()
+        return _CACHE[device]
 
 
 def segment_image(path_or_img: str | nib.spatialimages.SpatialImage, *, device: str = "cpu",

@@ -113,6 +113,10 @@ def _registration(
             note="the template-space T1w is only available while "
             "the workflow runs; this report was rendered without it",
         )
+    if result.get("reg_source") == "bids_qc":
+        # RegQC and the baselines then check bids_qc's own work, not a derivative's: say so.
+        template = {**template, "how": "bids_qc's own affine registration of the T1w "
+                    "(SimpleITK, through the brain mask of its segmentation)"}
     return {
         "figure": figure,
         "template": template,

@@ -314,7 +314,7 @@ def readme_context(records: dict[str, dict[str, Any] | None], classic: dict[str,
         columns = "; ".join(x for x in (columns, note) if x)
         if not spec.is_installed():
             default = "no: its weights are not in this installation"
-        elif spec.name == "vinn":  # an input provider, switched by --segment (runner._segmenter)
+        elif spec.name == "vinn":  # an input provider, switched by --segment (choose_segmenter)
             default = ("**experimental**: segments only with `--models vinn` or "
                        "`--segment always`" if experimental else
                        "yes: segments images without a FreeSurfer-coded segmentation "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -12,10 +13,13 @@ from nipype.pipeline import engine as pe
 
 from ..inputs import QCInput, qc_input_to_dict
 from ..interfaces.classic import ClassicMetrics
+from ..interfaces.register import RegisterT1w
 from ..interfaces.results import WriteResults
 from ..models.plugin import QCModel
 from ..models.plugins import PLUGINS, get_plugin
-from ..models.registry import ModelSpec, missing_needs
+from ..models.registry import REGISTRY, ModelSpec, installed_models, missing_needs
+
+LOGGER = logging.getLogger("bids_qc")
 
 #: Model name -> its nipype interface class, from the plugins. Every interface takes
 #: ``qc_input`` (the row as a dict), ``classic_result`` (the classical stage's result, whose
@@ -52,6 +56,41 @@ def runs_segmenter(row: QCInput, segment: str) -> bool:
     if segment == "never" or "t1w" not in available_inputs(row):
         return False
     return segment == "always" or row.seg is None or row.seg_kind != "aseg"
+
+
+def choose_segmenter(segment: str, requested: tuple[str, ...] | None = None,
+                     registry: tuple[ModelSpec, ...] | None = None) -> ModelSpec | None:
+    """VINN's spec when it should segment the images that lack a segmentation, else None.
+
+    The segmenter is an input provider, so ``--models`` (which picks QC models) does not
+    turn it off; ``--segment never`` does. ``--segment auto`` follows the real-data gate
+    (the spec's ``experimental``, :func:`bids_qc.models.plugin.gated_spec`): it uses VINN
+    when VINN passes its gate, and while it does not (segmentation checks on a bad
+    segmentation would mislead) only when ``--models`` names ``vinn``; ``--segment
+    always`` asks for it explicitly. ``registry`` defaults to the installed one.
+    """
+    if segment == "never":
+        return None
+    registry = REGISTRY if registry is None else registry
+    spec = next((m for m in installed_models(registry) if m.name == "vinn"), None)
+    if spec is None:
+        LOGGER.warning("--segment %s: VINN's weights are missing from this installation; "
+                       "images without a segmentation are not segmented", segment)
+        return None
+    if spec.experimental and segment == "auto" and "vinn" not in (requested or ()):
+        LOGGER.info("VINN is experimental in this release: images without a segmentation are "
+                    "not segmented (use --models vinn ... or --segment always)")
+        return None
+    return spec
+
+
+def runs_registration(row: QCInput, segmented: bool) -> bool:
+    """Whether bids_qc registers this row itself: a T1w and a segmentation (VINN's when
+    ``segmented``, or a derivative's) to take a brain mask from, but no template-space T1w
+    and no transform the app can read."""
+    have = available_inputs(row)
+    return ("t1w" in have and "template_t1w" not in have
+            and (segmented or row.seg is not None))
 
 
 def available_inputs(row: QCInput) -> set[str]:
@@ -142,7 +181,10 @@ def init_image_qc_wf(
     ``inputnode.qc_input`` holds the row as a dict; ``outputnode`` gives the JSON and
     the report. Model nodes join ``stage_results`` through a Merge node, in registry order.
     When VINN runs, every other node takes the row from VINN's node (with its
-    segmentation), so the segmentation-based checks run on it.
+    segmentation), so the segmentation-based checks run on it. When the row has a
+    segmentation but no template-space input (:func:`runs_registration`), a ``register``
+    node after it registers the T1w to the template and hands on the row with that
+    transform, so the template-space checks run on bids_qc's own registration.
     """
     wf = pe.Workflow(name=workflow_name(row.bids_name))
     inputnode = pe.Node(IdentityInterface(fields=["qc_input"]), name="inputnode")
@@ -163,6 +205,17 @@ def init_image_qc_wf(
         source, source_field = seg_node, "qc_input"
         stages.append(seg_node)
         have.add("seg")
+    if runs_registration(row, "seg" in have):
+        # Its own registration, from the segmentation's brain mask; every later node takes
+        # the row with the transform, so the template-space checks run on it.
+        reg_node = pe.Node(RegisterT1w(), name="register", mem_gb=max(1.0, mem_gb),
+                           n_procs=max(1, min(2, max_threads)))
+        reg_node.inputs.output_dir = str(output_dir)
+        reg_node.inputs.threads = reg_node.n_procs
+        wf.connect([(source, reg_node, [(source_field, "qc_input")])])
+        source, source_field = reg_node, "qc_input"
+        stages.append(reg_node)
+        have.add("template_t1w")
     for spec in models:
         plugin = get_plugin(spec.name, plugins)
         if plugin.role == "segmenter":
