@@ -91,3 +91,23 @@ def test_muse_mapping_on_a_real_person_keeps_sides_and_sizes():
         assert low < (fs == code).sum() * voxel_ml < high, code
     inside = np.asarray(img.dataobj) > 1
     assert (fs[inside] > 0).all()
+
+
+def test_voxelmorphs_header_is_fixed_so_left_is_left_and_up_is_up():
+    from scipy import ndimage as ndi
+
+    from bids_qc.training.real_sets import good_images, load_t1w, segmentation
+
+    data = require_shared_data()
+    (im,) = [i for i in good_images(data, "test") if i.dataset == "voxelmorph_subject"]
+    labels, affine = segmentation(im)
+    assert np.allclose(affine, load_t1w(im).affine)
+
+    def world(code):
+        return affine[:3, :3] @ np.array(ndi.center_of_mass(labels == code)) + affine[:3, 3]
+
+    # RAS world: the left hippocampus (17) left of the right one (53); the brainstem (16)
+    # well below and behind the lateral ventricles (4).
+    assert world(17)[0] < -10 < 10 < world(53)[0]
+    stem, ventricle = world(16), world(4)
+    assert stem[2] < ventricle[2] - 30 and stem[1] < ventricle[1]

@@ -71,6 +71,27 @@ class RealImage:
         return re.sub(r"[^a-zA-Z0-9]", "", f"{prefix}{self.item}")
 
 
+#: Images whose header is wrong, with the affine their voxels really have. voxelmorph's test
+#: volume is in FreeSurfer's conformed LIA orientation (voxel x to the left, y inferior,
+#: z anterior: its aseg puts the left hippocampus at larger x and the brainstem 48 voxels
+#: "below" the lateral ventricles along y) but its header says identity (RAS); seen because
+#: no affine registration could bring it to the template (correlation 0.18). The fix is
+#: FreeSurfer's tkr vox2ras of a conformed volume of its shape.
+HEADER_FIXES: dict[tuple[str, str], np.ndarray] = {
+    ("voxelmorph_subject", "test_vol"): np.array(
+        [[-1.0, 0, 0, 80], [0, 0, 1, -112], [0, -1, 0, 96], [0, 0, 0, 1]]),
+}
+
+
+def load_t1w(image: RealImage) -> nib.spatialimages.SpatialImage:
+    """The image as a nibabel image, its header fixed where :data:`HEADER_FIXES` says so."""
+    img = nib.load(str(image.t1w))
+    fix = HEADER_FIXES.get((image.dataset, image.item))
+    if fix is None:
+        return img
+    return nib.Nifti1Image(np.asanyarray(img.dataobj), fix)
+
+
 def exclusions() -> dict[tuple[str, str], str]:
     """``(dataset, item) -> reason`` of the images left out by eye (before any model ran)."""
     path = Path(str(resources.files("bids_qc.training") / "real_exclusions.tsv"))
@@ -111,7 +132,7 @@ def segmentation(image: RealImage) -> tuple[np.ndarray, np.ndarray] | None:
         return None
     if image.seg_kind == "npz":
         labels = np.load(image.seg)["seg"]
-        return labels.astype(np.int16), nib.load(str(image.t1w)).affine
+        return labels.astype(np.int16), load_t1w(image).affine
     seg = nib.load(str(image.seg))
     labels = np.asarray(seg.dataobj).astype(np.int32)
     if image.seg_kind == "muse":
@@ -133,10 +154,12 @@ def brain_mask(image: RealImage) -> np.ndarray | None:
     return labels > 1 if image.seg_kind == "muse" else labels > 0
 
 
-def _nifti(src: Path, dst: Path) -> None:
+def _nifti(src: Path, dst: Path, image: RealImage | None = None) -> None:
     if dst.exists():
         return
-    if src.name.endswith(".nii.gz"):
+    if image is not None and (image.dataset, image.item) in HEADER_FIXES:
+        nib.save(load_t1w(image), str(dst))
+    elif src.name.endswith(".nii.gz"):
         dst.symlink_to(src.resolve())
     else:  # FreeSurfer .mgz: the app reads NIfTI raw data
         img = nib.load(str(src))
@@ -174,8 +197,8 @@ def build_dataset(data_dir: str | Path, part: Part, out: str | Path,
         anat = deriv / stem / "anat"
         raw.mkdir(parents=True, exist_ok=True)
         anat.mkdir(parents=True, exist_ok=True)
-        _nifti(im.t1w, raw / f"{stem}_T1w.nii.gz")
-        _nifti(im.t1w, anat / f"{stem}_desc-preproc_T1w.nii.gz")
+        _nifti(im.t1w, raw / f"{stem}_T1w.nii.gz", im)
+        _nifti(im.t1w, anat / f"{stem}_desc-preproc_T1w.nii.gz", im)
         seg = segmentation(im)
         aseg = anat / f"{stem}_desc-aseg_dseg.nii.gz"
         if seg is not None and not aseg.exists():
@@ -212,7 +235,7 @@ def mosaic(data_dir: str | Path, part: Part, path: str | Path) -> Path:
     for ax in axes.ravel():
         ax.axis("off")
     for ax, im in zip(axes.ravel(), images):
-        img = nib.as_closest_canonical(nib.load(str(im.t1w)))
+        img = nib.as_closest_canonical(load_t1w(im))
         data = np.asanyarray(img.dataobj, dtype=np.float32)
         data = data[..., 0] if data.ndim == 4 else data
         ax.imshow(np.rot90(data[:, :, int(data.shape[2] * 0.55)]), cmap="gray",

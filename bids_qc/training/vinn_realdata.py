@@ -32,7 +32,13 @@ from scipy import ndimage as ndi
 
 from bids_qc.models import volumes as V
 from bids_qc.structures import SUBCORTICAL
-from bids_qc.training.real_sets import RealImage, exclusions, good_images, segmentation
+from bids_qc.training.real_sets import (
+    RealImage,
+    exclusions,
+    good_images,
+    load_t1w,
+    segmentation,
+)
 from bids_qc.training.realdata import Part, ixi_people, muse_to_freesurfer
 
 #: Reference protocols: which segmentations count as FreeSurfer's and which as DLMUSE's.
@@ -167,7 +173,7 @@ def evaluate_image(model: Any, image: RealImage, bounds: dict[str, Any],
 
     from bids_qc.models.vinn import segment_image
 
-    img = nib.load(str(image.t1w))
+    img = load_t1w(image)
     t0 = resource.getrusage(resource.RUSAGE_SELF)
     wall = time.time()
     pred_img = segment_image(img, model=model)
