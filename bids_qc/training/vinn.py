@@ -294,7 +294,13 @@ def train(args: argparse.Namespace) -> dict[str, Any] | None:
     torch.manual_seed(args.seed)
     net = VINN()
     warm = "scratch"
-    if not args.from_scratch:
+    if args.init_from:
+        from bids_qc.training.loop import sha256_file
+
+        state = torch.load(args.init_from, map_location="cpu", weights_only=True)
+        net.load_state_dict({k: v.float() for k, v in state.items()})
+        warm = f"{args.init_from} sha256 {sha256_file(Path(args.init_from))}"
+    elif not args.from_scratch:
         state, warm = shipped_weights()
         net.load_state_dict(state)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
@@ -355,6 +361,9 @@ def main(argv: list[str] | None = None) -> None:
                         "there is resumed")  # fmt: skip
     p.add_argument("--from-scratch", action="store_true",
                    help="start from random weights instead of the shipped ones")
+    p.add_argument("--init-from", default="",
+                   help="start from these weights (e.g. an earlier sitting's) instead of the "
+                        "shipped ones")
     p.add_argument("--real-data", default="",
                    help="shared data folder: add the IXI training people to the pool")
     p.add_argument("--real-share", type=float, default=0.5,
