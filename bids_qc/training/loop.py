@@ -260,7 +260,7 @@ def run_sitting(
     else:
         torch.manual_seed(config.seed)
         loop = {"step": 0, "samples": 0, "cpu_s": 0.0, "wall_s": 0.0, "resumes": 0,
-                "started": _now(), "losses": []}  # fmt: skip
+                "started": _now(), "losses": [], "run": {}}  # fmt: skip
         log(f"sitting of {config.model}: {config.steps} steps from global step "
             f"{config.start_step}, warm start: {config.warm_start}")  # fmt: skip
 
@@ -276,7 +276,9 @@ def run_sitting(
     cpu0, wall0 = time.process_time(), time.time()
     t_process, t_ckpt = time.time(), time.time()
     model.train()
-    run: dict[str, float] = {}
+    # The running sums between log lines live in the checkpoint, so that a paused sitting
+    # logs (and records) the same means as an uninterrupted one.
+    run: dict[str, float] = loop.setdefault("run", {})
     while loop["step"] < config.steps:
         lr = learning_rate(loop["step"] / config.steps, config.lr, warmup=config.warmup)
         for group in optimizer.param_groups:
@@ -294,7 +296,7 @@ def run_sitting(
             loop["losses"].append([config.start_step + loop["step"], mean])
             log(f"step {loop['step']}/{config.steps} lr={lr:.2e} "
                 + " ".join(f"{k}={v:.4f}" for k, v in mean.items()))
-            run = {}
+            run.clear()
         if time.time() - t_ckpt > checkpoint_minutes * 60:
             checkpoint()
             export(out / weights_name)
