@@ -284,6 +284,19 @@ def _structure_rows(results: dict[str, Any], sets: list[str]) -> list[str]:
     return rows
 
 
+def _recipe_lines(train: dict[str, Any]) -> list[str]:
+    """How the weights were trained: one sitting of the step-budget recipe, or the earlier
+    time-budgeted one (the shipped 1.x weights)."""
+    if "sitting" not in train:
+        return ["- Recipe: `python -m bids_qc.training.segqc --minutes N --out DIR` (the "
+                "time-budgeted recipe of its day; now `--steps N`, warm-started from the "
+                "shipped weights)."]
+    start = train.get("start_step", 0)
+    return [f"- Sitting: global steps {start}-{start + train['steps']}, from "
+            f"{train.get('warm_start', 'scratch')}; recipe "
+            "`python -m bids_qc.training.segqc --steps N --out DIR`."]
+
+
 def render_card(results: dict[str, Any], timing: dict[str, float], train: dict[str, Any],
                 sha: str, version: str) -> str:  # fmt: skip
     """The model card (markdown) from the evaluation results."""
@@ -356,7 +369,7 @@ def render_card(results: dict[str, Any], timing: dict[str, float], train: dict[s
         f"- Size: {train['steps']} steps of batch {train['batch']} = {train['samples']} samples "
         f"({train['epochs_over_pool']:.1f} epochs over the pool), {train['minutes']:.1f} minutes "
         f"on {train['hardware']}; seed {train['seed']}.",
-        "- Recipe: `python -m bids_qc.training.segqc --minutes N --out DIR`.", "",
+        *_recipe_lines(train), "",
         "## Limitations", "",
         "- Damage is applied on the 2 mm model grid in training; evaluation damage is on the "
         "segmentation's own grid (0.7-1.6 mm synthetic, 1 mm bert), so sub-2 mm boundary "
