@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from bids_qc.models.manifoldqc import COVERED, DICE_WEIGHT, N_STRUCT, SEARCH_STEPS
+from bids_qc.training.card_sections import write_card
 from bids_qc.training.eval_protocol import HELDOUT_DAMAGE_FAMILIES, build_case, case_specs
 
 #: The comparison's sets: label, protocol set, role.
@@ -488,7 +489,7 @@ def main(argv: list[str] | None = None) -> None:
     others = [json.loads((Path(d) / "summary.json").read_text()) for d in args.compare]
     card = render_card(results, timing, train, sha, get_spec("manifoldqc").version, others)
     card_path = Path(args.card) if args.card else here / "cards" / "manifoldqc.md"
-    card_path.write_text(card)
+    write_card(card_path, card)
     (Path(args.eval) / "results.json").write_text(json.dumps(
         {"sha256": sha, "timing": timing, "train": train, "results": results}, indent=1))
     print(card)

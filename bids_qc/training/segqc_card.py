@@ -31,6 +31,7 @@ import numpy as np
 
 from bids_qc.models.segqc import conform, group_index
 from bids_qc.structures import STRUCTURE_NAMES
+from bids_qc.training.card_sections import write_card
 from bids_qc.training.eval_protocol import (
     HELDOUT_DAMAGE_FAMILIES,
     P_CLEAN,
@@ -400,7 +401,7 @@ def main(argv: list[str] | None = None) -> None:
         saved = json.loads(Path(args.results).read_text())
         card = render_card(saved["results"], saved["timing"], saved["train"], saved["sha256"],
                            MODEL_VERSION)
-        Path(args.card or here / "cards" / "segqc.md").write_text(card)
+        write_card(Path(args.card or here / "cards" / "segqc.md"), card)
         return
     if args.cmd == "cache":
         import torch
@@ -422,7 +423,7 @@ def main(argv: list[str] | None = None) -> None:
     sha = sha256sum(weights)
     card = render_card(results, timing, train, sha, MODEL_VERSION)
     card_path = Path(args.card) if args.card else here / "cards" / "segqc.md"
-    card_path.write_text(card)
+    write_card(card_path, card)
     (Path(args.eval) / "results.json").write_text(json.dumps(
         {"sha256": sha, "timing": timing, "train": train, "results": results}, indent=1))
     print(card)

@@ -27,6 +27,7 @@ import numpy as np
 from bids_qc.calibrate import roc_auc
 from bids_qc.models.shapeqc import ShapeQCNet
 from bids_qc.structures import SUBCORTICAL_KINDS, SUBCORTICAL_NAMES
+from bids_qc.training.card_sections import write_card
 from bids_qc.training.eval_protocol import (
     HELDOUT_SHAPE_FAMILIES,
     TRAINING_SHAPE_FAMILIES,
@@ -506,7 +507,7 @@ def main(argv: list[str] | None = None) -> None:
         "examples": example_figures(net, card_dir),
     }
     (ns.cache / "card_results.json").write_text(json.dumps(results, indent=1, default=float))
-    (card_dir / "shapeqc.md").write_text(render_card(results))
+    write_card(card_dir / "shapeqc.md", render_card(results))
     print((card_dir / "shapeqc.md").read_text())
 
 
