@@ -125,3 +125,36 @@ def test_compare_section_renders_every_structure():
     text = "\n".join(_compare_section({"shared": side, "per_structure": side}))
     assert all(f"| {s} | 0.800 / 0.800" in text for s in SUBCORTICAL_NAMES)
     assert "not compared" in "\n".join(_compare_section(None))
+
+
+def test_the_recipe_warm_starts_from_the_shipped_network(tmp_path, monkeypatch):
+    """One sitting of the recipe (its shapes replaced by toy maps): the shipped network goes
+    on learning with its own templates, and weights, thresholds and summary are written."""
+    import json
+
+    from bids_qc.models.registry import get_spec, load_state_dict
+    from bids_qc.training import shapeqc as recipe
+
+    x_tr, tr = _toy_split(64, 5)
+    x_ev, ev = _toy_split(64, 6)
+    seen = {}
+
+    def prepare(args, log, templates=None):
+        seen["templates"] = templates
+        return tr, ev, templates, x_tr, x_ev
+
+    monkeypatch.setattr(recipe, "prepare", prepare)
+    out = tmp_path / "out"
+    recipe.main(["--cache", str(tmp_path / "cache"), "--out", str(out), "--steps", "3",
+                 "--batch", "8"])  # fmt: skip
+    shipped = load_state_dict(get_spec("shapeqc"))
+    assert set(seen["templates"]) == set(recipe.SUBCORTICAL_KINDS)
+    summary = json.loads((out / "shapeqc_train.json").read_text())
+    assert summary["steps"] == 3 and summary["warm_start"].startswith("shipped shapeqc.pt")
+    assert summary["width"] == int(shipped["stem.0.weight"].shape[0])
+    weights = torch.load(out / "shapeqc.pt", weights_only=True)
+    assert torch.equal(weights["template_log_density"], shipped["template_log_density"])
+    assert not torch.equal(weights["head.weight"], shipped["head.weight"])
+    thresholds = json.loads((out / "shapeqc_thresholds.json").read_text())
+    assert set(thresholds["checks"]) == {f"shapeqc_flag_{s}" for s in SUBCORTICAL_NAMES[:4]}
+    assert (out / "shapeqc_calibration.json").is_file() and (out / "sitting.json").is_file()

@@ -171,8 +171,8 @@ def add_sitting_arguments(parser: argparse.ArgumentParser, *, lr: float, seed: i
     parser.add_argument("--steps", type=int, required=steps_required, default=None,
                         help="optimiser steps of this sitting (required to train)")
     parser.add_argument("--start-step", type=int, default=0,
-                        help="global step to start at (the earlier sittings' total, from the "
-                             "ledger)")  # fmt: skip
+                        help="global step to start at (after the earlier sittings: "
+                             "python -m bids_qc.training.ledger next-step MODEL)")  # fmt: skip
     parser.add_argument("--from-scratch", action="store_true",
                         help="start from random weights instead of the shipped ones")
     parser.add_argument("--lr", type=float, default=lr, help="peak learning rate")
@@ -271,7 +271,8 @@ def run_sitting(
     config : SittingConfig
         The sitting; a checkpoint in ``config.out`` is resumed if its identity matches.
     model, optimizer : torch.nn.Module, torch.optim.Optimizer
-        Already warm-started by the recipe; replaced by the checkpoint's state on resume.
+        Already warm-started by the recipe; replaced by the checkpoint's state on resume. A
+        parameter group's ``lr_scale`` (default 1) multiplies the schedule's rate for it.
     step_fn : StepFn
         One training step (see :data:`StepFn`).
     export : callable

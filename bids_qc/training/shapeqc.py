@@ -283,7 +283,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                "n_train": int(len(y_tr)), "n_train_fail": int(y_tr.sum()),
                "n_eval": int(len(ev["fail"])), "n_eval_fail": int(ev["fail"].sum()),
                "train_fail_share_by_structure": {
-                   s: float(y_tr[tr["structure"] == s].mean()) for s in SUBCORTICAL_NAMES},
+                   s: float(y_tr[tr["structure"] == s].mean()) for s in SUBCORTICAL_NAMES
+                   if (tr["structure"] == s).any()},
                "data_minutes": t_data / 60, "train_minutes": record["wall_hours"] * 60,
                "eval_auc": record["eval_auc"], "final_losses": record["final_losses"],
                "threads": args.threads}  # fmt: skip
