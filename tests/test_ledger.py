@@ -17,7 +17,8 @@ from bids_qc.training.loop import SittingConfig, run_sitting
 START, END = cs.LEDGER_MARKERS
 
 
-def _sitting(out: Path, model: str = "segqc", steps: int = 2, start_step: int = 0) -> Path:
+def _sitting(out: Path, model: str = "segqc", steps: int = 2, start_step: int = 0,
+             pause: float | None = None) -> Path:
     """A finished sitting of a toy network, recorded as ``model``'s."""
     torch.manual_seed(0)
     net = torch.nn.Linear(3, 1)
@@ -32,7 +33,7 @@ def _sitting(out: Path, model: str = "segqc", steps: int = 2, start_step: int = 
                            start_step=start_step, warm_start="shipped segqc.pt 1.0.0 sha256 "
                            + "ab" * 32)  # fmt: skip
     run_sitting(config, net, opt, step, lambda p: torch.save(net.state_dict(), p),
-                weights_name="w.pt", log=lambda m: None)  # fmt: skip
+                weights_name="w.pt", log=lambda m: None, pause_after_minutes=pause)  # fmt: skip
     return out
 
 
@@ -111,6 +112,15 @@ def test_add_refuses_unfinished_foreign_and_repeated_sittings(tmp_path):
     (out / "sitting.json").write_text(json.dumps(record))
     with pytest.raises(ValueError, match="lacks samples"):
         ledger.add("segqc", out, folder=tmp_path / "other")
+
+
+def test_a_stopped_sitting_says_how_far_it_got(tmp_path, cards):
+    folder = tmp_path / "ledger"
+    entry = ledger.add("segqc", _sitting(tmp_path / "s", steps=4, pause=0.0), folder=folder)
+    assert entry["completed"] is False and entry["steps"] == 1
+    ledger.render(folder, cards)
+    assert "| 0-1 (stopped; 4 planned) | 2 |" in (cards / "segqc.md").read_text()
+    assert ledger.next_step("segqc", folder) == 1
 
 
 def test_shipped_cards_are_in_sync_with_the_shipped_ledgers():

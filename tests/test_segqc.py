@@ -171,8 +171,8 @@ def test_a_paused_sitting_with_a_data_worker_equals_an_uninterrupted_one(tmp_pat
     for _ in range(3):
         recipe.main([*args, "--out", str(tmp_path / "paused"), "--workers", "1",
                      "--pause-after-minutes", "0"])  # fmt: skip
-        if (tmp_path / "paused" / "sitting.json").is_file():
-            break
+        if json.loads((tmp_path / "paused" / "sitting.json").read_text())["completed"]:
+            break  # (a paused sitting has a record too, not completed)
     records = [json.loads((tmp_path / d / "sitting.json").read_text())
                for d in ("whole", "paused")]  # fmt: skip
     assert records[1]["resumes"] >= 1 and records[0]["samples"] == records[1]["samples"] == 4

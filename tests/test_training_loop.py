@@ -124,9 +124,11 @@ def test_the_record_describes_the_sitting_and_its_exported_weights(tmp_path):
     assert on_disk == record
     for key in ("model", "started", "ended", "start_step", "end_step", "steps", "samples",
                 "cpu_hours", "wall_hours", "machine", "warm_start", "weights_sha256",
-                "final_losses", "seed", "lr", "options", "torch", "threads", "resumes"):
+                "final_losses", "seed", "lr", "options", "torch", "threads", "resumes",
+                "completed", "planned_steps"):
         assert key in record, key
     assert (record["start_step"], record["end_step"], record["steps"]) == (40, 46, STEPS)
+    assert record["completed"] and record["planned_steps"] == STEPS
     assert record["model"] == "toy" and record["warm_start"] == "shipped toy.pt sha256 ab"
     assert record["weights_sha256"] == sha256_file(tmp_path / "toy.pt")
     assert record["options"] == {"batch": 4} and set(record["final_losses"]) == {"loss"}

@@ -157,6 +157,8 @@ def section_context(model: str, folder: Path = LEDGER_DIR) -> dict[str, Any]:
     rows, notes = [], []
     for s in sittings:
         steps = f"{s['start_step']}-{s['end_step']}"
+        if not s.get("completed", True):  # stopped early: its record says how far it got
+            steps += f" (stopped; {s.get('planned_steps', '?')} planned)"
         threads = s.get("threads")
         machine = s["machine"] + (f"; {threads} thread{'s' if threads != 1 else ''}"
                                   if threads else "")  # fmt: skip
