@@ -181,3 +181,7 @@ def test_a_paused_sitting_with_a_data_worker_equals_an_uninterrupted_one(tmp_pat
     a, b = (torch.load(tmp_path / d / "checkpoint.pt", weights_only=True)["model"]
             for d in ("whole", "paused"))  # fmt: skip
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # --record-only re-exports the checkpoint's weights: the same file, the same record.
+    recipe.main(["--out", str(tmp_path / "whole"), "--record-only"])
+    again = json.loads((tmp_path / "whole" / "sitting.json").read_text())
+    assert again["completed"] and again["weights_sha256"] == records[0]["weights_sha256"]

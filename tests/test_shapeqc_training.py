@@ -158,3 +158,8 @@ def test_the_recipe_warm_starts_from_the_shipped_network(tmp_path, monkeypatch):
     thresholds = json.loads((out / "shapeqc_thresholds.json").read_text())
     assert set(thresholds["checks"]) == {f"shapeqc_flag_{s}" for s in SUBCORTICAL_NAMES[:4]}
     assert (out / "shapeqc_calibration.json").is_file() and (out / "sitting.json").is_file()
+    # --record-only re-exports the last checkpoint's weights (the same file) and its record.
+    record = json.loads((out / "sitting.json").read_text())
+    recipe.main(["--cache", str(tmp_path / "cache"), "--out", str(out), "--record-only"])
+    again = json.loads((out / "sitting.json").read_text())
+    assert again["completed"] and again["weights_sha256"] == record["weights_sha256"]

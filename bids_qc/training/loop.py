@@ -183,6 +183,9 @@ def add_sitting_arguments(parser: argparse.ArgumentParser, *, lr: float, seed: i
     parser.add_argument("--pause-after-minutes", type=float, default=None,
                         help="checkpoint and stop after this long (resume later with the same "
                              "options: same result)")  # fmt: skip
+    parser.add_argument("--record-only", action="store_true",
+                        help="write sitting.json of a sitting stopped between checkpoints "
+                             "(its weights re-exported from the last checkpoint) and exit")
 
 
 def require_steps(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -1,29 +1,25 @@
 """Training recipe of ManifoldQC: ``python -m bids_qc.training.manifoldqc --out DIR --steps N``.
 
-Good pairs only, from the synthetic engine (SynthSeg training label maps 1-16, contrast
-families ``t1`` and ``t1_wide``, the engine's random deformation, resolution and skull
-stripping):
+Good pairs only, from the synthetic engine (SynthSeg training label maps 1-16, contrasts
+``t1`` and ``t1_wide``, the engine's random deformation, resolution and skull stripping):
 
-1. ``dataset``: SegQC's pool of synthesized cases (:func:`bids_qc.training.segqc.build_pool`,
-   same keys and seed, conformed to SegQC's 2 mm box), each cut once to the ManifoldQC crop
-   plus a margin (for random shifts) and cached in one file; the validation pairs come from
-   maps :data:`VAL_MAPS` (held out of the ablation's training): each good pair and one
-   damaged copy (training damage families of the frozen protocol) with their exact Dice.
-   Damage is used only to *score* validation, never to train.
+1. ``dataset``: SegQC's pool (:func:`bids_qc.training.segqc.build_pool`, same keys and seed),
+   each case cut once to the ManifoldQC crop plus a margin (random shifts) and cached in one
+   file; validation pairs from maps :data:`VAL_MAPS` (held out of the ablation's training):
+   each good pair and one damaged copy (training damage families of the frozen protocol)
+   with their exact Dice. Damage only *scores* validation, it is never trained on.
 2. ``ablation`` (``--from-scratch`` only): latent size {2, 4, 8, 16} x beta {0, 1e-3, 1e-2,
-   1e-1}, the same number of steps each, trained from scratch on maps 1-14 (one sitting each
-   in ``OUT/ablation/<latent>_<beta>/``); each scored by the Dice MAE of the latent search on
-   the validation pairs. A finished configuration is not retrained.
-3. ``final``: one sitting of ``--steps`` steps (:mod:`bids_qc.training.loop`) on maps 1-16 in
-   ``OUT/final``: by default warm-started from the shipped weights (their latent size; beta
-   ``--beta``, the shipped configuration's), with ``--from-scratch`` the ablation's best
-   configuration from scratch.
+   1e-1}, one sitting of the same steps each from scratch on maps 1-14
+   (``OUT/ablation/<latent>_<beta>/``), scored by the Dice MAE of the latent search on the
+   validation pairs; a finished configuration is not retrained.
+3. ``final``: one sitting of ``--steps`` (:mod:`bids_qc.training.loop`) on maps 1-16 in
+   ``OUT/final``, warm-started from the shipped weights (their latent size, beta ``--beta``)
+   or, with ``--from-scratch``, the ablation's best configuration.
 
-Every batch is a pure function of ``(seed, global step)`` (the final sitting draws from
-``seed + 1``); ``--threads`` 1 by default. The shipped weights (recipe 2) came from the
-earlier time-budgeted recipe: ``--ablation-only --ablation-steps 600 --val-pairs 40`` (all 16
-configurations in one process), then the same call without ``--ablation-only``, which trained
-the best configuration for 45 minutes; the other values were the defaults.
+Every batch is a pure function of ``(seed, global step)`` (the final sitting's of ``seed +
+1``). The shipped weights (recipe 2) came from the earlier time-budgeted recipe:
+``--ablation-only --ablation-steps 600 --val-pairs 40``, then the same call without
+``--ablation-only`` (45 minutes on the best configuration); the other values the defaults.
 """
 
 from __future__ import annotations
@@ -59,6 +55,7 @@ from bids_qc.training.eval_protocol import TRAINING_DAMAGE_FAMILIES
 from bids_qc.training.loop import (
     SittingConfig,
     add_sitting_arguments,
+    record_from_checkpoint,
     require_steps,
     run_sitting,
     shipped_state,
@@ -217,12 +214,9 @@ def train_config(data: dict[str, np.ndarray], train_idx: np.ndarray, latent: int
                  threads: int = 1, checkpoint_minutes: float = 3.0,
                  pause_after_minutes: float | None = None,
                  log: Any = print) -> tuple[ManifoldVAE, dict | None]:  # fmt: skip
-    """One sitting of one configuration in ``out``, from ``init`` (state, description) or from
-    scratch (the training crops' atlas as the template); resumable.
-
-    Returns the network (its ``z_scale`` set from the training crops) and the sitting's
-    record, None when it paused.
-    """
+    """One sitting of one configuration in ``out`` from ``init`` (state, description) or from
+    scratch (the training crops' atlas as the template); resumable. Returns the network (its
+    ``z_scale`` set from the training crops) and the sitting's record (None: it paused)."""
     torch.manual_seed(seed)
     net = ManifoldVAE(latent=latent)
     if init is not None:
@@ -323,8 +317,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         init = shipped_state("manifoldqc")
         latent, beta = int(init[0]["z_scale"].shape[0]), args.beta
         best_key = f"{latent}_{beta:g}" if f"{latent}_{beta:g}" in ablation else None
-    final_idx = np.arange(len(maps))
-    net, rec = train_config(data, final_idx, latent, beta, args.steps, args.seed + 1,
+    net, rec = train_config(data, np.arange(len(maps)), latent, beta, args.steps, args.seed + 1,
                             batch_size=args.batch, out=out / "final", init=init,
                             start_step=args.start_step, pause_after_minutes=pause_left(),
                             **sitting)  # fmt: skip
@@ -366,8 +359,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--betas", type=float, nargs="+", default=list(BETAS))
     p.add_argument("--ablation-steps", type=int, default=50)
     p.add_argument("--final-latent", type=int, default=None,
-                   help="latent size of a from-scratch final sitting (default: the "
-                        "ablation's best)")  # fmt: skip
+                   help="latent size of a from-scratch final sitting (default: the best)")
     p.add_argument("--ablation-only", action="store_true",
                    help="run the ablation configurations given and stop (parallel workers; "
                         "with --from-scratch)")  # fmt: skip
@@ -375,19 +367,31 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--ablation-batch", type=int, default=4)
     p.add_argument("--val-pairs", type=int, default=20,
-                   help="validation pairs scored per ablation configuration (the first ones: "
-                   "both maps, both contrasts)")
+                   help="validation pairs (the first: both maps and contrasts) per ablation")
     p.add_argument("--dataset-only", action="store_true", help="build the dataset and stop")
     args = p.parse_args(argv)
-    if not (args.dataset_only or args.ablation_only):
+    if args.dataset_only or args.record_only:
+        path = build_dataset(Path(args.cache), args.per_map, args.seed)
+        if args.dataset_only:
+            print(path)
+            return
+        data = load_dataset(path)
+
+        def export(state: dict, path: Path) -> None:  # as train_config's, for the final sitting
+            net = ManifoldVAE(latent=int(state["z_scale"].shape[0]))
+            net.load_state_dict(state)
+            net.z_scale.copy_(latent_scale(net, data, np.arange(len(data["maps"]))))
+            export_weights(net, path)
+
+        print(json.dumps(record_from_checkpoint(Path(args.out) / "final", "manifoldqc.pt",
+                                                export)))  # fmt: skip
+        return
+    if not args.ablation_only:
         require_steps(p, args)
     if args.batch < 1 or args.ablation_steps < 1:
         raise ValueError("--batch and --ablation-steps must be positive")
     if args.ablation_only and not args.from_scratch:
         p.error("--ablation-only trains from scratch: add --from-scratch")
-    if args.dataset_only:
-        print(build_dataset(Path(args.cache), args.per_map, args.seed))
-        return
     print(json.dumps(run(args)))
 
 

@@ -54,6 +54,7 @@ from .loop import (
     SittingConfig,
     add_sitting_arguments,
     load_checkpoint,
+    record_from_checkpoint,
     require_steps,
     run_sitting,
     shipped_state,
@@ -376,6 +377,18 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.calibrate_only:
         calibrate_only(args.out, args.cache)
+        return
+    if args.record_only:
+        grid = template()
+        _, pool, pool_affine = _load_pool(args.cache, grid, print, args.real_data)
+
+        def export(state: dict, path: Path) -> None:
+            model = RegQCNet()
+            _load_checkpoint(model, state, args.out / "checkpoint.pt")
+            calibrate(model, pool, pool_affine, grid)
+            export_weights(model, path, keep_float32=("calibration",))
+
+        print(json.dumps(record_from_checkpoint(args.out, "regqc.pt", export)))
         return
     require_steps(parser, args)
     if args.init_shipped and args.from_scratch:

@@ -34,11 +34,12 @@ from bids_qc.models.segqc import GRID_SHAPE, OTHER_GROUP, SegQCNet, conform, gro
 from bids_qc.synth.damage import DAMAGE_FAMILIES
 from bids_qc.synth.labelmaps import TRAIN_MAPS, check_training_maps, load_label_map
 from bids_qc.synth.synthesize import synthesize
-from bids_qc.training.common import export_weights, hardware, train_logger
+from bids_qc.training.common import export_state, export_weights, hardware, train_logger
 from bids_qc.training.eval_protocol import HELDOUT_DAMAGE_FAMILIES, TRAINING_DAMAGE_FAMILIES
 from bids_qc.training.loop import (
     SittingConfig,
     add_sitting_arguments,
+    record_from_checkpoint,
     require_steps,
     run_sitting,
     shipped_state,
@@ -292,6 +293,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--workers", type=int, default=1, help="data worker processes")
     args = p.parse_args(argv)
+    if args.record_only:
+        print(json.dumps(record_from_checkpoint(Path(args.out), "segqc.pt", export_state)))
+        return
     if not args.pool_only:
         require_steps(p, args)
     if args.batch < 1 or args.per_map < 1:

@@ -37,11 +37,12 @@ import torch.nn.functional as F
 
 from bids_qc.models.shapeqc import ShapeQCNet, kind_index
 from bids_qc.structures import SUBCORTICAL_KINDS, SUBCORTICAL_NAMES
-from bids_qc.training.common import export_weights, train_logger
+from bids_qc.training.common import export_state, export_weights, train_logger
 from bids_qc.training.eval_protocol import TRAINING_SHAPE_FAMILIES
 from bids_qc.training.loop import (
     SittingConfig,
     add_sitting_arguments,
+    record_from_checkpoint,
     require_steps,
     run_sitting,
     shipped_state,
@@ -308,6 +309,10 @@ def main(argv: list[str] | None = None) -> None:
                    help="network width (with --from-scratch; a warm start keeps the shipped)")
     p.add_argument("--data-only", action="store_true", help="build the cached shapes only")
     args = p.parse_args(argv)
+    if args.record_only:  # weights and record; thresholds come with a finished sitting
+        print(json.dumps(record_from_checkpoint(args.out, "shapeqc.pt", lambda st, path: (
+            export_state(st, path, keep_float32=("template_", "channel_"))))))
+        return
     if not args.data_only:
         require_steps(p, args)
     train(args)
