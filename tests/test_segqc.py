@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import nibabel as nib
@@ -149,3 +150,38 @@ def test_interface_skips_non_freesurfer_codes_and_records_errors(tmp_path):
     qc["seg"] = str(tmp_path / "absent.nii.gz")
     result = SegQC(qc_input=qc).run(cwd=str(tmp_path)).outputs.result
     assert result["errors"] and result["errors"][0]["stage"] == "segqc"
+
+
+def test_a_paused_sitting_with_a_data_worker_equals_an_uninterrupted_one(tmp_path):
+    """The recipe's sitting: batches prefetched by a worker process (paused after every step)
+    give the weights of an uninterrupted sitting that makes them in-process (1 thread)."""
+    from bids_qc.training import segqc as recipe
+
+    labels, _ = make_phantom(recipe.POOL_SHAPE, voxel_size=2.0)
+    one = tmp_path / "case.npz"
+    np.savez(one, image=np.where(labels > 0, 0.3 + (labels % 7) * 0.1, 0).astype(np.float16),
+             labels=labels.astype(np.int16), resolution=np.full(3, 2.0))  # fmt: skip
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for m, contrast, s in recipe.pool_keys(1, recipe.DEFAULT_SEED):
+        (cache / f"map{m:02d}_{contrast}_{s}.npz").symlink_to(one)
+    args = ["--cache", str(cache), "--per-map", "1", "--batch", "2", "--steps", "2",
+            "--threads", "1"]  # fmt: skip
+    recipe.main([*args, "--out", str(tmp_path / "whole"), "--workers", "0"])
+    for _ in range(3):
+        recipe.main([*args, "--out", str(tmp_path / "paused"), "--workers", "1",
+                     "--pause-after-minutes", "0"])  # fmt: skip
+        if json.loads((tmp_path / "paused" / "sitting.json").read_text())["completed"]:
+            break  # (a paused sitting has a record too, not completed)
+    records = [json.loads((tmp_path / d / "sitting.json").read_text())
+               for d in ("whole", "paused")]  # fmt: skip
+    assert records[1]["resumes"] >= 1 and records[0]["samples"] == records[1]["samples"] == 4
+    assert records[0]["weights_sha256"] == records[1]["weights_sha256"]
+    assert records[0]["warm_start"].startswith("shipped segqc.pt")
+    a, b = (torch.load(tmp_path / d / "checkpoint.pt", weights_only=True)["model"]
+            for d in ("whole", "paused"))  # fmt: skip
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # --record-only re-exports the checkpoint's weights: the same file, the same record.
+    recipe.main(["--out", str(tmp_path / "whole"), "--record-only"])
+    again = json.loads((tmp_path / "whole" / "sitting.json").read_text())
+    assert again["completed"] and again["weights_sha256"] == records[0]["weights_sha256"]

@@ -4,6 +4,7 @@ small synthetic maps (no shared data needed)."""
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 import numpy as np
 import pytest
@@ -36,28 +37,48 @@ def _toy_split(n: int, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     return maps.astype(np.float16), data
 
 
-def _args(epochs: int) -> argparse.Namespace:
-    return argparse.Namespace(epochs=epochs, seed=3, lr=3e-3, batch=16)
+def _args(steps: int, **extra: Any) -> argparse.Namespace:
+    return argparse.Namespace(**{"steps": steps, "start_step": 0, "seed": 3, "lr": 3e-3,
+                                 "batch": 16, "threads": 1, "checkpoint_minutes": 3.0,
+                                 "pause_after_minutes": None, **extra})  # fmt: skip
 
 
-def test_fit_learns_a_cue_and_resumes(tmp_path):
+def test_fit_learns_a_cue(tmp_path):
     x_tr, tr = _toy_split(96, 0)
     x_ev, ev = _toy_split(48, 1)
     torch.manual_seed(0)
     net = ShapeQCNet(width=4)
-    ckpt = tmp_path / "checkpoint.pt"
     before = roc_auc(scores(net, x_ev, ev["structure"], ev["scalars"]), ev["fail"])
-    first = fit(net, x_tr, tr, np.arange(len(tr["fail"])), _args(2), ckpt, lambda m: None,
-                (x_ev, ev))  # fmt: skip
-    assert [h["epoch"] for h in first] == [1, 2] and ckpt.is_file()
-    # A second call with more epochs resumes after epoch 2 instead of starting again.
-    again = ShapeQCNet(width=4)
-    history = fit(again, x_tr, tr, np.arange(len(tr["fail"])), _args(5), ckpt, lambda m: None,
-                  (x_ev, ev))  # fmt: skip
-    assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5]
-    assert history[:2] == first
-    after = roc_auc(scores(again, x_ev, ev["structure"], ev["scalars"]), ev["fail"])
+    record = fit(net, x_tr, tr, np.arange(len(tr["fail"])), _args(30), tmp_path, lambda m: None,
+                 (x_ev, ev))  # fmt: skip
+    assert record is not None and (tmp_path / "shapeqc.pt").is_file()
+    assert record["samples"] == 30 * 16 and record["warm_start"] == "scratch"
+    after = roc_auc(scores(net, x_ev, ev["structure"], ev["scalars"]), ev["fail"])
+    assert after == pytest.approx(record["eval_auc"])
     assert after > 0.9 and after > before, (before, after)
+
+
+def test_a_paused_and_resumed_sitting_equals_an_uninterrupted_one(tmp_path):
+    """The recipe's own step (batch draw, warps, BatchNorm) resumes bitwise (1 thread, fp32)."""
+    x_tr, tr = _toy_split(48, 4)
+    subset = np.arange(len(tr["fail"]))
+
+    def sitting(out, pause):
+        torch.manual_seed(0)
+        net = ShapeQCNet(width=4)
+        return fit(net, x_tr, tr, subset, _args(4, batch=8, pause_after_minutes=pause), out,
+                   lambda m: None), net  # fmt: skip
+
+    whole, net = sitting(tmp_path / "whole", None)
+    pauses, record = 0, None
+    while record is None:
+        record, resumed = sitting(tmp_path / "paused", 0.0)
+        pauses += record is None
+        assert pauses < 8
+    assert pauses >= 1
+    for (k, a), b in zip(net.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    assert record["weights_sha256"] == whole["weights_sha256"]
 
 
 def test_fit_uses_only_its_subset(tmp_path):
@@ -69,11 +90,14 @@ def test_fit_uses_only_its_subset(tmp_path):
     tr["fail"][others] = ~tr["fail"][others]
     torch.manual_seed(0)
     net = ShapeQCNet(width=4)
-    fit(net, x_tr, tr, subset, _args(6), tmp_path / "c.pt", lambda m: None)
+    fit(net, x_tr, tr, subset, _args(20), tmp_path, lambda m: None)
     x_ev, ev = _toy_split(96, 3)
     own = ev["structure"] == SUBCORTICAL_NAMES[0]
     p = scores(net, x_ev[own], ev["structure"][own], ev["scalars"][own])
     assert roc_auc(p, ev["fail"][own]) > 0.8
+    with pytest.raises(ValueError, match="FAIL and PASS"):
+        fit(net, x_tr, tr, subset[~tr["fail"][subset]], _args(2), tmp_path / "b",
+            lambda m: None)  # fmt: skip
 
 
 def test_per_structure_scores_and_summary():
@@ -101,3 +125,41 @@ def test_compare_section_renders_every_structure():
     text = "\n".join(_compare_section({"shared": side, "per_structure": side}))
     assert all(f"| {s} | 0.800 / 0.800" in text for s in SUBCORTICAL_NAMES)
     assert "not compared" in "\n".join(_compare_section(None))
+
+
+def test_the_recipe_warm_starts_from_the_shipped_network(tmp_path, monkeypatch):
+    """One sitting of the recipe (its shapes replaced by toy maps): the shipped network goes
+    on learning with its own templates, and weights, thresholds and summary are written."""
+    import json
+
+    from bids_qc.models.registry import get_spec, load_state_dict
+    from bids_qc.training import shapeqc as recipe
+
+    x_tr, tr = _toy_split(64, 5)
+    x_ev, ev = _toy_split(64, 6)
+    seen = {}
+
+    def prepare(args, log, templates=None):
+        seen["templates"] = templates
+        return tr, ev, templates, x_tr, x_ev
+
+    monkeypatch.setattr(recipe, "prepare", prepare)
+    out = tmp_path / "out"
+    recipe.main(["--cache", str(tmp_path / "cache"), "--out", str(out), "--steps", "3",
+                 "--batch", "8"])  # fmt: skip
+    shipped = load_state_dict(get_spec("shapeqc"))
+    assert set(seen["templates"]) == set(recipe.SUBCORTICAL_KINDS)
+    summary = json.loads((out / "shapeqc_train.json").read_text())
+    assert summary["steps"] == 3 and summary["warm_start"].startswith("shipped shapeqc.pt")
+    assert summary["width"] == int(shipped["stem.0.weight"].shape[0])
+    weights = torch.load(out / "shapeqc.pt", weights_only=True)
+    assert torch.equal(weights["template_log_density"], shipped["template_log_density"])
+    assert not torch.equal(weights["head.weight"], shipped["head.weight"])
+    thresholds = json.loads((out / "shapeqc_thresholds.json").read_text())
+    assert set(thresholds["checks"]) == {f"shapeqc_flag_{s}" for s in SUBCORTICAL_NAMES[:4]}
+    assert (out / "shapeqc_calibration.json").is_file() and (out / "sitting.json").is_file()
+    # --record-only re-exports the last checkpoint's weights (the same file) and its record.
+    record = json.loads((out / "sitting.json").read_text())
+    recipe.main(["--cache", str(tmp_path / "cache"), "--out", str(out), "--record-only"])
+    again = json.loads((out / "sitting.json").read_text())
+    assert again["completed"] and again["weights_sha256"] == record["weights_sha256"]

@@ -35,6 +35,8 @@ def test_wheel_contains_templates_weights_and_cards(wheel):
     for spec in REGISTRY:
         assert f"bids_qc/models/weights/{spec.weights}" in names
         assert f"bids_qc/models/cards/{spec.name}.md" in names
+        assert f"bids_qc/models/cards/ledger/{spec.name}.json" in names
+    assert "bids_qc/training/templates/ledger_section.md.j2" in names
     assert not any(n.startswith("tests/") for n in names)
 
 

@@ -18,6 +18,7 @@ Steps are *global*: a sitting that follows earlier ones starts at their total
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import hashlib
 import json
@@ -139,6 +140,60 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def shipped_state(name: str) -> tuple[dict[str, torch.Tensor], str]:
+    """The shipped weights of a registered model (floats as float32), and what they are.
+
+    The description (``shipped <file> <version> sha256 <hex>``) is a sitting's ``warm_start``.
+    """
+    from bids_qc.models.registry import get_spec, load_state_dict
+
+    spec = get_spec(name)
+    state = {k: v.float() if v.is_floating_point() else v
+             for k, v in load_state_dict(spec).items()}  # fmt: skip
+    return state, f"shipped {spec.weights} {spec.version} sha256 {spec.sha256}"
+
+
+def add_sitting_arguments(parser: argparse.ArgumentParser, *, lr: float, seed: int,
+                          threads: int = 1, checkpoint_minutes: float = 3.0,
+                          steps_required: bool = True) -> None:
+    """The options every recipe's sitting takes (``--steps`` required), with its defaults.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+        The recipe's parser.
+    lr, seed, threads, checkpoint_minutes
+        The recipe's defaults of ``--lr``, ``--seed``, ``--threads``, ``--checkpoint-minutes``.
+    steps_required : bool
+        False for a recipe with modes that do not train (building data only): it then
+        checks ``--steps`` itself with :func:`require_steps`.
+    """
+    parser.add_argument("--steps", type=int, required=steps_required, default=None,
+                        help="optimiser steps of this sitting (required to train)")
+    parser.add_argument("--start-step", type=int, default=0,
+                        help="global step to start at (after the earlier sittings: "
+                             "python -m bids_qc.training.ledger next-step MODEL)")  # fmt: skip
+    parser.add_argument("--from-scratch", action="store_true",
+                        help="start from random weights instead of the shipped ones")
+    parser.add_argument("--lr", type=float, default=lr, help="peak learning rate")
+    parser.add_argument("--seed", type=int, default=seed)
+    parser.add_argument("--threads", type=int, default=threads, help="torch threads")
+    parser.add_argument("--checkpoint-minutes", type=float, default=checkpoint_minutes,
+                        help="wall minutes between checkpoints")
+    parser.add_argument("--pause-after-minutes", type=float, default=None,
+                        help="checkpoint and stop after this long (resume later with the same "
+                             "options: same result)")  # fmt: skip
+    parser.add_argument("--record-only", action="store_true",
+                        help="write sitting.json of a sitting stopped between checkpoints "
+                             "(its weights re-exported from the last checkpoint) and exit")
+
+
+def require_steps(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Stop with a usage error unless ``--steps`` is a positive number."""
+    if args.steps is None or args.steps < 1:
+        parser.error("--steps N (a positive number of optimiser steps) is required to train")
+
+
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -219,7 +274,8 @@ def run_sitting(
     config : SittingConfig
         The sitting; a checkpoint in ``config.out`` is resumed if its identity matches.
     model, optimizer : torch.nn.Module, torch.optim.Optimizer
-        Already warm-started by the recipe; replaced by the checkpoint's state on resume.
+        Already warm-started by the recipe; replaced by the checkpoint's state on resume. A
+        parameter group's ``lr_scale`` (default 1) multiplies the schedule's rate for it.
     step_fn : StepFn
         One training step (see :data:`StepFn`).
     export : callable
@@ -260,7 +316,7 @@ def run_sitting(
     else:
         torch.manual_seed(config.seed)
         loop = {"step": 0, "samples": 0, "cpu_s": 0.0, "wall_s": 0.0, "resumes": 0,
-                "started": _now(), "losses": []}  # fmt: skip
+                "started": _now(), "losses": [], "run": {}}  # fmt: skip
         log(f"sitting of {config.model}: {config.steps} steps from global step "
             f"{config.start_step}, warm start: {config.warm_start}")  # fmt: skip
 
@@ -276,11 +332,13 @@ def run_sitting(
     cpu0, wall0 = time.process_time(), time.time()
     t_process, t_ckpt = time.time(), time.time()
     model.train()
-    run: dict[str, float] = {}
+    # The running sums between log lines live in the checkpoint, so that a paused sitting
+    # logs (and records) the same means as an uninterrupted one.
+    run: dict[str, float] = loop.setdefault("run", {})
     while loop["step"] < config.steps:
         lr = learning_rate(loop["step"] / config.steps, config.lr, warmup=config.warmup)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # a group may step faster
         optimizer.zero_grad(set_to_none=True)
         scalars = dict(step_fn(config.start_step + loop["step"]))
         optimizer.step()
@@ -294,7 +352,7 @@ def run_sitting(
             loop["losses"].append([config.start_step + loop["step"], mean])
             log(f"step {loop['step']}/{config.steps} lr={lr:.2e} "
                 + " ".join(f"{k}={v:.4f}" for k, v in mean.items()))
-            run = {}
+            run.clear()
         if time.time() - t_ckpt > checkpoint_minutes * 60:
             checkpoint()
             export(out / weights_name)

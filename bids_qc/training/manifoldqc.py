@@ -1,29 +1,31 @@
-"""Training recipe of ManifoldQC: ``python -m bids_qc.training.manifoldqc --out DIR``.
+"""Training recipe of ManifoldQC: ``python -m bids_qc.training.manifoldqc --out DIR --steps N``.
 
-Good pairs only, from the synthetic engine (SynthSeg training label maps 1-16, contrast
-families ``t1`` and ``t1_wide``, the engine's random deformation, resolution and skull
-stripping):
+Good pairs only, from the synthetic engine (SynthSeg training label maps 1-16, contrasts
+``t1`` and ``t1_wide``, the engine's random deformation, resolution and skull stripping):
 
-1. ``dataset``: SegQC's pool of synthesized cases (:func:`bids_qc.training.segqc.build_pool`,
-   same keys and seed, conformed to SegQC's 2 mm box), each cut once to the ManifoldQC crop
-   plus a margin (for random shifts) and cached in one file; the validation pairs come from
-   maps :data:`VAL_MAPS` (held out of the ablation's training): each good pair and one
-   damaged copy (training damage families of the frozen protocol) with their exact Dice.
-   Damage is used only to *score* validation, never to train.
-2. ``ablation``: latent size {2, 4, 8, 16} x beta {0, 1e-3, 1e-2, 1e-1}, the same number of
-   steps each, trained on maps 1-14; each scored by the Dice MAE of the latent search on
-   the validation pairs. Resumable: a finished configuration is not retrained.
-3. ``final``: the best configuration, longer, on maps 1-16, checkpointed and resumable.
+1. ``dataset``: SegQC's pool (:func:`bids_qc.training.segqc.build_pool`, same keys and seed),
+   each case cut once to the ManifoldQC crop plus a margin (random shifts) and cached in one
+   file; validation pairs from maps :data:`VAL_MAPS` (held out of the ablation's training):
+   each good pair and one damaged copy (training damage families of the frozen protocol)
+   with their exact Dice. Damage only *scores* validation, it is never trained on.
+2. ``ablation`` (``--from-scratch`` only): latent size {2, 4, 8, 16} x beta {0, 1e-3, 1e-2,
+   1e-1}, one sitting of the same steps each from scratch on maps 1-14
+   (``OUT/ablation/<latent>_<beta>/``), scored by the Dice MAE of the latent search on the
+   validation pairs; a finished configuration is not retrained.
+3. ``final``: one sitting of ``--steps`` (:mod:`bids_qc.training.loop`) on maps 1-16 in
+   ``OUT/final``, warm-started from the shipped weights (their latent size, beta ``--beta``)
+   or, with ``--from-scratch``, the ablation's best configuration.
 
-Every batch is a pure function of ``(seed, step)``; ``--threads`` 1 by default. The
-shipped weights (recipe 2) came from ``--ablation-only --ablation-steps 600 --val-pairs 40``
-(all 16 configurations in one process), then the same call without ``--ablation-only``,
-which trains the best configuration; the other values are the defaults.
+Every batch is a pure function of ``(seed, global step)`` (the final sitting's of ``seed +
+1``). The shipped weights (recipe 2) came from the earlier time-budgeted recipe:
+``--ablation-only --ablation-steps 600 --val-pairs 40``, then the same call without
+``--ablation-only`` (45 minutes on the best configuration); the other values the defaults.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from pathlib import Path
@@ -48,8 +50,16 @@ from bids_qc.models.manifoldqc import (
 from bids_qc.models.segqc import group_index
 from bids_qc.synth.damage import DAMAGE_FAMILIES
 from bids_qc.synth.labelmaps import TRAIN_MAPS
-from bids_qc.training.common import export_weights, hardware, learning_rate, train_logger
+from bids_qc.training.common import export_weights, hardware, train_logger
 from bids_qc.training.eval_protocol import TRAINING_DAMAGE_FAMILIES
+from bids_qc.training.loop import (
+    SittingConfig,
+    add_sitting_arguments,
+    record_from_checkpoint,
+    require_steps,
+    run_sitting,
+    shipped_state,
+)
 from bids_qc.training.segqc import CONTRASTS, DEFAULT_SEED, build_pool, fast_dice, pool_keys
 
 #: Training label maps held out of the ablation's training (its validation anatomies).
@@ -62,6 +72,8 @@ MARGIN_SHAPE = tuple(n + 2 * MARGIN for n in CROP_SHAPE)
 DEFAULT_CACHE = "/work/cache/manifoldqc"
 #: Learning-rate multiplier of the decoder's template (see :func:`train_config`).
 TEMPLATE_LR_SCALE = 10.0
+#: Beta of the shipped weights' configuration (recipe 2's ablation chose it): a warm start's.
+SHIPPED_BETA = 0.1
 #: Version of the network initialisation and loss. 1: PyTorch's default initialisation,
 #: ReLUs, cross-entropy + squared error; 2: leaky ReLUs, He initialisation, soft-Dice term,
 #: faster template.
@@ -197,72 +209,65 @@ def validate(net: ManifoldVAE, data: dict[str, np.ndarray], steps: int,
 
 
 def train_config(data: dict[str, np.ndarray], train_idx: np.ndarray, latent: int, beta: float,
-                 steps: int, seed: int, lr: float, batch_size: int, out: Path | None = None,
-                 minutes: float = 0.0, minutes_checkpoint: float = 3.0,
-                 log: Any = print) -> tuple[ManifoldVAE, dict]:  # fmt: skip
-    """Train one configuration for ``steps`` or ``minutes``, whichever ends first.
-
-    Resumable from ``out/checkpoint.pt``; the learning rate follows the larger of the step
-    and time fractions.
-    """
+                 steps: int, seed: int, lr: float, batch_size: int, out: Path,
+                 init: tuple[dict[str, torch.Tensor], str] | None = None, start_step: int = 0,
+                 threads: int = 1, checkpoint_minutes: float = 3.0,
+                 pause_after_minutes: float | None = None,
+                 log: Any = print) -> tuple[ManifoldVAE, dict | None]:  # fmt: skip
+    """One sitting of one configuration in ``out`` from ``init`` (state, description) or from
+    scratch (the training crops' atlas as the template); resumable. Returns the network (its
+    ``z_scale`` set from the training crops) and the sitting's record (None: it paused)."""
     torch.manual_seed(seed)
     net = ManifoldVAE(latent=latent)
-    with torch.no_grad():
-        net.template.copy_(atlas_template(data, train_idx))
+    if init is not None:
+        net.load_state_dict(init[0])
+    else:
+        with torch.no_grad():
+            net.template.copy_(atlas_template(data, train_idx))
     # The template's logits must move by several units: a larger step for it alone.
     rest = [p for n, p in net.named_parameters() if n != "template"]
-    opt = torch.optim.Adam([{"params": rest, "scale": 1.0},
-                            {"params": [net.template], "scale": TEMPLATE_LR_SCALE}], lr=lr)
-    state: dict[str, Any] = {"step": 0, "elapsed": 0.0, "losses": []}
-    ckpt = out / "checkpoint.pt" if out is not None else None
-    if ckpt is not None and ckpt.is_file():
-        saved = torch.load(ckpt, map_location="cpu", weights_only=False)
-        net.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["optim"])
-        state = saved["state"]
-        log(f"resumed at step {state['step']}")
-    net.train()
-    t0, t_ckpt, run = time.time(), time.time(), [0.0, 0.0]
-    while True:
-        elapsed = state["elapsed"] + time.time() - t0
-        progress = max(state["step"] / steps, elapsed / (minutes * 60) if minutes else 0.0)
-        if progress >= 1.0:
-            break
-        rng = np.random.default_rng([seed, state["step"]])
+    opt = torch.optim.Adam([{"params": rest},
+                            {"params": [net.template], "lr_scale": TEMPLATE_LR_SCALE}], lr=lr)
+
+    def step(gstep: int) -> dict[str, float]:
+        rng = np.random.default_rng([seed, gstep])
         x = batch(data, rng.choice(train_idx, size=batch_size), rng)
-        for g in opt.param_groups:
-            g["lr"] = g["scale"] * learning_rate(progress, lr, warmup=0.0, floor=0.05)
         image, logits, mu, logvar = net(x)
         rec, kl = recon_loss(image, logits, x).mean(), kl_divergence(mu, logvar).mean()
-        loss = rec + beta * kl
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        state["step"] += 1
-        run[0] += float(rec.detach())
-        run[1] += float(kl.detach())
-        if state["step"] % 10 == 0:
-            state["losses"].append([state["step"], run[0] / 10, run[1] / 10])
-            log(f"latent={latent} beta={beta} step {state['step']}/{steps} "
-                f"recon={run[0] / 10:.1f} kl={run[1] / 10:.1f}")  # fmt: skip
-            run = [0.0, 0.0]
-        if ckpt is not None and time.time() - t_ckpt > minutes_checkpoint * 60:
-            state["elapsed"] += time.time() - t0
-            t0 = t_ckpt = time.time()
-            torch.save({"model": net.state_dict(), "optim": opt.state_dict(), "state": state},
-                       ckpt)  # fmt: skip
-    state["elapsed"] += time.time() - t0
-    if ckpt is not None:
-        torch.save({"model": net.state_dict(), "optim": opt.state_dict(), "state": state}, ckpt)
+        (rec + beta * kl).backward()
+        return {"recon": float(rec.detach()), "kl": float(kl.detach()), "samples": batch_size}
+
+    def export(path: Path) -> None:
+        # On a copy: the search's unit is set for the file, the training network is untouched.
+        shipped = copy.deepcopy(net)
+        shipped.z_scale.copy_(latent_scale(shipped, data, train_idx))
+        export_weights(shipped, path)
+
+    config = SittingConfig(
+        model="manifoldqc", out=Path(out), steps=steps, lr=lr, seed=seed, start_step=start_step,
+        warm_start="scratch" if init is None else init[1], threads=threads,
+        warmup=0.0 if init is None else 0.03,  # scratch: as the ablation always ran
+        options={"latent": latent, "beta": beta, "batch": batch_size,
+                 "train_cases": int(len(train_idx)), "recipe": RECIPE})  # fmt: skip
+    record = run_sitting(config, net, opt, step, export, weights_name="manifoldqc.pt", log=log,
+                         log_every=10, checkpoint_minutes=checkpoint_minutes,
+                         pause_after_minutes=pause_after_minutes)  # fmt: skip
     net.z_scale.copy_(latent_scale(net, data, train_idx))
-    return net, state
+    return net, record
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Dataset, ablation and final run (each resumable); returns the summary."""
+    """Dataset, ablation (from scratch only) and final sitting, each resumable; returns the
+    summary (``{"paused": True}`` when a sitting paused)."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     log = train_logger(out)
+    t_process = time.time()
+
+    def pause_left() -> float | None:  # --pause-after-minutes counts from the process start
+        if args.pause_after_minutes is None:
+            return None
+        return max(0.0, args.pause_after_minutes - (time.time() - t_process) / 60)
 
     torch.set_num_threads(args.threads)
     t_data = time.time()
@@ -274,58 +279,68 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ablation_idx = np.flatnonzero(~np.isin(maps, VAL_MAPS))
     abl_dir = out / "ablation"
     abl_dir.mkdir(exist_ok=True)
-    for latent in args.latents:
+    sitting = {"lr": args.lr, "threads": args.threads, "log": log,
+               "checkpoint_minutes": args.checkpoint_minutes}  # fmt: skip
+    for latent in args.latents if args.from_scratch else []:
         for beta in args.betas:
             key = f"{latent}_{beta:g}"
             if (abl_dir / f"{key}.json").is_file():
                 continue
             t0 = time.time()
-            net, state = train_config(data, ablation_idx, latent, beta, args.ablation_steps,
-                                      args.seed, args.lr, args.ablation_batch,
-                                      log=log)  # fmt: skip
+            net, rec = train_config(data, ablation_idx, latent, beta, args.ablation_steps,
+                                    args.seed, batch_size=args.ablation_batch,
+                                    out=abl_dir / key, pause_after_minutes=pause_left(),
+                                    **sitting)  # fmt: skip
+            if rec is None:
+                return {"paused": True}
             t1 = time.time()
             val = validate(net, data, args.search_steps, args.val_pairs)
-            res = {"latent": latent, "beta": beta, "steps": state["step"], "recipe": RECIPE,
-                   "train_s": t1 - t0, "val_s": time.time() - t1,
-                   "final_recon": state["losses"][-1][1] if state["losses"] else None, **val}
-            log(f"ablation {key}: {json.dumps(res)}")
+            res = {"latent": latent, "beta": beta, "steps": rec["steps"], "recipe": RECIPE,
+                   "train_s": rec["wall_hours"] * 3600, "val_s": time.time() - t1,
+                   "final_recon": rec["final_losses"].get("recon"), **val}
+            log(f"ablation {key}: {json.dumps(res)} ({t1 - t0:.0f}s in this process)")
             (abl_dir / f"{key}.json").write_text(json.dumps(res, indent=1))
     if args.ablation_only:
         return {"ablation": "done"}
+    # A warm start reports the ablation of the run it continues when OUT/ablation holds it.
     ablation = {f.stem: json.loads(f.read_text()) for f in sorted(abl_dir.glob("*.json"))}
     missing = [f"{m}_{b:g}" for m in LATENTS for b in BETAS if f"{m}_{b:g}" not in ablation]
-    if missing:
-        log(f"ablation configurations not run: {missing}")
-    best_key = min(ablation, key=lambda k: ablation[k]["mae"])
-    best = ablation[best_key]
-    log(f"best configuration {best_key}")
-    latent = best["latent"] if args.final_latent is None else args.final_latent
-    final_dir = out / "final"
-    final_dir.mkdir(exist_ok=True)
-    final_idx = np.arange(len(maps))
-    t0 = time.time()
-    net, state = train_config(data, final_idx, latent, best["beta"], args.final_steps,
-                              args.seed + 1, args.lr, args.batch, out=final_dir,
-                              minutes=args.final_minutes, log=log)  # fmt: skip
+    init = None
+    if args.from_scratch:
+        if missing:
+            log(f"ablation configurations not run: {missing}")
+        best_key = min(ablation, key=lambda k: ablation[k]["mae"])
+        latent = ablation[best_key]["latent"] if args.final_latent is None else args.final_latent
+        beta = ablation[best_key]["beta"]
+        log(f"best configuration {best_key}")
+    else:
+        init = shipped_state("manifoldqc")
+        latent, beta = int(init[0]["z_scale"].shape[0]), args.beta
+        best_key = f"{latent}_{beta:g}" if f"{latent}_{beta:g}" in ablation else None
+    net, rec = train_config(data, np.arange(len(maps)), latent, beta, args.steps, args.seed + 1,
+                            batch_size=args.batch, out=out / "final", init=init,
+                            start_step=args.start_step, pause_after_minutes=pause_left(),
+                            **sitting)  # fmt: skip
+    if rec is None:
+        return {"paused": True}
     export_weights(net, out / "manifoldqc.pt")
     val = validate(net, data, args.search_steps)
+    ablation_minutes = sum(v["train_s"] + v["val_s"] for v in ablation.values()) / 60
     summary = {
         "pool_cases": int(len(maps)), "per_map": args.per_map, "maps": list(TRAIN_MAPS),
         "val_maps": list(VAL_MAPS), "contrasts": list(CONTRASTS),
         "ablation_train_cases": int(len(ablation_idx)),
         "val_pairs": args.val_pairs, "ablation_batch": args.ablation_batch,
-        "ablation": ablation, "best": best_key, "final_latent": latent,
-        "ablation_steps": args.ablation_steps, "final_steps": state["step"],
-        "final_minutes_budget": args.final_minutes, "ablation_missing": missing,
-        "batch": args.batch, "lr": args.lr, "seed": args.seed,
-        "final_samples": state["step"] * args.batch,
-        "ablation_minutes": sum(v["train_s"] + v["val_s"] for v in ablation.values()) / 60,
-        "final_minutes": state["elapsed"] / 60, "final_wall_minutes": (time.time() - t0) / 60,
-        "final_val_on_seen_maps": val, "search_steps": args.search_steps,
-        "threads": args.threads, "hardware": hardware(),
-        "recipe": RECIPE,
+        "ablation": ablation, "best": best_key, "final_latent": latent, "final_beta": beta,
+        "ablation_steps": args.ablation_steps, "final_steps": args.steps,
+        "start_step": args.start_step, "warm_start": rec["warm_start"],
+        "ablation_missing": missing, "batch": args.batch, "lr": args.lr, "seed": args.seed,
+        "final_samples": rec["samples"], "ablation_minutes": ablation_minutes,
+        "final_minutes": rec["wall_hours"] * 60, "final_val_on_seen_maps": val,
+        "search_steps": args.search_steps, "threads": args.threads, "hardware": hardware(),
+        "recipe": RECIPE, "total_training_minutes": ablation_minutes + rec["wall_hours"] * 60,
+        "sitting": "final/sitting.json",
     }  # fmt: skip
-    summary["total_training_minutes"] = summary["ablation_minutes"] + summary["final_minutes"]
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     log(f"done: {json.dumps(summary)}")
     return summary
@@ -334,35 +349,49 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     """Command line entry point."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", required=True, help="output folder (log, checkpoints, weights)")
+    p.add_argument("--out", required=True, help="output folder (log, sittings, weights)")
+    add_sitting_arguments(p, lr=3e-3, seed=DEFAULT_SEED, steps_required=False)
     p.add_argument("--cache", default=DEFAULT_CACHE, help="dataset cache folder")
     p.add_argument("--per-map", type=int, default=5, help="pool cases per map and contrast")
+    p.add_argument("--beta", type=float, default=SHIPPED_BETA,
+                   help="KL weight of a warm-started sitting (from scratch: the ablation's)")
     p.add_argument("--latents", type=int, nargs="+", default=list(LATENTS))
     p.add_argument("--betas", type=float, nargs="+", default=list(BETAS))
     p.add_argument("--ablation-steps", type=int, default=50)
-    p.add_argument("--final-steps", type=int, default=20000)
-    p.add_argument("--final-minutes", type=float, default=45.0,
-                   help="time budget of the final run (0: steps only)")
     p.add_argument("--final-latent", type=int, default=None,
-                   help="latent size of the final run (default: the ablation's best)")
+                   help="latent size of a from-scratch final sitting (default: the best)")
     p.add_argument("--ablation-only", action="store_true",
-                   help="run the ablation configurations given and stop (parallel workers)")
+                   help="run the ablation configurations given and stop (parallel workers; "
+                        "with --from-scratch)")  # fmt: skip
     p.add_argument("--search-steps", type=int, default=6, help="latent search steps (val)")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--ablation-batch", type=int, default=4)
     p.add_argument("--val-pairs", type=int, default=20,
-                   help="validation pairs scored per ablation configuration (the first ones: "
-                   "both maps, both contrasts)")
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    p.add_argument("--threads", type=int, default=1)
+                   help="validation pairs (the first: both maps and contrasts) per ablation")
     p.add_argument("--dataset-only", action="store_true", help="build the dataset and stop")
     args = p.parse_args(argv)
-    if args.batch < 1 or args.ablation_steps < 1 or args.final_steps < 1:
-        raise ValueError("--batch, --ablation-steps and --final-steps must be positive")
-    if args.dataset_only:
-        print(build_dataset(Path(args.cache), args.per_map, args.seed))
+    if args.dataset_only or args.record_only:
+        path = build_dataset(Path(args.cache), args.per_map, args.seed)
+        if args.dataset_only:
+            print(path)
+            return
+        data = load_dataset(path)
+
+        def export(state: dict, path: Path) -> None:  # as train_config's, for the final sitting
+            net = ManifoldVAE(latent=int(state["z_scale"].shape[0]))
+            net.load_state_dict(state)
+            net.z_scale.copy_(latent_scale(net, data, np.arange(len(data["maps"]))))
+            export_weights(net, path)
+
+        print(json.dumps(record_from_checkpoint(Path(args.out) / "final", "manifoldqc.pt",
+                                                export)))  # fmt: skip
         return
+    if not args.ablation_only:
+        require_steps(p, args)
+    if args.batch < 1 or args.ablation_steps < 1:
+        raise ValueError("--batch and --ablation-steps must be positive")
+    if args.ablation_only and not args.from_scratch:
+        p.error("--ablation-only trains from scratch: add --from-scratch")
     print(json.dumps(run(args)))
 
 

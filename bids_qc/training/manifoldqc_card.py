@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from bids_qc.models.manifoldqc import COVERED, DICE_WEIGHT, N_STRUCT, SEARCH_STEPS
+from bids_qc.training.card_sections import write_card
 from bids_qc.training.eval_protocol import HELDOUT_DAMAGE_FAMILIES, build_case, case_specs
 
 #: The comparison's sets: label, protocol set, role.
@@ -41,6 +42,29 @@ SHIFT_SETS = ("segqc_t2_shift", "segqc_unseen_damage")
 THRESHOLD = 0.7
 TARGETS = {"mae_shift": 0.05, "cpu_s": 10.0}
 
+
+def final_config(train: dict[str, Any]) -> dict[str, Any]:
+    """Latent size and beta of the final run: the ablation's best, or a warm-started
+    sitting's own (``final_latent``, ``final_beta``) when its ablation is not at hand."""
+    if train.get("best") in train.get("ablation", {}):
+        return train["ablation"][train["best"]]
+    return {"latent": train["final_latent"], "beta": train["final_beta"]}
+
+
+def _recipe_line(train: dict[str, Any], latent: int, other_latent: bool) -> str:
+    """The command that made the weights: a sitting of the step-budget recipe, or the
+    time-budgeted one of the shipped 1.x weights."""
+    option = f" --final-latent {latent}" if other_latent else ""
+    if "sitting" not in train:
+        return ("- Recipe: `python -m bids_qc.training.manifoldqc --out DIR"
+                f"{option}` (see its docstring; the time-budgeted recipe of its day, now with "
+                "`--steps N --from-scratch`).")
+    start = train.get("start_step", 0)
+    scratch = " --from-scratch" if train.get("warm_start", "scratch") == "scratch" else ""
+    return (f"- Sitting: global steps {start}-{start + train['final_steps']}, from "
+            f"{train.get('warm_start', 'scratch')}; recipe `python -m "
+            f"bids_qc.training.manifoldqc --out DIR --steps {train['final_steps']}{scratch}"
+            f"{option}` (see its docstring).")
 
 def build_cache(out: Path, sets: list[str], n: int) -> None:
     """Build and store the first ``n`` cases of each set not yet stored (resumable)."""
@@ -283,7 +307,7 @@ def _structure_rows(results: dict[str, Any]) -> list[str]:
 
 def _final_choice(train: dict[str, Any], others: list[dict[str, Any]]) -> list[str]:
     """How the final latent size was chosen, with the validation of every final run."""
-    best = train["ablation"][train["best"]]
+    best = final_config(train)
     latent = train.get("final_latent", best["latent"])
     if latent == best["latent"] and not others:
         return []
@@ -297,7 +321,7 @@ def _final_choice(train: dict[str, Any], others: list[dict[str, Any]]) -> list[s
             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for t in sorted([train, *others], key=lambda t: t.get("final_latent", best["latent"])):
         v = t["final_val_on_seen_maps"]
-        beta = t["ablation"][t["best"]]["beta"]
+        beta = final_config(t)["beta"]
         rows.append(f"| {t.get('final_latent', best['latent'])} | {beta:g} | {t['final_steps']} | "
                     f"{t['final_minutes']:.1f} | {_f(v['mae'])} | {_f(v['mae_good'])} | "
                     f"{_f(v['r'])} | {'yes' if t is train else 'no'} |")
@@ -321,7 +345,7 @@ def render_card(results: dict[str, Any], timing: dict[str, float], train: dict[s
                  / shift_pairs) if shift_pairs else None  # fmt: skip
     seg_shift = (sum(r["segqc"]["mae"] * r["segqc"]["pairs"] for r in shift)
                  / shift_pairs) if shift_pairs else None  # fmt: skip
-    best = train["ablation"][train["best"]]
+    best = final_config(train)
     synth_mqc = results.get("segqc_synth", {}).get("manifoldqc", {})
     latent = train.get("final_latent", best["latent"])
     status = ("met" if mqc_shift is not None and mqc_shift <= TARGETS["mae_shift"]
@@ -401,9 +425,7 @@ def render_card(results: dict[str, Any], timing: dict[str, float], train: dict[s
         f"{train['total_training_minutes'] + sum(o['final_minutes'] for o in others):.1f} "
         "process-minutes in all (ablation summed over its configurations + final run"
         f"{' + final runs not shipped' if others else ''}).",
-        "- Recipe: `python -m bids_qc.training.manifoldqc --out DIR"
-        f"{'' if latent == best['latent'] else f' --final-latent {latent}'}` (see its "
-        "docstring).",
+        _recipe_line(train, latent, latent != best["latent"]),
         *_final_choice(train, others), "",
         "## Limitations", "",
         "- Trained for minutes on a shared CPU: the surrogates are coarse, so good pairs get a "
@@ -467,7 +489,7 @@ def main(argv: list[str] | None = None) -> None:
     others = [json.loads((Path(d) / "summary.json").read_text()) for d in args.compare]
     card = render_card(results, timing, train, sha, get_spec("manifoldqc").version, others)
     card_path = Path(args.card) if args.card else here / "cards" / "manifoldqc.md"
-    card_path.write_text(card)
+    write_card(card_path, card)
     (Path(args.eval) / "results.json").write_text(json.dumps(
         {"sha256": sha, "timing": timing, "train": train, "results": results}, indent=1))
     print(card)

@@ -12,7 +12,8 @@ per model (and ``classic.json`` for the classical baselines) into
   ``<!-- models:start -->`` and ``<!-- models:end -->``.
 
 No figure is typed by hand: rerun ``python -m bids_qc.training.realdata_card`` after new
-records land (or a card script rewrites a card); ``--check`` only reports what is stale.
+records land; ``--check`` only reports what is stale. A card script that regenerates a card
+keeps its section (:func:`bids_qc.training.card_sections.write_card`).
 """
 
 from __future__ import annotations
@@ -25,18 +26,17 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import jinja2
-
 from bids_qc.models import gate
 from bids_qc.models.gate import GATE, REALDATA_DIR, gate_decision, realdata, wilson
 from bids_qc.models.registry import REGISTRY, ModelSpec
 from bids_qc.schema import COLUMNS, RZ_PREFIX
 from bids_qc.structures import STRUCTURES, SUBCORTICAL
+from bids_qc.training.card_sections import REALDATA_MARKERS, environment, replace_section
 from bids_qc.training.realdata_segmenter import segmenter_context
 from bids_qc.training.realdata_segmenter import targets as segmenter_targets
 
 #: Markers around the generated section of a card, and of the README's table.
-CARD_MARKERS = ("<!-- realdata:start -->", "<!-- realdata:end -->")
+CARD_MARKERS = REALDATA_MARKERS
 README_MARKERS = ("<!-- models:start -->", "<!-- models:end -->")
 
 #: The shipped cards (package data) and the README of a source checkout (absent when installed).
@@ -122,14 +122,6 @@ def _targets(record: dict[str, Any] | None) -> str:
 
 
 # ---------------------------------------------------------------------------------- rendering
-
-def _environment() -> jinja2.Environment:
-    # Markdown, not HTML: no autoescape (the report templates' environment escapes).
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")),
-        autoescape=False, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=False,
-        undefined=jinja2.StrictUndefined)
-
 
 def load_records(folder: Path = REALDATA_DIR) -> tuple[dict[str, dict[str, Any] | None],
                                                        dict[str, Any] | None]:
@@ -236,7 +228,7 @@ def render_section(spec: ModelSpec, record: dict[str, Any] | None,
     spec, record, classic, folder
         As :func:`section_context`.
     """
-    text = _environment().get_template("realdata_section.md.j2").render(
+    text = environment().get_template("realdata_section.md.j2").render(
         **section_context(spec, record, classic, folder))
     # One blank line between blocks, whatever the template's conditionals left.
     return re.sub(r"\n{3,}", "\n\n", text).strip("\n") + "\n"
@@ -330,48 +322,9 @@ def readme_context(records: dict[str, dict[str, Any] | None], classic: dict[str,
 def render_readme_table(records: dict[str, dict[str, Any] | None],
                         classic: dict[str, Any] | None, folder: Path = REALDATA_DIR) -> str:
     """The README's model table (markdown, no markers)."""
-    text = _environment().get_template("readme_models.md.j2").render(
+    text = environment().get_template("readme_models.md.j2").render(
         **readme_context(records, classic, folder))
     return text.strip("\n") + "\n"
-
-
-# ------------------------------------------------------------------------------------ splicing
-
-def _first_section(text: str) -> int:
-    """Offset of the first ``## `` heading outside code fences (end of text if none)."""
-    offset, fenced = 0, False
-    for line in text.splitlines(keepends=True):
-        if line.startswith("```"):
-            fenced = not fenced
-        elif not fenced and line.startswith("## "):
-            return offset
-        offset += len(line)
-    return len(text)
-
-
-def replace_section(text: str, body: str, markers: tuple[str, str] = CARD_MARKERS) -> str:
-    """``text`` with ``body`` between ``markers``; everything outside them kept byte for byte.
-
-    Without the markers, the marked body goes before the first ``##`` section (after a card's
-    title and intro), or at the end of a text without one.
-
-    Raises
-    ------
-    ValueError
-        If only one marker is present, or the end marker comes first.
-    """
-    start, end = markers
-    i, j = text.find(start), text.find(end)
-    block = f"{start}\n{body.strip(chr(10))}\n{end}"
-    if i < 0 and j < 0:
-        at = _first_section(text)
-        head = text[:at]
-        if at == len(text):
-            return head.rstrip("\n") + "\n\n" + block + "\n"
-        return head + block + "\n\n" + text[at:]
-    if i < 0 or j < i:
-        raise ValueError(f"unbalanced markers {start} ... {end}")
-    return text[:i] + block + text[j + len(end):]
 
 
 def update(folder: Path = REALDATA_DIR, cards_dir: Path = CARDS_DIR,

@@ -1,6 +1,6 @@
-"""Training recipe of RegQC (seeded, resumable, time-budgeted, CPU-friendly).
+"""Training recipe of RegQC (seeded, resumable, step-budgeted, CPU-friendly).
 
-``python -m bids_qc.training.regqc --minutes N --out DIR [--resume]``
+``python -m bids_qc.training.regqc --steps N --out DIR``
 
 1. A pool of template-space anatomies at 2 mm is built once and cached on disk
    (``--cache``): SynthSeg label maps 1-16 synthesised by :mod:`bids_qc.synth.synthesize`
@@ -13,20 +13,22 @@
    The RMSE target is uniform on [0, 100] mm for half of the cases and on [0, 20] mm for the
    other half, which densifies the range where QC decisions are made. Pool volumes are
    box-averaged to 4 mm once and warped at 4 mm, for CPU speed (see :func:`make_batch`).
-3. Adam (cosine decay of the rate over the time budget), MSE on RMSE / 100; a checkpoint
-   every 3 minutes and at the end; ``--resume`` continues from ``DIR/checkpoint.pt``
-   (random streams reseeded from the step count, so a resumed run is reproducible too).
+3. Adam, MSE on RMSE / 100, one sitting of ``--steps`` steps (:mod:`bids_qc.training.loop`:
+   warm start from the shipped weights unless ``--from-scratch``, warm-up and cosine decay of
+   the rate over the sitting, checkpoints, pause and resume in ``DIR``); the batch of global
+   step ``g`` is a pure function of ``(seed, g)``.
 4. Calibration: an intercept and slope mapping the network's output to the RMSE, fitted by
    least squares on :data:`N_CALIBRATION` fresh misregistrations of the *training*
-   anatomies (a seed of their own), stored in the weights (``calibration``). A short CPU
-   run leaves the regression compressed towards the mean; this straightens it without
-   touching an evaluation anatomy. ``--calibrate-only`` redoes this step on ``DIR``'s
+   anatomies (a seed of their own), stored in the weights (``calibration``) at every export.
+   A short CPU run leaves the regression compressed towards the mean; this straightens it
+   without touching an evaluation anatomy. ``--calibrate-only`` redoes this step on ``DIR``'s
    checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from pathlib import Path
@@ -48,6 +50,15 @@ from ..synth.metrics import affine_rmse
 from ..synth.misregistration import sample_affine
 from ..templates_data import get_template
 from .common import export_weights, hardware, train_logger
+from .loop import (
+    SittingConfig,
+    add_sitting_arguments,
+    load_checkpoint,
+    record_from_checkpoint,
+    require_steps,
+    run_sitting,
+    shipped_state,
+)
 
 SEED = 20260521
 #: Spacing of the cached anatomy pool, mm.
@@ -261,7 +272,9 @@ def calibrate_only(out: Path, cache: Path) -> dict:
     torch.set_num_threads(2)
     grid = template()
     _, pool, pool_affine = _load_pool(cache, grid, print)
-    saved = torch.load(out / "checkpoint.pt", weights_only=False)
+    saved = load_checkpoint(out / "checkpoint.pt")
+    if saved is None:
+        raise FileNotFoundError(f"no checkpoint in {out}")
     model = RegQCNet()
     _load_checkpoint(model, saved["model"], out / "checkpoint.pt")
     fit = calibrate(model, pool, pool_affine, grid)
@@ -274,86 +287,70 @@ def calibrate_only(out: Path, cache: Path) -> dict:
     return info
 
 
-def train(minutes: float, out: Path, resume: bool, cache: Path, batch_size: int = 8,
-          real_data: Path | None = None, init_shipped: bool = False, lr: float = 1e-3,
-          threads: int = 2) -> dict:
-    """Train for ``minutes`` of wall time (pool building excluded); returns the run's log.
+def train(args: argparse.Namespace) -> dict | None:
+    """Run (or resume) one sitting (pool building excluded from its budget); returns the
+    run's summary, ``train_info.json`` (None if the sitting paused).
 
-    ``init_shipped`` starts from the shipped weights (a warm start, so sittings accumulate);
-    ``real_data`` adds the real IXI training people to the pool.
+    The shipped weights are the start unless ``args.from_scratch``; ``args.real_data`` adds
+    the real IXI training people to the pool.
     """
-    torch.set_num_threads(threads)
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     log = train_logger(out)
 
     grid = template()
-    pool_np, pool, pool_affine = _load_pool(cache, grid, log, real_data)
+    real_data = Path(args.real_data) if args.real_data else None
+    pool_np, pool, pool_affine = _load_pool(Path(args.cache), grid, log, real_data)
 
-    torch.manual_seed(SEED)
+    torch.manual_seed(args.seed)
     model = RegQCNet()
-    warm_sha = None  # the weights a warm-started sitting continues (its card names them)
-    if init_shipped and not (resume and (out / "checkpoint.pt").is_file()):
-        from ..models.registry import get_spec, load_state_dict
+    warm, warm_sha = "scratch", None  # the weights a warm-started sitting continues
+    if not args.from_scratch:
+        from ..models.registry import get_spec
 
         spec = get_spec("regqc")
-        _load_checkpoint(model, load_state_dict(spec), spec.weights_path())
-        log(f"warm start from the shipped weights {spec.version} ({spec.sha256[:12]})")
+        state, warm = shipped_state("regqc")
+        _load_checkpoint(model, state, spec.weights_path())  # trains uncalibrated
         warm_sha = spec.sha256
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    state = {"step": 0, "cases": 0, "seconds": 0.0, "losses": [], "warm_start_sha256": warm_sha}
-    ckpt = out / "checkpoint.pt"
-    if resume and ckpt.is_file():
-        saved = torch.load(ckpt, weights_only=False)
-        _load_checkpoint(model, saved["model"], ckpt)
-        opt.load_state_dict(saved["opt"])
-        state = saved["state"]
-        log(f"resumed at step {state['step']}")
-    rng = np.random.default_rng(SEED + state["step"])
-    # Each sitting restarts the cosine decay of the rate over its own budget.
-    state.setdefault("sittings", []).append(minutes)
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
 
-    def save() -> None:
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "state": state}, ckpt)
-
-    start = time.time()
-    last_save = start
-    model.train()
-    while time.time() - start < minutes * 60:
-        # Cosine decay over this run's time budget: the short CPU runs end on a low rate.
-        frac = min(1.0, (time.time() - start) / (minutes * 60))
-        for group in opt.param_groups:
-            group["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * frac)))
-        x, y = make_batch(pool, pool_affine, grid, rng, batch_size)
-        pred = model(x)
-        loss = F.mse_loss(pred / 100.0, y / 100.0)
-        opt.zero_grad()
+    def step(gstep: int) -> dict[str, float]:
+        x, y = make_batch(pool, pool_affine, grid, np.random.default_rng([args.seed, gstep]),
+                          args.batch_size)  # fmt: skip
+        loss = F.mse_loss(model(x) / 100.0, y / 100.0)
         loss.backward()
-        opt.step()
-        state["step"] += 1
-        state["cases"] += batch_size
-        state["losses"].append(float(loss.detach()))
-        if state["step"] % 20 == 0:
-            mae = float(np.mean(np.sqrt(state["losses"][-20:]))) * 100
-            log(f"step {state['step']} cases {state['cases']} rms_err~{mae:.1f} mm")
-        if time.time() - last_save > 180:
-            state["seconds"] += time.time() - last_save
-            last_save = time.time()
-            save()
-    state["seconds"] += time.time() - last_save
-    save()
-    fit = calibrate(model, pool, pool_affine, grid)
-    log(f"calibration: {fit}")
-    export_weights(model, out / "regqc.pt", keep_float32=("calibration",))
+        return {"rms_err_mm": 100 * float(loss.detach()) ** 0.5, "samples": args.batch_size}
+
+    fits: dict[str, dict] = {}
+
+    def export(path: Path) -> None:
+        # The shipped form is calibrated; the training network stays uncalibrated.
+        shipped = copy.deepcopy(model)
+        fits["last"] = calibrate(shipped, pool, pool_affine, grid)
+        export_weights(shipped, path, keep_float32=("calibration",))
+
+    options = {"batch_size": args.batch_size, "pool_volumes": int(len(pool_np)),
+               "real_pool": real_data is not None}  # fmt: skip
+    config = SittingConfig(model="regqc", out=out, steps=args.steps, lr=args.lr, seed=args.seed,
+                           start_step=args.start_step, warm_start=warm, threads=args.threads,
+                           options=options)  # fmt: skip
+    record = run_sitting(config, model, opt, step, export, weights_name="regqc.pt", log=log,
+                         checkpoint_minutes=args.checkpoint_minutes,
+                         pause_after_minutes=args.pause_after_minutes)  # fmt: skip
+    if record is None:
+        return None
+    log(f"calibration: {fits['last']}")
     info = {
-        "seed": SEED, "steps": state["step"], "cases_seen": state["cases"],
-        "batch_size": batch_size, "train_minutes": state["seconds"] / 60,
-        "pool_volumes": int(len(pool_np)), "epochs": state["cases"] / len(pool_np),
-        "hardware": hardware(),
+        "seed": args.seed, "steps": args.steps, "start_step": args.start_step,
+        "cases_seen": record["samples"], "batch_size": args.batch_size,
+        "train_minutes": record["wall_hours"] * 60, "pool_volumes": int(len(pool_np)),
+        "epochs": record["samples"] / len(pool_np), "hardware": hardware(),
         "block_dropout": model.encoder[3].p, "head_dropout": model.head[3].p,
-        "calibration": fit, "sittings_minutes": state["sittings"],
-        "warm_start": bool(init_shipped), "lr": lr, "real_pool": real_data is not None,
-        "warm_start_sha256": state.get("warm_start_sha256"),
-    }
+        "calibration": fits["last"], "warm_start": warm != "scratch", "lr": args.lr,
+        "real_pool": real_data is not None, "warm_start_sha256": warm_sha,
+        "sitting": "sitting.json",
+    }  # fmt: skip
     (out / "train_info.json").write_text(json.dumps(info, indent=1))
     log(f"done: {info}")
     return info
@@ -362,27 +359,41 @@ def train(minutes: float, out: Path, resume: bool, cache: Path, batch_size: int 
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--minutes", type=float, help="training wall time")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="run folder (log, checkpoint, weights, sitting.json); a checkpoint "
+                             "there is resumed")  # fmt: skip
+    # Every export fits the calibration (about 30 s on one core): checkpoints are sparser.
+    add_sitting_arguments(parser, lr=1e-3, seed=SEED, threads=2, checkpoint_minutes=10.0,
+                          steps_required=False)
     parser.add_argument("--calibrate-only", action="store_true",
                         help="only refit the output calibration on DIR's checkpoint")
-    parser.add_argument("--out", type=Path, required=True, help="run folder")
-    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/regqc_cache"))
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--real-data", type=Path, default=None,
                         help="shared data folder: add its IXI training people to the pool")
     parser.add_argument("--init-shipped", action="store_true",
-                        help="start from the shipped weights (warm start)")
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--threads", type=int, default=2)
+                        help="start from the shipped weights: the default now (kept so that "
+                             "earlier command lines run); --from-scratch opts out")  # fmt: skip
     args = parser.parse_args(argv)
     if args.calibrate_only:
         calibrate_only(args.out, args.cache)
         return
-    if args.minutes is None or args.minutes <= 0:
-        parser.error("--minutes must be given and positive")
-    train(args.minutes, args.out, args.resume, args.cache, args.batch_size, args.real_data,
-          args.init_shipped, args.lr, args.threads)
+    if args.record_only:
+        grid = template()
+        _, pool, pool_affine = _load_pool(args.cache, grid, print, args.real_data)
+
+        def export(state: dict, path: Path) -> None:
+            model = RegQCNet()
+            _load_checkpoint(model, state, args.out / "checkpoint.pt")
+            calibrate(model, pool, pool_affine, grid)
+            export_weights(model, path, keep_float32=("calibration",))
+
+        print(json.dumps(record_from_checkpoint(args.out, "regqc.pt", export)))
+        return
+    require_steps(parser, args)
+    if args.init_shipped and args.from_scratch:
+        parser.error("--init-shipped and --from-scratch contradict each other")
+    train(args)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from ..models.classic import correlation, mutual_information
 from ..models.registry import get_spec, sha256sum
 from ..models.regqc import RegQCNet, preprocess, sampling_grid
+from .card_sections import write_card
 from .licences import licence_section
 from .regqc import _SOLVE_MM, SEED, coarse_grid, template
 
@@ -404,7 +405,7 @@ def main(argv: list[str] | None = None) -> None:
         res = json.loads(args.evaluation.read_text())
         if fs_check is not None:
             res["fs_transform_check"] = fs_check
-        args.card.write_text(render(res, res["train"], res["sha256"]))
+        write_card(args.card, render(res, res["train"], res["sha256"]))
         return
     if args.cmd == "cases":
         build_cases(args.out)
@@ -417,7 +418,7 @@ def main(argv: list[str] | None = None) -> None:
         res["fs_transform_check"] = fs_check
     (args.train / "evaluation.json").write_text(json.dumps(res, indent=1))
     args.card.parent.mkdir(parents=True, exist_ok=True)
-    args.card.write_text(render(res, train, sha))
+    write_card(args.card, render(res, train, sha))
 
 
 if __name__ == "__main__":

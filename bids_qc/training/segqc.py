@@ -1,4 +1,4 @@
-"""Training recipe of SegQC: ``python -m bids_qc.training.segqc --minutes N --out DIR``.
+"""Training recipe of SegQC: ``python -m bids_qc.training.segqc --steps N --out DIR``.
 
 Data (all from the synthetic engine, training label maps 1-16 only):
 
@@ -11,10 +11,11 @@ Data (all from the synthetic engine, training label maps 1-16 only):
    true labels on that grid (:func:`bids_qc.synth.metrics.structure_dice`), and a random
    crop of the model box (the box centre moves with a damaged segmentation's extent).
 
-Every sample is a pure function of ``(seed, sample index)``, so the stream is reproducible
-and a resumed run continues it. ``--minutes`` is a time budget (the learning rate follows
-the elapsed fraction of it); ``--steps`` trains a fixed number of steps instead, the exactly
-reproducible mode.
+Every sample is a pure function of ``(seed, sample index)`` and the batch of global step
+``g`` holds samples ``g * batch`` to ``(g + 1) * batch - 1``, so the stream is reproducible
+and a resumed or later sitting continues it. ``--steps`` is the sitting's budget
+(:mod:`bids_qc.training.loop`: warm start from the shipped weights unless
+``--from-scratch``, the learning rate over the sitting's steps, pause and resume).
 """
 
 from __future__ import annotations
@@ -33,8 +34,16 @@ from bids_qc.models.segqc import GRID_SHAPE, OTHER_GROUP, SegQCNet, conform, gro
 from bids_qc.synth.damage import DAMAGE_FAMILIES
 from bids_qc.synth.labelmaps import TRAIN_MAPS, check_training_maps, load_label_map
 from bids_qc.synth.synthesize import synthesize
-from bids_qc.training.common import export_weights, hardware, learning_rate, train_logger
+from bids_qc.training.common import export_state, export_weights, hardware, train_logger
 from bids_qc.training.eval_protocol import HELDOUT_DAMAGE_FAMILIES, TRAINING_DAMAGE_FAMILIES
+from bids_qc.training.loop import (
+    SittingConfig,
+    add_sitting_arguments,
+    record_from_checkpoint,
+    require_steps,
+    run_sitting,
+    shipped_state,
+)
 
 #: Contrast families of the training images.
 CONTRASTS: tuple[str, ...] = ("t1", "t1_wide")
@@ -163,87 +172,107 @@ class SampleStream(torch.utils.data.Dataset):
         return torch.from_numpy(img), torch.from_numpy(groups), torch.from_numpy(target)
 
 
+class StepBatches(torch.utils.data.Dataset):
+    """Item ``g``: the batch of global step ``g`` (samples ``g * batch`` on), stacked."""
+
+    def __init__(self, stream: SampleStream, batch: int) -> None:
+        self.stream, self.batch = stream, batch
+
+    def __len__(self) -> int:
+        return len(self.stream) // self.batch
+
+    def __getitem__(self, g: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        items = [self.stream[g * self.batch + k] for k in range(self.batch)]
+        return tuple(torch.stack(t) for t in zip(*items))  # type: ignore[return-value]
+
+
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def train(args: argparse.Namespace) -> dict[str, Any]:
-    """Run (or resume) training; returns the summary written to ``summary.json``."""
+class Batches:
+    """The batch of a global step, prefetched by ``workers`` processes in step order.
+
+    A loader starts at the first step asked for and is restarted if a step is asked out of
+    order; its own generator keeps it off torch's global one (which the checkpoint carries).
+    """
+
+    def __init__(self, data: StepBatches, workers: int, seed: int) -> None:
+        self.data, self.workers, self.seed = data, workers, seed
+        self._it: Any = None
+        self._next = -1
+
+    def __call__(self, g: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self._it is None or g != self._next:
+            loader = torch.utils.data.DataLoader(
+                self.data, batch_size=None, sampler=range(g, len(self.data)),
+                num_workers=self.workers, worker_init_fn=_worker_init,
+                prefetch_factor=4 if self.workers else None,
+                generator=torch.Generator().manual_seed(self.seed))  # fmt: skip
+            self._it = iter(loader)
+        self._next = g + 1
+        return next(self._it)
+
+
+def train(args: argparse.Namespace) -> dict[str, Any] | None:
+    """Run (or resume) one sitting; returns the summary written to ``summary.json`` (None if
+    the sitting paused)."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     log = train_logger(out)
 
     torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
     files = build_pool(Path(args.cache), args.per_map, args.seed, log)
     if args.pool_only:
         return {"pool": len(files)}
+    torch.manual_seed(args.seed)
     net = SegQCNet()
+    warm = "scratch"
+    if not args.from_scratch:
+        state, warm = shipped_state("segqc")
+        net.load_state_dict(state)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
-    ckpt = out / "checkpoint.pt"
-    state = {"step": 0, "elapsed": 0.0, "losses": []}
-    if args.resume and ckpt.is_file():
-        saved = torch.load(ckpt, map_location="cpu", weights_only=False)
-        net.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["optim"])
-        state = saved["state"]
-        log(f"resumed at step {state['step']}")
-    budget = args.minutes * 60.0
-    total = args.steps or 10**9
-    stream = SampleStream(files, args.seed, total * args.batch)
-    sampler = range(state["step"] * args.batch, total * args.batch)
-    loader = torch.utils.data.DataLoader(
-        stream, batch_size=args.batch, sampler=sampler, num_workers=args.workers,
-        worker_init_fn=_worker_init, persistent_workers=args.workers > 0,
-        prefetch_factor=4 if args.workers else None,
-    )  # fmt: skip
-    net.train()
-    t_start, t_ckpt, run_loss, run_mae = time.time(), time.time(), 0.0, 0.0
-    for img, groups, y in loader:
-        elapsed = state["elapsed"] + time.time() - t_start
-        progress = state["step"] / total if args.steps else elapsed / budget
-        if progress >= 1.0:
-            break
-        for g in opt.param_groups:
-            g["lr"] = learning_rate(progress, args.lr)
+    end = args.start_step + args.steps
+    batches = Batches(StepBatches(SampleStream(files, args.seed, end * args.batch), args.batch),
+                      args.workers, args.seed)  # fmt: skip
+
+    def step(gstep: int) -> dict[str, float]:
+        img, groups, y = batches(gstep)
         valid = torch.isfinite(y)
         pred = net(expand(img, groups))
         err = torch.where(valid, pred - torch.nan_to_num(y), torch.zeros_like(pred))
-        loss = (err**2).sum() / valid.sum().clamp(min=1)
-        opt.zero_grad(set_to_none=True)
+        n = valid.sum().clamp(min=1)
+        loss = (err**2).sum() / n
         loss.backward()
-        opt.step()
-        state["step"] += 1
-        run_loss += float(loss.detach())
-        run_mae += float(err.detach().abs().sum() / valid.sum().clamp(min=1))
-        if state["step"] % 25 == 0:
-            state["losses"].append([state["step"], run_loss / 25, run_mae / 25])
-            log(
-                f"step {state['step']} t={elapsed / 60:.1f}min lr={opt.param_groups[0]['lr']:.2e}"
-                f" mse={run_loss / 25:.4f} mae={run_mae / 25:.4f}"
-            )
-            run_loss = run_mae = 0.0
-        if time.time() - t_ckpt > args.checkpoint_minutes * 60:
-            state["elapsed"], t_start = elapsed, time.time()
-            torch.save({"model": net.state_dict(), "optim": opt.state_dict(), "state": state},
-                       ckpt)  # fmt: skip
-            export_weights(net, out / "segqc.pt")
-            t_ckpt = time.time()
-    state["elapsed"] = state["elapsed"] + time.time() - t_start
-    torch.save({"model": net.state_dict(), "optim": opt.state_dict(), "state": state}, ckpt)
-    export_weights(net, out / "segqc.pt")
+        return {"mse": float(loss.detach()), "mae": float(err.detach().abs().sum() / n),
+                "samples": args.batch}
+
+    options = {"batch": args.batch, "per_map": args.per_map, "pool_cases": len(files),
+               "contrasts": list(CONTRASTS), "maps": list(TRAIN_MAPS),
+               "n_damage_p": list(N_DAMAGE_P),
+               "training_damage_families": list(TRAINING_DAMAGE_FAMILIES)}  # fmt: skip
+    config = SittingConfig(model="segqc", out=out, steps=args.steps, lr=args.lr, seed=args.seed,
+                           start_step=args.start_step, warm_start=warm, threads=args.threads,
+                           options=options)  # fmt: skip
+    record = run_sitting(config, net, opt, step, lambda p: export_weights(net, p),
+                         weights_name="segqc.pt", log=log, log_every=25,
+                         checkpoint_minutes=args.checkpoint_minutes,
+                         pause_after_minutes=args.pause_after_minutes)  # fmt: skip
+    if record is None:
+        return None
+    losses = record["final_losses"]
     summary = {
         "pool_cases": len(files), "per_map": args.per_map, "maps": list(TRAIN_MAPS),
-        "contrasts": list(CONTRASTS), "steps": state["step"], "batch": args.batch,
-        "samples": state["step"] * args.batch,
-        "epochs_over_pool": state["step"] * args.batch / len(files),
-        "minutes": state["elapsed"] / 60, "seed": args.seed, "lr": args.lr,
-        "threads": args.threads, "workers": args.workers,
+        "contrasts": list(CONTRASTS), "steps": args.steps, "start_step": args.start_step,
+        "batch": args.batch, "samples": record["samples"],
+        "epochs_over_pool": record["samples"] / len(files),
+        "minutes": record["wall_hours"] * 60, "seed": args.seed, "lr": args.lr,
+        "threads": args.threads, "workers": args.workers, "warm_start": warm,
         "training_damage_families": list(TRAINING_DAMAGE_FAMILIES),
         "heldout_damage_families": list(HELDOUT_DAMAGE_FAMILIES),
         "n_damage_p": list(N_DAMAGE_P), "hardware": hardware(),
-        "final_train_mse": state["losses"][-1][1] if state["losses"] else None,
-        "final_train_mae": state["losses"][-1][2] if state["losses"] else None,
+        "final_train_mse": losses.get("mse"), "final_train_mae": losses.get("mae"),
+        "sitting": "sitting.json",
     }  # fmt: skip
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     log(f"done: {json.dumps(summary)}")
@@ -253,27 +282,24 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     """Command line entry point."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--minutes", type=float, default=55.0, help="training time budget")
-    p.add_argument(
-        "--steps",
-        type=int,
-        default=0,
-        help="fixed number of steps (overrides the time-based schedule)",
-    )
-    p.add_argument("--out", required=True, help="output folder (log, checkpoint, weights)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--out", required=True,
+                   help="output folder (log, checkpoint, weights, sitting.json); a checkpoint "
+                        "there is resumed")  # fmt: skip
+    add_sitting_arguments(p, lr=2e-3, seed=DEFAULT_SEED, checkpoint_minutes=5.0,
+                          steps_required=False)
     p.add_argument("--cache", default="/tmp/segqc_cache", help="pool cache folder")
     p.add_argument("--per-map", type=int, default=5, help="pool cases per map and contrast")
     p.add_argument("--pool-only", action="store_true", help="build the pool and stop")
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    p.add_argument("--threads", type=int, default=1, help="torch threads of the trainer")
     p.add_argument("--workers", type=int, default=1, help="data worker processes")
-    p.add_argument("--checkpoint-minutes", type=float, default=5.0)
     args = p.parse_args(argv)
-    if args.minutes <= 0 or args.batch < 1 or args.per_map < 1:
-        raise ValueError("--minutes, --batch and --per-map must be positive")
+    if args.record_only:
+        print(json.dumps(record_from_checkpoint(Path(args.out), "segqc.pt", export_state)))
+        return
+    if not args.pool_only:
+        require_steps(p, args)
+    if args.batch < 1 or args.per_map < 1:
+        raise ValueError("--batch and --per-map must be positive")
     print(json.dumps(train(args)))
 
 

@@ -31,6 +31,7 @@ import numpy as np
 
 from bids_qc.models.segqc import conform, group_index
 from bids_qc.structures import STRUCTURE_NAMES
+from bids_qc.training.card_sections import write_card
 from bids_qc.training.eval_protocol import (
     HELDOUT_DAMAGE_FAMILIES,
     P_CLEAN,
@@ -284,6 +285,19 @@ def _structure_rows(results: dict[str, Any], sets: list[str]) -> list[str]:
     return rows
 
 
+def _recipe_lines(train: dict[str, Any]) -> list[str]:
+    """How the weights were trained: one sitting of the step-budget recipe, or the earlier
+    time-budgeted one (the shipped 1.x weights)."""
+    if "sitting" not in train:
+        return ["- Recipe: `python -m bids_qc.training.segqc --minutes N --out DIR` (the "
+                "time-budgeted recipe of its day; now `--steps N`, warm-started from the "
+                "shipped weights)."]
+    start = train.get("start_step", 0)
+    return [f"- Sitting: global steps {start}-{start + train['steps']}, from "
+            f"{train.get('warm_start', 'scratch')}; recipe "
+            "`python -m bids_qc.training.segqc --steps N --out DIR`."]
+
+
 def render_card(results: dict[str, Any], timing: dict[str, float], train: dict[str, Any],
                 sha: str, version: str) -> str:  # fmt: skip
     """The model card (markdown) from the evaluation results."""
@@ -356,7 +370,7 @@ def render_card(results: dict[str, Any], timing: dict[str, float], train: dict[s
         f"- Size: {train['steps']} steps of batch {train['batch']} = {train['samples']} samples "
         f"({train['epochs_over_pool']:.1f} epochs over the pool), {train['minutes']:.1f} minutes "
         f"on {train['hardware']}; seed {train['seed']}.",
-        "- Recipe: `python -m bids_qc.training.segqc --minutes N --out DIR`.", "",
+        *_recipe_lines(train), "",
         "## Limitations", "",
         "- Damage is applied on the 2 mm model grid in training; evaluation damage is on the "
         "segmentation's own grid (0.7-1.6 mm synthetic, 1 mm bert), so sub-2 mm boundary "
@@ -387,7 +401,7 @@ def main(argv: list[str] | None = None) -> None:
         saved = json.loads(Path(args.results).read_text())
         card = render_card(saved["results"], saved["timing"], saved["train"], saved["sha256"],
                            MODEL_VERSION)
-        Path(args.card or here / "cards" / "segqc.md").write_text(card)
+        write_card(Path(args.card or here / "cards" / "segqc.md"), card)
         return
     if args.cmd == "cache":
         import torch
@@ -409,7 +423,7 @@ def main(argv: list[str] | None = None) -> None:
     sha = sha256sum(weights)
     card = render_card(results, timing, train, sha, MODEL_VERSION)
     card_path = Path(args.card) if args.card else here / "cards" / "segqc.md"
-    card_path.write_text(card)
+    write_card(card_path, card)
     (Path(args.eval) / "results.json").write_text(json.dumps(
         {"sha256": sha, "timing": timing, "train": train, "results": results}, indent=1))
     print(card)

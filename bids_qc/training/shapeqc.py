@@ -1,4 +1,4 @@
-"""Training recipe of ShapeQC: ``python -m bids_qc.training.shapeqc --cache DIR --out DIR``.
+"""ShapeQC recipe: ``python -m bids_qc.training.shapeqc --cache DIR --out DIR --steps N``.
 
 1. Shapes (:mod:`bids_qc.training.shapeqc_data`): training maps 1-14, ``--crops`` deformed
    crops per map (the first crop of a map undeformed), each with 14 PASS shapes and
@@ -8,24 +8,24 @@
    more damaged shapes per crop. Maps 17-20 and ``bert`` are never seen here.
 2. Templates: per structure kind, the mean log area density and log area of the training
    split's undamaged shapes; the LogJac channels are then computed against them.
-3. A shared :class:`bids_qc.models.shapeqc.ShapeQCNet`, trained with binary cross-entropy on
-   epochs holding every FAIL and a random draw of PASS shapes (one FAIL in three), with
-   random smooth deformations of the spherical coordinates (:func:`warp_maps`).
+3. A shared :class:`bids_qc.models.shapeqc.ShapeQCNet`, trained with binary cross-entropy for
+   ``--steps`` steps (:mod:`bids_qc.training.loop`: warm start from the shipped weights, with
+   their templates and statistics, unless ``--from-scratch``; pause and resume); each batch
+   draws FAIL shapes one time in three on average (as the earlier epochs held every FAIL
+   and twice as many PASS shapes), under random smooth deformations of the spherical
+   coordinates (:func:`warp_maps`), and is a pure function of ``(seed, global step)``.
 4. Scores of the evaluation split give each structure's threshold (ENIGMA rule:
    :func:`bids_qc.calibrate.enigma_threshold`, F-recall >= 0.8 with the fewest flagged);
    thresholds and calibration data (scores and truth per structure) are written next to
    the fp16 weights.
 
-Every random draw comes from ``--seed``; a checkpoint after each epoch (``OUT/checkpoint.pt``)
-makes a run resumable; the log is ``OUT/train.log``.
+The log is ``OUT/train.log``; the sitting's record ``OUT/sitting.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,8 +37,16 @@ import torch.nn.functional as F
 
 from bids_qc.models.shapeqc import ShapeQCNet, kind_index
 from bids_qc.structures import SUBCORTICAL_KINDS, SUBCORTICAL_NAMES
-from bids_qc.training.common import export_weights, train_logger
+from bids_qc.training.common import export_state, export_weights, train_logger
 from bids_qc.training.eval_protocol import TRAINING_SHAPE_FAMILIES
+from bids_qc.training.loop import (
+    SittingConfig,
+    add_sitting_arguments,
+    record_from_checkpoint,
+    require_steps,
+    run_sitting,
+    shipped_state,
+)
 from bids_qc.training.shapeqc_data import (
     EVAL_SHAPE_MAPS,
     TRAIN_SHAPE_MAPS,
@@ -146,12 +154,12 @@ def calibration(scores_: np.ndarray, fail: np.ndarray, structures: np.ndarray,
 Split = dict[str, np.ndarray]
 
 
-def prepare(args: argparse.Namespace, log: Callable[[str], None]
-            ) -> tuple[Split, Split, dict, np.ndarray, np.ndarray] | None:
+def prepare(args: argparse.Namespace, log: Callable[[str], None], templates: dict | None = None
+            ) -> tuple[Split, Split, dict, np.ndarray, np.ndarray] | None:  # fmt: skip
     """Build (or load) the training and evaluation shapes; their templates and maps.
 
-    Returns ``(train, eval, templates, train maps, eval maps)``, or ``None`` with
-    ``--data-only``.
+    ``templates`` (a warm-started network's own) replace the training split's. Returns
+    ``(train, eval, templates, train maps, eval maps)``, or ``None`` with ``--data-only``.
     """
     cache = Path(args.cache)
     axes = cached_axes(cache, log)
@@ -163,77 +171,85 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None]
     if args.data_only:
         return None
     tr, ev = load_split(train_files), load_split(eval_files)
-    templates = make_templates(tr, axes)
+    if templates is None:
+        templates = make_templates(tr, axes)
     x_tr = assemble_maps(tr, templates).astype(np.float16)
     x_ev = assemble_maps(ev, templates).astype(np.float16)
     return tr, ev, templates, x_tr, x_ev
 
 
 def fit(net: ShapeQCNet, x_tr: np.ndarray, tr: dict[str, np.ndarray], subset: np.ndarray,
-        args: argparse.Namespace, ckpt: Path, log: Callable[[str], None],
-        eval_set: tuple[np.ndarray, dict[str, np.ndarray]] | None = None) -> list[dict]:
-    """Train ``net`` on the shapes ``subset`` of the training split (resumable from ``ckpt``).
+        args: argparse.Namespace, out: Path, log: Callable[[str], None],
+        eval_set: tuple[np.ndarray, dict[str, np.ndarray]] | None = None,
+        warm_start: str = "scratch", options: dict[str, Any] | None = None
+        ) -> dict[str, Any] | None:  # fmt: skip
+    """One sitting of ``net`` on the shapes ``subset`` of the training split, in ``out``.
 
-    Each epoch holds every FAIL of the subset and twice as many PASS shapes drawn at random,
-    under a cosine learning rate; ``eval_set`` (maps, data) is scored after each epoch for
-    the log. Returns the per-epoch history.
+    ``args`` holds the sitting's settings (``steps``, ``start_step``, ``seed``, ``lr``,
+    ``batch``, ``threads``, ``checkpoint_minutes``, ``pause_after_minutes``); a checkpoint in
+    ``out`` of the same sitting is resumed. Each batch draws a FAIL with the share an epoch
+    of every FAIL and twice as many PASS shapes would have, then a shape uniformly from its
+    class, all from ``(seed, global step)``. Returns the sitting's record (with the AUC of
+    ``eval_set``, maps and data, when given), or None when it paused.
     """
     from bids_qc.calibrate import roc_auc
 
     y_tr = tr["fail"].astype(np.float32)
+    fails = np.sort(subset[y_tr[subset] == 1])
+    passes = np.sort(subset[y_tr[subset] == 0])
+    if not len(fails) or not len(passes):
+        raise ValueError("the training subset needs FAIL and PASS shapes")
+    share = len(fails) / (len(fails) + min(len(passes), 2 * len(fails)))
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
-    epoch0, history = 0, []
-    if ckpt.is_file():
-        state = torch.load(ckpt, weights_only=False)
-        net.load_state_dict(state["net"])
-        opt.load_state_dict(state["opt"])
-        epoch0, history = state["epoch"], state["history"]
-        log(f"resumed after epoch {epoch0}")
-    fails = subset[y_tr[subset] == 1]
-    passes = subset[y_tr[subset] == 0]
-    t0 = time.time()
-    for epoch in range(epoch0, args.epochs):
-        rng = np.random.default_rng(args.seed * 1000 + epoch)
-        gen = torch.Generator().manual_seed(args.seed * 1000 + epoch)
-        order = rng.permutation(np.concatenate(
-            [fails, rng.choice(passes, min(len(passes), 2 * len(fails)), replace=False)]))
-        lr = args.lr * 0.5 * (1 + math.cos(math.pi * epoch / args.epochs))
-        for g in opt.param_groups:
-            g["lr"] = lr
-        net.train()
-        total, n = 0.0, 0
-        for i in range(0, len(order), args.batch):
-            idx = np.sort(order[i:i + args.batch])
-            x = warp_maps(torch.as_tensor(x_tr[idx].astype(np.float32)), gen)
-            k = kind_index([str(s) for s in tr["structure"][idx]])
-            sc = torch.as_tensor(tr["scalars"][idx], dtype=torch.float32)
-            loss = F.binary_cross_entropy_with_logits(net(x, k, sc), torch.as_tensor(y_tr[idx]))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total, n = total + float(loss.detach()) * len(idx), n + len(idx)
-        auc = None
-        if eval_set is not None:
-            x_ev, ev = eval_set
-            auc = roc_auc(scores(net, x_ev, ev["structure"], ev["scalars"]),
-                          ev["fail"].astype(bool))
-        history.append({"epoch": epoch + 1, "loss": total / n, "eval_auc": auc, "lr": lr})
-        log(f"epoch {epoch + 1}/{args.epochs} loss {total / n:.4f} eval AUC "
-            f"{'-' if auc is None else f'{auc:.3f}'} ({time.time() - t0:.0f}s)")
-        torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "epoch": epoch + 1,
-                    "history": history}, ckpt.with_suffix(".tmp"))
-        os.replace(ckpt.with_suffix(".tmp"), ckpt)
-    return history
+
+    def step(gstep: int) -> dict[str, float]:
+        rng = np.random.default_rng([args.seed, gstep])
+        is_fail = rng.random(args.batch) < share
+        idx = np.sort(np.where(is_fail, fails[rng.integers(len(fails), size=args.batch)],
+                               passes[rng.integers(len(passes), size=args.batch)]))
+        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        x = warp_maps(torch.as_tensor(x_tr[idx].astype(np.float32)), gen)
+        k = kind_index([str(s) for s in tr["structure"][idx]])
+        sc = torch.as_tensor(tr["scalars"][idx], dtype=torch.float32)
+        loss = F.binary_cross_entropy_with_logits(net(x, k, sc), torch.as_tensor(y_tr[idx]))
+        loss.backward()
+        return {"loss": float(loss.detach()), "samples": len(idx)}
+
+    config = SittingConfig(
+        model="shapeqc", out=Path(out), steps=args.steps, lr=args.lr, seed=args.seed,
+        start_step=args.start_step, warm_start=warm_start, threads=args.threads,
+        options={"batch": args.batch, "subset": int(len(subset)), **(options or {})})
+    record = run_sitting(config, net, opt, step,
+                         lambda p: export_weights(net, p, keep_float32=("template_", "channel_")),
+                         weights_name="shapeqc.pt", log=log,
+                         checkpoint_minutes=args.checkpoint_minutes,
+                         pause_after_minutes=args.pause_after_minutes)  # fmt: skip
+    if record is not None and eval_set is not None:
+        x_ev, ev = eval_set
+        record["eval_auc"] = roc_auc(scores(net, x_ev, ev["structure"], ev["scalars"]),
+                                     ev["fail"].astype(bool))  # fmt: skip
+        log(f"eval AUC {record['eval_auc']:.3f}")
+    return record
 
 
 def train(args: argparse.Namespace) -> dict[str, Any]:
-    """Run (or resume) the recipe; returns a summary."""
-    torch.set_num_threads(1)
+    """Run (or resume) the recipe's sitting; returns a summary (``{"paused": True}`` when it
+    paused)."""
+    torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     log = train_logger(out)
+    torch.manual_seed(args.seed)
+    warm, templates = "scratch", None
+    if args.from_scratch:
+        net = ShapeQCNet(args.width)
+    else:  # the shipped network keeps its own templates and statistics (its inputs' frame)
+        state, warm = shipped_state("shapeqc")
+        net = ShapeQCNet(int(state["stem.0.weight"].shape[0]))
+        net.load_state_dict(state)
+        templates = {k: net.template(k) for k in SUBCORTICAL_KINDS}
     t_start = time.time()
-    prepared = prepare(args, log)
+    prepared = prepare(args, log, templates)
     t_data = time.time() - t_start
     if prepared is None:
         return {"data_s": t_data}
@@ -241,16 +257,17 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     y_tr = tr["fail"].astype(np.float32)
     log(f"train {len(y_tr)} shapes ({int(y_tr.sum())} FAIL), eval {len(ev['fail'])} "
         f"({int(ev['fail'].sum())} FAIL)")
-
-    torch.manual_seed(args.seed)
-    net = ShapeQCNet(args.width)
-    set_templates(net, templates, x_tr, tr)
-    t_train = time.time()
-    history = fit(net, x_tr, tr, np.arange(len(y_tr)), args, out / "checkpoint.pt", log,
-                  (x_ev, ev))
+    if args.from_scratch:
+        set_templates(net, templates, x_tr, tr)
+    width = int(net.stem[0].weight.shape[0])
+    shapes = {"crops": args.crops, "damaged": args.damaged, "eval_crops": args.eval_crops,
+              "eval_damaged": args.eval_damaged, "width": width,
+              "families": list(SHAPE_FAMILIES_TRAINED)}  # fmt: skip
+    record = fit(net, x_tr, tr, np.arange(len(y_tr)), args, out, log, (x_ev, ev), warm, shapes)
+    if record is None:
+        return {"paused": True}
 
     p_ev = scores(net, x_ev, ev["structure"], ev["scalars"])
-    export_weights(net, out / "shapeqc.pt", keep_float32=("template_", "channel_"))
     doc = calibration(p_ev, ev["fail"], ev["structure"])
     (out / "shapeqc_thresholds.json").write_text(json.dumps(doc, indent=1) + "\n")
     cal = {"format": CALIBRATION_FORMAT, "version": 1,
@@ -259,16 +276,19 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                               "fail": [int(v) for v in ev["fail"][ev["structure"] == s]]}
                           for s in SUBCORTICAL_NAMES}}
     (out / "shapeqc_calibration.json").write_text(json.dumps(cal) + "\n")
-    summary = {"seed": args.seed, "epochs": args.epochs, "width": args.width,
-               "batch": args.batch, "lr": args.lr,
+    summary = {"seed": args.seed, "steps": args.steps, "start_step": args.start_step,
+               "width": width, "batch": args.batch, "lr": args.lr,
+               "warm_start": record["warm_start"],
                "crops_per_map": args.crops, "damaged_per_crop": args.damaged,
                "eval_crops_per_map": args.eval_crops, "eval_damaged_per_crop": args.eval_damaged,
                "n_train": int(len(y_tr)), "n_train_fail": int(y_tr.sum()),
                "n_eval": int(len(ev["fail"])), "n_eval_fail": int(ev["fail"].sum()),
                "train_fail_share_by_structure": {
-                   s: float(y_tr[tr["structure"] == s].mean()) for s in SUBCORTICAL_NAMES},
-               "data_minutes": t_data / 60, "train_minutes": (time.time() - t_train) / 60,
-               "history": history, "threads": torch.get_num_threads()}
+                   s: float(y_tr[tr["structure"] == s].mean()) for s in SUBCORTICAL_NAMES
+                   if (tr["structure"] == s).any()},
+               "data_minutes": t_data / 60, "train_minutes": record["wall_hours"] * 60,
+               "eval_auc": record["eval_auc"], "final_losses": record["final_losses"],
+               "threads": args.threads}  # fmt: skip
     (out / "shapeqc_train.json").write_text(json.dumps(summary, indent=1) + "\n")
     log("done")
     return summary
@@ -279,17 +299,23 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cache", type=Path, required=True, help="feature cache (outside the repo)")
     p.add_argument("--out", type=Path, required=True, help="where weights and thresholds go")
-    p.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    add_sitting_arguments(p, lr=2e-3, seed=DEFAULT_SEED, steps_required=False)
     p.add_argument("--crops", type=int, default=8, help="crops per training map")
     p.add_argument("--damaged", type=int, default=3, help="damaged shapes per training crop")
     p.add_argument("--eval-crops", type=int, default=8)
     p.add_argument("--eval-damaged", type=int, default=8)
-    p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--width", type=int, default=16)
+    p.add_argument("--width", type=int, default=16,
+                   help="network width (with --from-scratch; a warm start keeps the shipped)")
     p.add_argument("--data-only", action="store_true", help="build the cached shapes only")
-    train(p.parse_args(argv))
+    args = p.parse_args(argv)
+    if args.record_only:  # weights and record; thresholds come with a finished sitting
+        print(json.dumps(record_from_checkpoint(args.out, "shapeqc.pt", lambda st, path: (
+            export_state(st, path, keep_float32=("template_", "channel_"))))))
+        return
+    if not args.data_only:
+        require_steps(p, args)
+    train(args)
 
 
 if __name__ == "__main__":

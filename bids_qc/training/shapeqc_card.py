@@ -27,6 +27,7 @@ import numpy as np
 from bids_qc.calibrate import roc_auc
 from bids_qc.models.shapeqc import ShapeQCNet
 from bids_qc.structures import SUBCORTICAL_KINDS, SUBCORTICAL_NAMES
+from bids_qc.training.card_sections import write_card
 from bids_qc.training.eval_protocol import (
     HELDOUT_SHAPE_FAMILIES,
     TRAINING_SHAPE_FAMILIES,
@@ -225,9 +226,13 @@ def _compare_section(c: dict[str, Any] | None) -> list[str]:
     lines = ["### Shared network or one per structure", "",
              "`python -m bids_qc.training.shapeqc_compare` trained one network per structure "
              "kind (left and right together, as the shared one sees them) on that kind's "
-             "training shapes only, with the shared network's recipe (seed, epochs, width, "
-             "optimiser; every FAIL of the kind and twice as many PASS per epoch, so each kind "
-             "is seen as often as in the shared run). Thresholds for both come from the "
+             "training shapes only, with the shared network's recipe "
+             + ("(seed, epochs, width, optimiser; every FAIL of the kind and twice as many "
+                "PASS per epoch, " if "epochs" in c.get("recipe", {"epochs": 0}) else
+                "(seed, batch, width, optimiser, one FAIL in three; the kind's share of the "
+                "shared sitting's steps, ")
+             + "so each kind is seen as often as in the shared run). Thresholds for both come "
+             "from the "
              "evaluation split by the same rule; test: `test_maps` without `displaced`. The "
              "shared network is scored from its shipped fp16 weights, the per-structure ones "
              "in float32, and both get thresholds re-derived from these scores; Table 2 uses "
@@ -256,6 +261,17 @@ def _compare_section(c: dict[str, Any] | None) -> list[str]:
               "shared network: one file, one forward pass per subject, and each kind's FAIL "
               "shapes also teach the others' detectors.", ""]
     return lines
+
+
+def _schedule_text(tr: dict[str, Any]) -> str:
+    """How the network was trained: epochs (the earlier recipe) or one sitting of steps."""
+    if "epochs" in tr:
+        return (f"{tr['epochs']} epochs (every FAIL and twice as many PASS per epoch), AdamW, "
+                "cosine learning rate")
+    start = tr.get("start_step", 0)
+    return (f"a sitting of {tr['steps']} steps of batch {tr['batch']} (global steps {start}-"
+            f"{start + tr['steps']}; one FAIL in three on average) from "
+            f"{tr.get('warm_start', 'scratch')}, AdamW, warm-up and cosine learning rate")
 
 
 def render_card(r: dict[str, Any]) -> str:
@@ -391,9 +407,9 @@ def render_card(r: dict[str, Any]) -> str:
               "share, elongations) join the map features before the last layer.",
               f"- Evaluation split (thresholds): maps 15-16, {tr['n_eval']} shapes, "
               f"{tr['n_eval_fail']} FAIL.",
-              f"- Network: {r['n_params']} parameters (width {tr['width']}), {tr['epochs']} "
-              "epochs (every FAIL and twice as many PASS per epoch), AdamW, cosine learning "
-              "rate, augmentation by random smooth deformations of the spherical coordinates.",
+              f"- Network: {r['n_params']} parameters (width {tr['width']}), "
+              + _schedule_text(tr) + ", augmentation by random smooth deformations of the "
+              "spherical coordinates.",
               f"- Where: a 2-core CPU shared with other jobs (1 thread, no GPU): building "
               f"shapes {tr['data_minutes']:.1f} min in the final run (crops cached by earlier "
               f"runs of the recipe are reused), training {tr['train_minutes']:.1f} min wall; "
@@ -491,7 +507,7 @@ def main(argv: list[str] | None = None) -> None:
         "examples": example_figures(net, card_dir),
     }
     (ns.cache / "card_results.json").write_text(json.dumps(results, indent=1, default=float))
-    (card_dir / "shapeqc.md").write_text(render_card(results))
+    write_card(card_dir / "shapeqc.md", render_card(results))
     print((card_dir / "shapeqc.md").read_text())
 
 

@@ -4,11 +4,11 @@
 
 The issue leaves the design open: a 2D ResNet per structure, or one shared across
 structures with a structure embedding. This script trains, with the recipe's shapes, seed,
-epochs, width and optimiser (read from ``shapeqc_train.json`` in ``--train``), one network
+batch, width and optimiser (read from ``shapeqc_train.json`` in ``--train``), one network
 per structure kind (left and right together, the left mirrored, as the shared network sees
-them), each on its own kind's shapes only. An epoch of a per-kind network holds every FAIL
-of its kind and twice as many PASS shapes, so it sees its kind's shapes exactly as often as
-the shared network does; the seven together cost about what the shared one costs.
+them), each from scratch on its own kind's shapes only, for the kind's share of the shared
+sitting's steps, so it sees its kind's shapes about as often as the shared network does;
+the seven together cost about what the shared one costs.
 
 Both are scored on the evaluation split (maps 15-16; thresholds by the same ENIGMA rule)
 and on the card's ``test_maps`` (maps 17-20, ``displaced`` left out as in the card's
@@ -79,11 +79,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     (train_dir / "compare").mkdir(parents=True, exist_ok=True)
     log = train_logger(train_dir / "compare")
     recipe = json.loads((train_dir / "shapeqc_train.json").read_text())
+    if "steps" not in recipe:
+        raise ValueError(f"{train_dir / 'shapeqc_train.json'} is of the epoch-based recipe; "
+                         "compare a run of the step-budget one")
+    # The per-kind networks train from scratch for as many steps as the shared sitting.
     ns = argparse.Namespace(
         cache=args.cache, crops=recipe["crops_per_map"], damaged=recipe["damaged_per_crop"],
         eval_crops=recipe["eval_crops_per_map"], eval_damaged=recipe["eval_damaged_per_crop"],
-        epochs=recipe["epochs"], width=recipe["width"], seed=recipe["seed"],
-        batch=recipe.get("batch", 32), lr=recipe.get("lr", 2e-3), data_only=False)  # fmt: skip
+        steps=recipe["steps"], start_step=0, width=recipe["width"], seed=recipe["seed"],
+        batch=recipe.get("batch", 32), lr=recipe.get("lr", 2e-3), threads=1,
+        checkpoint_minutes=3.0, pause_after_minutes=None, data_only=False)  # fmt: skip
     prepared = prepare(ns, log)
     if prepared is None:  # pragma: no cover - data_only is False
         raise RuntimeError("no data")
@@ -107,8 +112,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         set_templates(net, templates, x_tr, tr)
         sel_ev = kinds_ev == k
         ev_k = {key: v[sel_ev] for key, v in ev.items()}
-        fit(net, x_tr, tr, np.flatnonzero(kinds_tr == k), ns,
-            train_dir / "compare" / f"checkpoint_{k}.pt", log, (x_ev[sel_ev], ev_k))  # fmt: skip
+        subset = np.flatnonzero(kinds_tr == k)
+        ns_k = argparse.Namespace(**{**vars(ns), "steps": max(
+            1, round(ns.steps * len(subset) / len(kinds_tr)))})
+        fit(net, x_tr, tr, subset, ns_k, train_dir / "compare" / k, log, (x_ev[sel_ev], ev_k),
+            options={"kind": k})  # fmt: skip
         p_ev_kind[sel_ev] = scores(net, x_ev[sel_ev], ev["structure"][sel_ev],
                                    ev["scalars"][sel_ev])  # fmt: skip
         sel_tm = kinds_tm == k

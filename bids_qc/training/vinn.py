@@ -68,7 +68,12 @@ from bids_qc.structures import SUBCORTICAL
 from bids_qc.synth.labelmaps import TRAIN_MAPS, check_training_maps, load_label_map
 from bids_qc.synth.synthesize import synthesize
 from bids_qc.training.common import export_state, export_weights, train_logger
-from bids_qc.training.loop import SittingConfig, record_from_checkpoint, run_sitting
+from bids_qc.training.loop import (
+    SittingConfig,
+    record_from_checkpoint,
+    run_sitting,
+    shipped_state,
+)
 
 #: Contrast families of the pool, in turn. ``random`` makes the network read shapes, not one
 #: contrast's ordering: trained on ``t1``/``t1_wide`` only (1.0.0), it called most of bert's
@@ -278,11 +283,7 @@ class Pool:
 
 def shipped_weights() -> tuple[dict[str, torch.Tensor], str]:
     """The shipped VINN weights (float32) and a description with their sha256."""
-    from bids_qc.models.registry import get_spec, load_state_dict
-
-    spec = get_spec("vinn")
-    state = {k: v.float() for k, v in load_state_dict(spec).items()}
-    return state, f"shipped vinn.pt {spec.version} sha256 {spec.sha256}"
+    return shipped_state("vinn")
 
 
 def train(args: argparse.Namespace) -> dict[str, Any] | None:

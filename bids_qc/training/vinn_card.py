@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from bids_qc.structures import STRUCTURE_NAMES, SUBCORTICAL_NAMES
+from bids_qc.training.card_sections import write_card
 
 SYNTH_RESOLUTIONS: tuple[float, ...] = (0.7, 1.0, 1.4)
 BERT_RESOLUTIONS: tuple[float, ...] = (0.8, 1.4)
@@ -513,7 +514,7 @@ def main(argv: list[str] | None = None) -> None:
     previous = json.loads(Path(args.previous).read_text()) if args.previous else None
     card = render_card(synth, bert, timing, train, sha, get_spec("vinn").version, previous)
     card_path = Path(args.card) if args.card else here / "cards" / "vinn.md"
-    card_path.write_text(card)
+    write_card(card_path, card)
     (Path(args.eval) / "results.json").write_text(json.dumps(
         {"sha256": sha, "timing": timing, "train": train, "bert": bert, "synth": synth},
         indent=1))  # fmt: skip
