@@ -97,7 +97,7 @@ def test_segment_auto_follows_vinns_gate(monkeypatch, tmp_path, dice, passes):
     # the plugins are built.
     shipped = get_plugin("vinn").spec
     (tmp_path / "vinn.json").write_text(json.dumps({
-        "kind": "segmenter", "sha256": shipped.sha256, "dice": {"test": {"mean": dice}},
+        "kind": "segmenter", "sha256": shipped.sha256, "dice": {"test": {"freesurfer": dice}},
         "volumes": {"test": {"n": 5, "implausible": []}}}))
     real_passes = gate.passes
     monkeypatch.setattr(gate, "passes",
