@@ -76,6 +76,16 @@ def structure_dice(true_labels: np.ndarray, seg_labels: np.ndarray) -> dict[str,
     return {s.name: dice(s.mask(true_labels), s.mask(seg_labels)) for s in STRUCTURES}
 
 
+def subcortical_dice(true_labels: np.ndarray, seg_labels: np.ndarray) -> dict[str, float]:
+    """:func:`structure_dice` plus ``subcortical_mean``, the mean over the 14 subcortical
+    structures of :data:`bids_qc.structures.SUBCORTICAL` present in either map."""
+    from bids_qc.structures import SUBCORTICAL
+
+    d = structure_dice(true_labels, seg_labels)
+    d["subcortical_mean"] = float(np.nanmean([d[s.name] for s in SUBCORTICAL]))
+    return {k: float(v) for k, v in d.items()}
+
+
 def _check_affine(matrix: np.ndarray, name: str) -> np.ndarray:
     m = np.asarray(matrix, dtype=np.float64)
     if m.shape != (4, 4) or not np.all(np.isfinite(m)):

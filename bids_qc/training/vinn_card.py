@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from bids_qc.structures import STRUCTURE_NAMES, SUBCORTICAL_NAMES
+from bids_qc.structures import STRUCTURE_NAMES
 from bids_qc.training.card_sections import write_card
 
 SYNTH_RESOLUTIONS: tuple[float, ...] = (0.7, 1.0, 1.4)
@@ -68,11 +68,9 @@ def build_cache(out: Path) -> None:
 
 
 def _dice(truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
-    from bids_qc.synth.metrics import structure_dice
+    from bids_qc.synth.metrics import subcortical_dice
 
-    d = structure_dice(truth, pred)
-    d["subcortical_mean"] = float(np.nanmean([d[n] for n in SUBCORTICAL_NAMES]))
-    return {k: float(v) for k, v in d.items()}
+    return subcortical_dice(truth, pred)
 
 
 def evaluate_synth(eval_dir: Path, model: Any, maps: tuple[int, ...] = HELDOUT_MAPS

@@ -31,7 +31,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from bids_qc.models import volumes as V
-from bids_qc.structures import SUBCORTICAL
+from bids_qc.structures import SUBCORTICAL_NAMES
 from bids_qc.training.real_sets import (
     RealImage,
     exclusions,
@@ -49,7 +49,6 @@ TARGETS = {"freesurfer": 0.85, "dlmuse": 0.80, "outside_cm3": 1.0, "brain_l": (0
 OUTSIDE_MM = 4.0
 #: Left/right ratios beyond these mark a failed reference segmentation (left out of the bounds).
 GROSS_LR = (0.5, 2.0)
-SUBCORTICAL_NAMES = tuple(s.name for s in SUBCORTICAL)
 
 
 def _voxel_mm3(affine: np.ndarray) -> float:
@@ -115,13 +114,9 @@ def fix_bounds(data_dir: Path) -> dict[str, Any]:
 
 
 def _dice(ref: np.ndarray, pred: np.ndarray) -> dict[str, float]:
-    out = {}
-    for s in SUBCORTICAL:
-        a, b = s.mask(ref), s.mask(pred)
-        den = int(a.sum() + b.sum())
-        out[s.name] = 2.0 * float((a & b).sum()) / den if den else float("nan")
-    out["subcortical_mean"] = float(np.nanmean([out[n] for n in SUBCORTICAL_NAMES]))
-    return out
+    from bids_qc.synth.metrics import subcortical_dice
+
+    return subcortical_dice(ref, pred)
 
 
 def outside_cm3(pred: np.ndarray, ref: np.ndarray, affine: np.ndarray) -> float:
