@@ -85,6 +85,8 @@ def test_report_and_group_table_say_the_registration_is_bids_qcs_own(raw_run):
     _, out, _ = raw_run
     html = (out / "sub-01_T1w.html").read_text()
     assert "own affine registration of the T1w" in html
+    assert "This segmentation is bids_qc&#39;s own (VINN" in html or \
+        "This segmentation is bids_qc's own (VINN" in html
     assert "no registration input" not in html
     assert 'alt="Template-space T1w, template edges overlaid"' in html  # the mosaic
     with open(out / "group_T1w.tsv", newline="") as fh:

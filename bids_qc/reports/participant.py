@@ -234,8 +234,17 @@ def _segmentation(
         figures.append(
             Figure("segmentation", note="no FreeSurfer-coded segmentation: nothing to draw")
         )
+    note = ""
+    if result.get("seg_source") == "bids_qc":
+        # The segmentation checks then judge bids_qc's own work, not a derivative's: say so.
+        vinn = next((p.spec for p in plugins if p.name == "vinn"), None)
+        made_by = f"VINN {vinn.version}" if vinn else "VINN"
+        note = (f"This segmentation is bids_qc's own ({made_by}, from the raw T1w): the "
+                "volumes and the segmentation checks below judge bids_qc's work, not a "
+                "derivative's.")
     return {
         "figures": figures,
+        "note": note,
         "dice": _dice_table(result.get("metrics") or {}, outcomes, plugins),
         "verdicts": [_verdict(o) for o in _in_section(outcomes, "segmentation", plugins)],
     }
