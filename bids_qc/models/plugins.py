@@ -28,7 +28,7 @@ _REGQC_SHA = "19d316caa2cf463f70ad4f03907ae0f9258806a7d216e8d823842d80b526e283"
 _SEGQC_SHA = "cff3e20167615fea5611f3ea9d1c4eb975a4864ea29e2690c341866a7532e921"
 _MANIFOLDQC_SHA = "72ce5568a53ffbbee566e0af4a7f9d245c9ee2be2b576b9390feb04db895aa26"
 _SHAPEQC_SHA = "95eff42aea27029d1e3ce9f31a4be3eb446f8c65277f8efe06683517ef40c4c5"
-_VINN_SHA = "e016e0c433d70b2295b411ae72b1c8926c09176238932c841c782dfa289733fd"
+_VINN_SHA = "b3f6551ef81da7e9d38777ba9523110f10c6db5e04ec38122be2e0a377fea9d7"
 
 #: The default Dice threshold of SegQC, and of ManifoldQC unless its option is given.
 _DICE_DEFAULT = 0.7
@@ -148,7 +148,7 @@ SHAPEQC = QCModel(
 VINN = QCModel(
     # VINN's gate (Dice against real references, plausible volumes) is measured by its own
     # issue; until then it is below the gate.
-    spec=gated_spec("vinn", "1.1.0", "vinn.pt", _VINN_SHA, ("t1w",),
+    spec=gated_spec("vinn", "1.2.0", "vinn.pt", _VINN_SHA, ("t1w",),
                     "Segmentation of the T1w when no derivative has one (2.5D VINN, "
                     "FreeSurfer codes)"),
     title="VINN",
