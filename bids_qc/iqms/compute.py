@@ -1,0 +1,254 @@
+"""All IQMs of one raw T1w: masks, bias field, tissues, then each measure.
+
+Which image each IQM reads (MRIQC computes all but the FWHM and the artefact indices on
+its INU-corrected image):
+
+- tissue measures (``snr_*``, ``cjv``, ``cnr``, ``summary_{csf,gm,wm}_*``, the
+  mixture behind ``icvs_*``/``rpve_*``): the image divided by N4's field (fitted in the
+  brain, geometric mean 1 there, so intensities keep the raw scale);
+- measures of the whole field of view or the air (``snrd_*``'s noise, ``efc``, ``fber``,
+  ``wm2max``, ``qi_*``, ``summary_bg_*``): the raw image, because N4's field is fitted
+  inside the brain only (a deviation from MRIQC for ``efc``, ``fber`` and ``wm2max``,
+  whose WM median is then the raw image's too);
+- ``fwhm_*``: the raw image inside the brain mask.
+
+Negative intensities are set to 0 first, as MRIQC does.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..io import load_image, load_labels
+from ..transforms import resample_to_grid
+from . import artifacts, measures
+from .bias import N4Settings, n4_field
+from .definitions import BACKGROUND_IQMS, IQM_NAMES, SUMMARY_STATS, TISSUES
+from .masks import Coarse, background_problem, head_masks
+from .smoothness import fwhm
+from .tissues import seed_classes, tissue_posteriors
+
+#: The fewest brain voxels the IQMs are computed on.
+MIN_BRAIN_VOXELS = 1000
+
+
+@dataclass(frozen=True)
+class TemplateImage:
+    """The T1w in template space, with what ``tpm_overlap_*`` needs.
+
+    Parameters
+    ----------
+    image : ndarray
+        The template-space T1w.
+    mask : ndarray of bool
+        The template's brain mask on that grid.
+    tpms : dict
+        Tissue -> its probability map on that grid (None where none is installed).
+    source : str
+        Where the TPMs come from (recorded in the provenance).
+    """
+
+    image: np.ndarray
+    mask: np.ndarray
+    tpms: dict[str, np.ndarray | None]
+    source: str = ""
+
+
+@dataclass
+class IQMResult:
+    """The IQMs of one image.
+
+    Parameters
+    ----------
+    metrics : dict
+        Every IQM name -> value (None: n/a).
+    skipped : list of str
+        Why groups of IQMs are n/a, one sentence each.
+    timings : dict
+        Seconds per step (the benchmark reads them).
+    provenance : dict
+        How they were made (background verdict, N4 settings, mixture means).
+    """
+
+    metrics: dict[str, float | None]
+    skipped: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+
+
+def load_inputs(t1w: str | Path, seg: str | Path) -> tuple[np.ndarray, np.ndarray,
+                                                            tuple[float, ...], np.ndarray,
+                                                            list[str]]:
+    """The raw T1w and its segmentation resampled (nearest neighbour) onto its grid.
+
+    Returns
+    -------
+    image, affine, zooms, labels, warnings
+        float32 image, its affine and voxel size, int32 labels on its grid, loader warnings.
+    """
+    loaded = load_image(t1w, role="T1w")
+    image = np.asanyarray(loaded.img.dataobj, dtype=np.float32)
+    affine = np.asarray(loaded.img.affine, dtype=np.float64)
+    seg_loaded = load_labels(seg, role="segmentation")
+    labels = resample_to_grid(np.asanyarray(seg_loaded.img.dataobj), seg_loaded.img.affine,
+                              image.shape, affine, order=0)
+    zooms = tuple(float(z) for z in loaded.img.header.get_zooms()[:3])
+    return image, affine, zooms, labels, list(loaded.warnings) + list(seg_loaded.warnings)
+
+
+def _mean(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return float(np.mean(present)) if len(present) == len(values) else None
+
+
+def compute_iqms(image: np.ndarray, zooms: tuple[float, ...], labels: np.ndarray,
+                 seg_kind: str = "aseg", template: TemplateImage | None = None,
+                 n4: N4Settings | None = None, random_state: int = 0) -> IQMResult:
+    """Every IQM of a raw T1w (see :mod:`bids_qc.iqms.definitions`).
+
+    Parameters
+    ----------
+    image : ndarray
+        The raw T1w (3-D, its own grid).
+    zooms : tuple of float
+        Its voxel size (mm).
+    labels : ndarray of int
+        Its segmentation, on the same grid (:func:`load_inputs`).
+    seg_kind : {"aseg", "tissue"}
+        FreeSurfer codes or fMRIPrep's 3-class dseg.
+    template : TemplateImage, optional
+        The T1w in template space, for ``tpm_overlap_*`` (n/a without).
+    n4 : N4Settings, optional
+        The bias-field settings.
+    random_state : int
+        Seed of the mixture's subsample and of QI2's.
+
+    Returns
+    -------
+    IQMResult
+
+    Raises
+    ------
+    ValueError
+        When the segmentation's brain holds fewer than ``MIN_BRAIN_VOXELS`` voxels of the
+        image, or lacks one of the three tissues.
+    """
+    clock = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = round(now - clock, 3)
+        clock = now
+
+    if labels.shape != image.shape:
+        raise ValueError(f"segmentation {labels.shape} and image {image.shape} differ in shape")
+    data = np.maximum(np.asarray(image, dtype=np.float32), 0)
+    metrics: dict[str, float | None] = dict.fromkeys(IQM_NAMES)
+    skipped: list[str] = []
+    brain, seeds = seed_classes(labels, seg_kind)
+    if int(brain.sum()) < MIN_BRAIN_VOXELS:
+        raise ValueError(f"the segmentation's brain covers {int(brain.sum())} voxels of the "
+                         f"T1w (< {MIN_BRAIN_VOXELS}): is it this image's segmentation?")
+    coarse = Coarse.for_grid(data.shape, zooms)
+    masks = head_masks(data, brain, coarse)
+    problem = background_problem(data, brain, masks, coarse)
+    lap("masks")
+
+    bias = n4_field(data, brain, zooms, n4)
+    metrics.update(measures.inu_stats(bias[brain]))
+    index = np.flatnonzero(brain.ravel())
+    corrected = data.ravel()[index] / bias.ravel()[index]  # only the brain is needed
+    del bias
+    lap("n4")
+
+    tissues = tissue_posteriors(corrected, index, seeds.ravel()[index], random_state)
+    stats = {t: measures.summary_stats(corrected, tissues.pvms[i])
+             for i, t in enumerate(TISSUES)}
+    lap("tissues")
+
+    for t in TISSUES:
+        for s in SUMMARY_STATS:
+            metrics[f"summary_{t}_{s}"] = stats[t][s]
+    wm, gm = stats["wm"], stats["gm"]
+    for t in TISSUES:
+        st = stats[t]
+        metrics[f"snr_{t}"] = (measures.snr(st["median"], st["stdv"], st["n"])
+                               if st["n"] is not None else None)
+    metrics["snr_total"] = _mean([metrics[f"snr_{t}"] for t in TISSUES])
+    if None not in (wm["median"], gm["median"]):
+        metrics["cjv"] = measures.cjv(wm["median"], gm["median"], wm["mad"], gm["mad"])
+    metrics.update(measures.volume_fractions(tissues.pvms, TISSUES))
+    metrics.update(measures.rpve(tissues.pvms, TISSUES))
+    metrics.update(fwhm(data, brain))
+    lap("tissue_iqms")
+
+    air_sd = 0.0  # cnr's air term: 0 where the background is unusable
+    if problem is None:
+        air = data[masks.air]
+        bg = measures.summary_stats(air)
+        for s in SUMMARY_STATS:
+            metrics[f"summary_bg_{s}"] = bg[s]
+        air_sd = bg["stdv"] or 0.0
+        noise = bg["mad"] or air_sd  # the MAD, or the SD where most of the air is one value
+        for t in TISSUES:
+            if stats[t]["median"] is not None:
+                metrics[f"snrd_{t}"] = measures.snr_dietrich(stats[t]["median"], noise)
+        metrics["snrd_total"] = _mean([metrics[f"snrd_{t}"] for t in TISSUES])
+        fov = data[masks.fov]
+        metrics["efc"] = measures.efc(fov)
+        metrics["fber"] = measures.fber(data[masks.head], air)
+        wm_raw = data.ravel()[tissues.index][tissues.pvms[2] > 0.5]
+        if wm_raw.size:
+            metrics["wm2max"] = measures.wm2max(float(np.median(wm_raw)), fov)
+        found = artifacts.artefact_mask(data, masks.air_far)
+        metrics["qi_1"] = artifacts.qi_1(found, masks.air_far)
+        metrics["qi_2"] = artifacts.qi_2(data[masks.air_far & ~found], random_state)
+    else:
+        skipped.append(f"{', '.join(_compact(BACKGROUND_IQMS))} are n/a: {problem}")
+    if None not in (wm["median"], gm["median"], wm["stdv"], gm["stdv"]):
+        metrics["cnr"] = measures.cnr(wm["median"], gm["median"], wm["stdv"], gm["stdv"],
+                                      air_sd)
+    lap("background_iqms")
+
+    tpm_source = ""
+    if template is None:
+        skipped.append("tpm_overlap_* are n/a: no template-space T1w (no template-space "
+                       "image or readable transform in the derivatives)")
+    else:
+        from .tpm import tpm_overlap
+
+        tpm_source = template.source
+        metrics.update(tpm_overlap(template.image, template.mask, template.tpms,
+                                   random_state))
+        missing = [t for t in TISSUES if template.tpms.get(t) is None]
+        if missing:
+            skipped.append(f"{', '.join('tpm_overlap_' + t for t in missing)} n/a: no "
+                           f"{'/'.join(m.upper() for m in missing)} probability map is "
+                           f"installed for this template ({template.source or 'none'}; a "
+                           "local TemplateFlow copy with the space's probsegs adds it)")
+        lap("tpm")
+
+    return IQMResult(
+        metrics=metrics, skipped=skipped, timings=timings,
+        provenance={"background": problem or "usable",
+                    "n4": asdict(n4 or N4Settings()),
+                    "tissue_means": [round(m, 3) for m in tissues.means],
+                    "tpm_source": tpm_source},
+    )
+
+
+def _compact(names: tuple[str, ...]) -> list[str]:
+    """``snrd_csf, snrd_gm, ...`` shortened to ``snrd_*`` for families, in order."""
+    out: list[str] = []
+    for name in names:
+        family = name.rsplit("_", 1)[0] + "_*" if name.startswith(("snrd_", "summary_bg_")) \
+            else name
+        if family not in out:
+            out.append(family)
+    return out

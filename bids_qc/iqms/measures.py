@@ -1,0 +1,235 @@
+"""The IQM formulas: plain functions of intensities, masks and partial-volume maps.
+
+Each follows MRIQC's published definition (``mriqc.qc.anatomical`` documentation;
+Esteban et al. 2017); where the procedure differs, the docstring says how. The functions
+take 1-D arrays where they can (the voxels of one region), so that callers pick the
+regions once.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import stats
+
+#: sqrt((4 - pi) / 2): the SD of a Rayleigh distribution over its sigma; Dietrich et al.
+#: (2007) divide the air's SD by it to get the noise sigma of a magnitude image.
+DIETRICH_FACTOR = math.sqrt((4.0 - math.pi) / 2.0)
+#: Makes the median absolute deviation a consistent estimate of the SD for normal data.
+MAD_TO_SD = 1.4826
+
+
+def _ratio(num: float, den: float) -> float | None:
+    """``num / den``, or None where the denominator is not a positive finite number."""
+    if not (np.isfinite(num) and np.isfinite(den)) or den <= 0:
+        return None
+    return float(num / den)
+
+
+def mad(values: np.ndarray, center: float | None = None) -> float:
+    """Normalised median absolute deviation (x 1.4826: the SD for normal data)."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return float("nan")
+    c = float(np.median(values)) if center is None else center
+    return float(MAD_TO_SD * np.median(np.abs(values - c)))
+
+
+def snr(mu: float, sigma: float, n: float) -> float | None:
+    """Signal-to-noise ratio of one tissue: ``mu / (sigma * sqrt(n / (n - 1)))``.
+
+    Parameters
+    ----------
+    mu, sigma : float
+        The tissue's median and standard deviation.
+    n : float
+        Its number of voxels.
+
+    Returns
+    -------
+    float or None
+        Dimensionless; higher is better. None for fewer than 2 voxels or sigma 0.
+    """
+    if n < 2:
+        return None
+    return _ratio(mu, sigma * math.sqrt(n / (n - 1.0)))
+
+
+def snr_dietrich(mu: float, sigma_air: float) -> float | None:
+    """Dietrich's SNR: ``sqrt((4 - pi) / 2) * mu / sigma_air``.
+
+    Parameters
+    ----------
+    mu : float
+        The tissue's median.
+    sigma_air : float
+        The air's spread: its normalised MAD (MRIQC takes the MAD when it exceeds 1 and
+        the SD otherwise; bids_qc takes the MAD, falling back on the SD where the MAD is 0,
+        so that the value does not depend on the intensity scale).
+
+    Returns
+    -------
+    float or None
+        Dimensionless; higher is better. None without a positive noise level.
+    """
+    return _ratio(DIETRICH_FACTOR * mu, sigma_air)
+
+
+def cnr(mu_wm: float, mu_gm: float, sigma_wm: float, sigma_gm: float,
+        sigma_air: float = 0.0) -> float | None:
+    """Contrast-to-noise ratio: ``|mu_gm - mu_wm| / sqrt(s_air^2 + s_gm^2 + s_wm^2)``.
+
+    Dimensionless; higher is better. ``sigma_air`` is 0 where the background is unusable
+    (what MRIQC's formula gives on a zero background).
+    """
+    return _ratio(abs(mu_gm - mu_wm), math.sqrt(sigma_air**2 + sigma_gm**2 + sigma_wm**2))
+
+
+def cjv(mu_wm: float, mu_gm: float, sigma_wm: float, sigma_gm: float) -> float | None:
+    """Coefficient of joint variation: ``(sigma_wm + sigma_gm) / |mu_wm - mu_gm|``.
+
+    MRIQC passes the medians and MADs of the two tissues (Ganzetti et al. 2016).
+    Dimensionless; lower is better.
+    """
+    return _ratio(sigma_wm + sigma_gm, abs(mu_wm - mu_gm))
+
+
+def efc(values: np.ndarray) -> float | None:
+    """Entropy focus criterion (Atkinson et al. 1997), normalised to its maximum.
+
+    ``EFC = sum(x / b * ln(x / b)) / (N / sqrt(N) * ln(1 / sqrt(N)))`` over the ``N``
+    voxels of the field of view, with ``b = sqrt(sum(x^2))`` the image energy. The
+    maximum (the denominator) is the entropy of an image whose voxels are all equal.
+
+    Parameters
+    ----------
+    values : ndarray
+        Non-negative intensities of every voxel of the field of view (frame excluded).
+
+    Returns
+    -------
+    float or None
+        In [0, 1]; lower is better (ghosting and blur spread the energy).
+    """
+    x = np.asarray(values, dtype=np.float64).ravel()
+    n = x.size
+    energy = math.sqrt(float(np.dot(x, x)))
+    if n < 2 or energy <= 0:
+        return None
+    efc_max = n * (1.0 / math.sqrt(n)) * math.log(1.0 / math.sqrt(n))
+    y = x / energy
+    entropy = float(np.sum(y * np.log(y + 1e-16)))
+    return entropy / efc_max
+
+
+def fber(head: np.ndarray, air: np.ndarray) -> float | None:
+    """Foreground-background energy ratio: ``median(|head|^2) / median(|air|^2)``.
+
+    Dimensionless; higher is better. None where the air's median energy is 0 (a
+    zero-filled background; MRIQC returns -1 there).
+    """
+    if head.size == 0 or air.size == 0:
+        return None
+    fg = float(np.median(np.abs(head.astype(np.float64)) ** 2))
+    bg = float(np.median(np.abs(air.astype(np.float64)) ** 2))
+    return _ratio(fg, bg)
+
+
+def wm2max(mu_wm: float, image: np.ndarray) -> float | None:
+    """``mu_wm / P99.95(image)``: the WM median over the 99.95th percentile of every voxel.
+
+    Dimensionless; values near 1 are better (MRIQC's docs: typically 0.6 to 0.8); low
+    values mean a long bright tail (fat, vessels).
+    """
+    return _ratio(mu_wm, float(np.percentile(image, 99.95)))
+
+
+def inu_stats(field: np.ndarray) -> dict[str, float | None]:
+    """``inu_med`` (median) and ``inu_range`` (P95 - P5) of a bias field inside the brain."""
+    if field.size == 0:
+        return {"inu_med": None, "inu_range": None}
+    p05, med, p95 = np.percentile(field, [5, 50, 95])
+    return {"inu_med": float(med), "inu_range": float(abs(p95 - p05))}
+
+
+def volume_fractions(pvms: np.ndarray, names: tuple[str, ...]) -> dict[str, float | None]:
+    """``icvs_<tissue>``: each tissue's partial-volume sum over that of all tissues.
+
+    Parameters
+    ----------
+    pvms : ndarray
+        ``(n_tissues, n_voxels)`` partial-volume (posterior) maps.
+    names : tuple of str
+        The tissue names, in row order.
+    """
+    sums = pvms.sum(axis=1, dtype=np.float64)
+    total = float(sums.sum())
+    return {f"icvs_{t}": _ratio(float(s), total) for t, s in zip(names, sums)}
+
+
+def rpve(pvms: np.ndarray, names: tuple[str, ...], lo: float = 0.05,
+         hi: float = 0.95) -> dict[str, float | None]:
+    """``rpve_<tissue>``: the share of each tissue's partial-volume sum in mixed voxels.
+
+    MRIQC's documentation defines the residual partial-volume effect as "a tissue-wise
+    sum of partial volumes that fall in the range [5%-95%] of the total volume of a
+    pixel". bids_qc divides that sum by the tissue's whole partial-volume sum, so that
+    the value is a fraction in [0, 1] that does not grow with head size or voxel count
+    (a deviation from MRIQC's unnormalised sum). Lower is better: blur and noise make
+    more voxels mixed.
+    """
+    out: dict[str, float | None] = {}
+    for t, p in zip(names, pvms):
+        p = np.clip(p.astype(np.float64), 0.0, 1.0)
+        mixed = (p >= lo) & (p <= hi)
+        out[f"rpve_{t}"] = _ratio(float(p[mixed].sum()), float(p.sum()))
+    return out
+
+
+def fuzzy_jaccard(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Fuzzy Jaccard overlap ``sum(min(a, b)) / sum(max(a, b))`` of two probability maps.
+
+    In [0, 1]; higher is better (MRIQC's ``tpm_overlap_*``).
+    """
+    a = np.asarray(a, dtype=np.float64).ravel()
+    b = np.asarray(b, dtype=np.float64).ravel()
+    return _ratio(float(np.minimum(a, b).sum()), float(np.maximum(a, b).sum()))
+
+
+def summary_stats(values: np.ndarray, weights: np.ndarray | None = None,
+                  threshold: float = 0.5) -> dict[str, float | None]:
+    """MRIQC's per-region summary: mean, median, stdv, k, mad, p05, p95, n.
+
+    Parameters
+    ----------
+    values : ndarray
+        Intensities of the region's candidate voxels (1-D).
+    weights : ndarray, optional
+        Partial-volume weights of those voxels (a tissue's posterior); None: all 1.
+    threshold : float
+        Voxels whose weight exceeds it form the tissue for the median, percentiles,
+        kurtosis, MAD and n (MRIQC erodes the tissue mask instead).
+
+    Returns
+    -------
+    dict
+        ``mean`` and ``stdv`` weighted by ``weights`` (stdv with the n / (n - 1)
+        correction on the weights' sum), the rest over the thresholded voxels; every value
+        None when fewer than 2 voxels qualify.
+    """
+    x = np.asarray(values, dtype=np.float64).ravel()
+    w = np.ones_like(x) if weights is None else np.asarray(weights, dtype=np.float64).ravel()
+    inside = x[w > threshold]
+    nw = float(w.sum())
+    if inside.size < 2 or nw <= 1:
+        return dict.fromkeys(("mean", "median", "stdv", "k", "mad", "p05", "p95", "n"))
+    mean = float(np.average(x, weights=w))
+    var = float(np.average((x - mean) ** 2, weights=w)) * nw / (nw - 1.0)
+    p05, median, p95 = (float(v) for v in np.percentile(inside, [5, 50, 95]))
+    kurt = float(stats.kurtosis(inside, fisher=True, bias=True))
+    return {
+        "mean": mean, "median": median, "stdv": math.sqrt(max(var, 0.0)),
+        "k": kurt if np.isfinite(kurt) else None, "mad": mad(inside, median),
+        "p05": p05, "p95": p95, "n": float(inside.size),
+    }
