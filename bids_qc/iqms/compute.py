@@ -81,14 +81,13 @@ class IQMResult:
 
 
 def load_inputs(t1w: str | Path, seg: str | Path) -> tuple[np.ndarray, np.ndarray,
-                                                            tuple[float, ...], np.ndarray,
-                                                            list[str]]:
+                                                            np.ndarray, list[str]]:
     """The raw T1w and its segmentation resampled (nearest neighbour) onto its grid.
 
     Returns
     -------
-    image, affine, zooms, labels, warnings
-        float32 image, its affine and voxel size, int32 labels on its grid, loader warnings.
+    image, affine, labels, warnings
+        float32 image, its affine, int32 labels on its grid, loader warnings.
     """
     loaded = load_image(t1w, role="T1w")
     image = np.asanyarray(loaded.img.dataobj, dtype=np.float32)
@@ -96,8 +95,7 @@ def load_inputs(t1w: str | Path, seg: str | Path) -> tuple[np.ndarray, np.ndarra
     seg_loaded = load_labels(seg, role="segmentation")
     labels = resample_to_grid(np.asanyarray(seg_loaded.img.dataobj), seg_loaded.img.affine,
                               image.shape, affine, order=0)
-    zooms = tuple(float(z) for z in loaded.img.header.get_zooms()[:3])
-    return image, affine, zooms, labels, list(loaded.warnings) + list(seg_loaded.warnings)
+    return image, affine, labels, list(loaded.warnings) + list(seg_loaded.warnings)
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -105,7 +103,7 @@ def _mean(values: list[float | None]) -> float | None:
     return float(np.mean(present)) if len(present) == len(values) else None
 
 
-def compute_iqms(image: np.ndarray, zooms: tuple[float, ...], labels: np.ndarray,
+def compute_iqms(image: np.ndarray, affine: np.ndarray, labels: np.ndarray,
                  seg_kind: str = "aseg", template: TemplateImage | None = None,
                  n4: N4Settings | None = None, random_state: int = 0) -> IQMResult:
     """Every IQM of a raw T1w (see :mod:`bids_qc.iqms.definitions`).
@@ -114,8 +112,8 @@ def compute_iqms(image: np.ndarray, zooms: tuple[float, ...], labels: np.ndarray
     ----------
     image : ndarray
         The raw T1w (3-D, its own grid).
-    zooms : tuple of float
-        Its voxel size (mm).
+    affine : ndarray
+        Its voxel-to-world affine (voxel size, and which way is up).
     labels : ndarray of int
         Its segmentation, on the same grid (:func:`load_inputs`).
     seg_kind : {"aseg", "tissue"}
@@ -125,7 +123,7 @@ def compute_iqms(image: np.ndarray, zooms: tuple[float, ...], labels: np.ndarray
     n4 : N4Settings, optional
         The bias-field settings.
     random_state : int
-        Seed of the mixture's subsample and of QI2's.
+        Seed of the mixture's subsample.
 
     Returns
     -------
@@ -155,8 +153,10 @@ def compute_iqms(image: np.ndarray, zooms: tuple[float, ...], labels: np.ndarray
     if int(brain.sum()) < MIN_BRAIN_VOXELS:
         raise ValueError(f"the segmentation's brain covers {int(brain.sum())} voxels of the "
                          f"T1w (< {MIN_BRAIN_VOXELS}): is it this image's segmentation?")
+    affine = np.asarray(affine, dtype=np.float64)
+    zooms = tuple(float(z) for z in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
     coarse = Coarse.for_grid(data.shape, zooms)
-    masks = head_masks(data, brain, coarse)
+    masks = head_masks(data, brain, affine, coarse)
     problem = background_problem(data, brain, masks, coarse)
     lap("masks")
 
@@ -208,7 +208,7 @@ def compute_iqms(image: np.ndarray, zooms: tuple[float, ...], labels: np.ndarray
             metrics["wm2max"] = measures.wm2max(float(np.median(wm_raw)), fov)
         found = artifacts.artefact_mask(data, masks.air_far)
         metrics["qi_1"] = artifacts.qi_1(found, masks.air_far)
-        metrics["qi_2"] = artifacts.qi_2(data[masks.air_far & ~found], random_state)
+        metrics["qi_2"] = artifacts.qi_2(data[masks.air_far & ~found])
     else:
         skipped.append(f"{', '.join(_compact(BACKGROUND_IQMS))} are n/a: {problem}")
     if None not in (wm["median"], gm["median"], wm["stdv"], gm["stdv"]):

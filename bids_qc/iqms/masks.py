@@ -102,9 +102,10 @@ class HeadMasks:
     head : ndarray of bool
         The head (everything inside the scalp), brain included.
     air : ndarray of bool
-        Background: outside the head dilated by 2 coarse cells, frame excluded.
+        Background: outside the head dilated by 2 coarse cells, not below the brain, frame
+        excluded (:func:`head_masks`).
     air_far : ndarray of bool
-        Background farther than 10 mm from the head (Mortamet's QI1 region).
+        The air farther than 10 mm from the head (Mortamet's QI1 region).
     fov : tuple of slice
         The field of view inside the frame (whole border slices at the image's minimum:
         zero padding).
@@ -144,14 +145,20 @@ def field_of_view(data: np.ndarray) -> tuple[slice, slice, slice]:
 
 
 def _head_threshold(smooth: np.ndarray) -> float:
-    """Air level + 5 robust SDs, from the voxels below Otsu's threshold (mostly air)."""
+    """Half of Otsu's threshold between air and tissue, and at least the air's level + 5
+    robust SDs (the air being the voxels below Otsu's threshold).
+
+    Half of Otsu's threshold (about a fifth of the brain's intensity on T1w) keeps the
+    scalp, face and neck, whose holes (skull, sinuses) are filled afterwards, and leaves
+    out faint ghosts, which would otherwise join the head and hide from QI1.
+    """
     otsu = float(threshold_otsu(smooth))
     low = smooth[smooth < otsu]
     if low.size == 0:
         return otsu
     med = float(np.median(low))
     spread = 1.4826 * float(np.median(np.abs(low - med)))
-    return min(otsu, med + 5.0 * spread) if spread > 0 else med + 0.5 * (otsu - med)
+    return max(0.5 * otsu, min(otsu, med + 5.0 * spread))
 
 
 def _fill_slices(mask: np.ndarray) -> np.ndarray:
@@ -164,14 +171,34 @@ def _fill_slices(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def head_masks(data: np.ndarray, brain: np.ndarray, coarse: Coarse,
+def superior_side(brain: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Voxels not below the brain's lowest voxel, along the axis closest to world
+    superior (a boolean array that broadcasts against the grid)."""
+    axis = int(np.argmax(np.abs(affine[2, :3])))
+    others = tuple(a for a in range(3) if a != axis)
+    hit = np.flatnonzero(brain.any(axis=others))
+    n = brain.shape[axis]
+    keep = np.ones(n, dtype=bool)
+    if hit.size:
+        if affine[2, axis] > 0:  # index grows upwards: keep from the lowest brain slice up
+            keep[: hit[0]] = False
+        else:
+            keep[hit[-1] + 1:] = False
+    shape = [1, 1, 1]
+    shape[axis] = n
+    return keep.reshape(shape)
+
+
+def head_masks(data: np.ndarray, brain: np.ndarray, affine: np.ndarray, coarse: Coarse,
                far_mm: float = 10.0) -> HeadMasks:
     """Head, air and frame masks of a raw T1w.
 
-    The head is the largest connected region of the coarse, smoothed image above the air
-    level + 5 robust SDs (below Otsu's threshold), closed, its holes filled slice by slice
-    and joined with the brain mask. MRIQC draws its air mask from a template-space "hat"
-    below the head; bids_qc takes every voxel beyond 2 coarse cells (about 4 mm) of the head.
+    The head is the largest connected region of the coarse, smoothed image above
+    :func:`_head_threshold`, closed, its holes filled slice by slice and joined with the
+    brain mask. The air is every voxel beyond 2 coarse cells (about 4 mm) of the head and
+    not below the brain's lowest slice: like MRIQC's "hat" (which cuts at a plane through
+    the nasion and the cerebellum, from the template), this leaves out the neck and
+    shoulders, whose signal fades with the coil and would read as artefacts.
 
     Parameters
     ----------
@@ -179,6 +206,8 @@ def head_masks(data: np.ndarray, brain: np.ndarray, coarse: Coarse,
         The raw image (float32, full grid).
     brain : ndarray of bool
         The brain mask on the same grid.
+    affine : ndarray
+        The grid's voxel-to-world affine (which way is up).
     coarse : Coarse
         The coarse grid the morphology runs on.
     far_mm : float
@@ -207,7 +236,7 @@ def head_masks(data: np.ndarray, brain: np.ndarray, coarse: Coarse,
     full = coarse.expand(code)
     not_frame = np.zeros(data.shape, dtype=bool)
     not_frame[fov] = True
-    air = (full >= 2) & not_frame & ~brain
+    air = (full >= 2) & not_frame & ~brain & superior_side(brain, affine)
     return HeadMasks(head=(full == 0) | brain, air=air, air_far=air & (full == 3), fov=fov,
                      threshold=threshold, coarse_data=small, coarse_brain=brain_c,
                      coarse_frame=frame_c)

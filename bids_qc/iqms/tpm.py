@@ -59,7 +59,11 @@ def tpm_files(space: str) -> tuple[dict[str, Path | None], str]:
 
 def load_tpms(files: dict[str, Path | None], shape: tuple[int, ...],
               affine: np.ndarray) -> dict[str, np.ndarray | None]:
-    """The TPMs resampled (trilinear) onto a template grid, clipped to [0, 1]."""
+    """The TPMs resampled (trilinear) onto a template grid, as probabilities in [0, 1].
+
+    nilearn stores its maps as bytes (0 to 255, no scaling in the header): a map whose
+    maximum exceeds 1 is divided by its maximum.
+    """
     out: dict[str, np.ndarray | None] = {}
     for tissue, path in files.items():
         if path is None:
@@ -67,6 +71,9 @@ def load_tpms(files: dict[str, Path | None], shape: tuple[int, ...],
             continue
         img = nib.load(str(path))
         data = np.asanyarray(img.dataobj, dtype=np.float32)
+        top = float(data.max())
+        if top > 1.0:
+            data /= top
         out[tissue] = np.clip(resample_to_grid(data, img.affine, shape, affine, order=1),
                               0.0, 1.0)
     return out
