@@ -13,15 +13,11 @@ from scipy import ndimage
 
 from bids_qc.iqms import BACKGROUND_IQMS, IQM_NAMES, IQMS, get_iqm, measures
 from bids_qc.iqms.artifacts import fit_chi, qi_2
-from bids_qc.iqms.bias import N4Settings
 from bids_qc.iqms.compute import compute_iqms, load_inputs
 from bids_qc.iqms.smoothness import fwhm
 from bids_qc.iqms.tissues import seed_classes
 from bids_qc.synth import artefacts as art
 
-#: Phantom tests fit N4 on 6 mm cells: the 3 mm phantom is then shrunk twice (fast), and
-#: the field is still recovered.
-FAST_N4 = N4Settings(shrink_mm=6.0)
 #: Rician noise of the "clean" phantom (WM is 900).
 NOISE = 8.0
 
@@ -49,7 +45,7 @@ def _iqms(artefact: str, level: float) -> dict[str, float | None]:
     elif artefact == "ringing":
         image = art.ringing(image, level)
     noisy = art.rician_noise(image, noise, seed=1)
-    return compute_iqms(noisy, affine, labels, n4=FAST_N4).metrics
+    return compute_iqms(noisy, affine, labels).metrics
 
 
 def _worse(name: str, values: list[float]) -> bool:
@@ -128,7 +124,7 @@ def test_background_iqms_are_na_on_a_skull_stripped_image():
     image, labels, affine = _phantom()
     brain, _ = seed_classes(labels)
     stripped = art.rician_noise(image, NOISE, seed=1) * ndimage.binary_dilation(brain)
-    result = compute_iqms(stripped, affine, labels, n4=FAST_N4)
+    result = compute_iqms(stripped, affine, labels)
     for name in BACKGROUND_IQMS:
         assert result.metrics[name] is None, name
     assert any("skull-stripped" in s for s in result.skipped)
@@ -143,7 +139,7 @@ def test_background_iqms_are_na_on_a_defaced_image():
     # a defacing mask: everything in front of an oblique plane through the lower face is 0
     face = (j - 0.6 * noisy.shape[1]) + 0.8 * (0.45 * noisy.shape[2] - k) > 0
     defaced = np.where(face & ~seed_classes(labels)[0], 0.0, noisy).astype(np.float32)
-    result = compute_iqms(defaced, affine, labels, n4=FAST_N4)
+    result = compute_iqms(defaced, affine, labels)
     assert result.metrics["efc"] is None and result.metrics["qi_1"] is None
     assert any("defaced" in s for s in result.skipped)
 
@@ -152,7 +148,7 @@ def test_zero_padding_is_a_frame_not_defacing():
     image, labels, affine = _phantom()
     noisy = np.pad(art.rician_noise(image, NOISE, seed=1), ((0, 0), (0, 0), (6, 6)))
     padded_labels = np.pad(labels, ((0, 0), (0, 0), (6, 6)))
-    result = compute_iqms(noisy, affine, padded_labels, n4=FAST_N4)
+    result = compute_iqms(noisy, affine, padded_labels)
     assert result.provenance["background"] == "usable"
     assert result.metrics["efc"] == pytest.approx(_iqms("noise", NOISE)["efc"], rel=0.02)
 
@@ -162,8 +158,7 @@ def test_fmriprep_tissue_dseg_seeds_the_same_classes():
     brain, seeds = seed_classes(labels)
     dseg = np.select([seeds == 1, seeds == 2, seeds == 3], [3, 1, 2], 0).astype(np.int32)
     dseg[brain & (seeds == 0)] = 1
-    result = compute_iqms(art.rician_noise(image, NOISE, seed=1), affine, dseg, "tissue",
-                          n4=FAST_N4)
+    result = compute_iqms(art.rician_noise(image, NOISE, seed=1), affine, dseg, "tissue")
     assert result.metrics["summary_wm_median"] == pytest.approx(900, rel=0.03)
 
 
@@ -178,7 +173,7 @@ def test_a_segmentation_without_a_tissue_is_refused():
     image, labels, affine = _phantom()
     no_csf = np.where(np.isin(labels, (4, 43, 24)), 0, labels)
     with pytest.raises(ValueError, match="CSF"):
-        compute_iqms(image, affine, no_csf, n4=FAST_N4)
+        compute_iqms(image, affine, no_csf)
 
 
 def test_load_inputs_resamples_the_segmentation(tmp_path):

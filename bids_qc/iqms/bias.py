@@ -2,14 +2,17 @@
 
 MRIQC runs ANTs' N4BiasFieldCorrection with ANTs' defaults (shrink factor 4, 4 fitting
 levels of 50 iterations, convergence threshold 0, an initial B-spline mesh of one span per
-200 mm). bids_qc keeps the shrink (to about 4 mm cells: factor 4 on a 1 mm image, less on
-coarser images so that a 3 mm image is not fitted on 12 mm cells) and the initial mesh
-(cubic: spans + 3 control points per axis), and deviates where speed or accuracy asks:
+200 mm). bids_qc keeps the initial mesh (cubic: spans + 3 control points per axis) and
+deviates where speed or accuracy asks:
 
 - it fits inside the brain mask (the segmentation's), on the brain's bounding box (plus
-  two shrunk cells), not the whole head: each N4 iteration costs about 3 microseconds per
-  voxel of the shrunk image through SimpleITK, and the INU metrics and the tissue classes
-  only read the brain. The field is evaluated on that box and is 1 outside it;
+  two shrunk cells), not the whole head: through SimpleITK each N4 iteration costs about
+  3 microseconds per masked voxel, and the INU metrics and the tissue classes only read
+  the brain. The field is evaluated on that box and is 1 outside it;
+- it shrinks the image to about 6 mm cells (factor 6 on a 1 mm image, 3 on a 2 mm one,
+  at least 1), not ANTs' factor 4: a 1 mm brain then has about 7,000 cells instead of
+  23,000, a third of the time, and on a synthetic 1 mm head with a strong bias the field
+  still correlated r = 0.95 with the true one (0.98 at 4 mm cells);
 - 3 fitting levels, not 4, each stopped once the field changes by less than 1e-3: on a
   synthetic 1 mm head without any bias, the fourth level and a 1e-4 threshold fitted
   anatomy into the field (a 5th-95th percentile range of 0.05 to 0.09 instead of 0.02),
@@ -49,7 +52,7 @@ class N4Settings:
         ITK threads (the node's CPU share).
     """
 
-    shrink_mm: float = 4.0
+    shrink_mm: float = 6.0
     iterations: tuple[int, ...] = (50, 50, 50)
     spline_distance_mm: float = 200.0
     convergence: float = 1e-3

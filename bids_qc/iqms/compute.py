@@ -32,8 +32,9 @@ from .masks import Coarse, background_problem, head_masks
 from .smoothness import fwhm
 from .tissues import seed_classes, tissue_posteriors
 
-#: The fewest brain voxels the IQMs are computed on.
-MIN_BRAIN_VOXELS = 1000
+#: The smallest brain (ml) the IQMs are computed on: an adult brain is above 1000 ml, so a
+#: smaller one is a failed segmentation or another image's.
+MIN_BRAIN_ML = 100.0
 
 
 @dataclass(frozen=True)
@@ -132,8 +133,8 @@ def compute_iqms(image: np.ndarray, affine: np.ndarray, labels: np.ndarray,
     Raises
     ------
     ValueError
-        When the segmentation's brain holds fewer than ``MIN_BRAIN_VOXELS`` voxels of the
-        image, or lacks one of the three tissues.
+        When the segmentation's brain is smaller than ``MIN_BRAIN_ML`` on the image's grid,
+        or lacks one of the three tissues.
     """
     clock = time.perf_counter()
     timings: dict[str, float] = {}
@@ -150,11 +151,13 @@ def compute_iqms(image: np.ndarray, affine: np.ndarray, labels: np.ndarray,
     metrics: dict[str, float | None] = dict.fromkeys(IQM_NAMES)
     skipped: list[str] = []
     brain, seeds = seed_classes(labels, seg_kind)
-    if int(brain.sum()) < MIN_BRAIN_VOXELS:
-        raise ValueError(f"the segmentation's brain covers {int(brain.sum())} voxels of the "
-                         f"T1w (< {MIN_BRAIN_VOXELS}): is it this image's segmentation?")
     affine = np.asarray(affine, dtype=np.float64)
     zooms = tuple(float(z) for z in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
+    brain_ml = float(brain.sum()) * float(np.prod(zooms)) / 1000.0
+    if brain_ml < MIN_BRAIN_ML:
+        raise ValueError(f"the segmentation's brain covers {brain_ml:.0f} ml of the T1w "
+                         f"(< {MIN_BRAIN_ML:g} ml): a failed segmentation, or not this "
+                         "image's")
     coarse = Coarse.for_grid(data.shape, zooms)
     masks = head_masks(data, brain, affine, coarse)
     problem = background_problem(data, brain, masks, coarse)
@@ -234,6 +237,13 @@ def compute_iqms(image: np.ndarray, affine: np.ndarray, labels: np.ndarray,
                            "local TemplateFlow copy with the space's probsegs adds it)")
         lap("tpm")
 
+    explained = set(BACKGROUND_IQMS) if problem else set()
+    explained |= {f"tpm_overlap_{t}" for t in TISSUES}
+    undefined = [n for n in IQM_NAMES if metrics[n] is None and n not in explained]
+    if undefined:
+        skipped.append(f"{', '.join(undefined)} undefined on this image: a zero denominator "
+                       "or spread (e.g. fber when most of the air is exactly 0, as in "
+                       "quantised images; qi_2 when the air is not noise-like)")
     return IQMResult(
         metrics=metrics, skipped=skipped, timings=timings,
         provenance={"background": problem or "usable",
