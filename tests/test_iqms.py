@@ -286,3 +286,82 @@ def test_tpm_overlap_falls_with_misregistration():
     for t in ("gm", "wm"):
         assert aligned[f"tpm_overlap_{t}"] > 0.5
         assert shifted[f"tpm_overlap_{t}"] < aligned[f"tpm_overlap_{t}"] - 0.1
+
+
+# -- the app: schema, nipype stage, report --------------------------------------------------
+
+def test_iqm_columns_are_in_the_schema_with_units_and_scores():
+    from bids_qc import schema
+
+    for q in IQMS:
+        col = schema.column(q.name)
+        assert col.producer == "iqms" and col.unit == q.unit and col.kind == "float"
+        assert q.reads in col.description and "Advisory" in col.description
+        assert (q.name in schema.RZ_COLUMNS) == (not q.descriptive), q.name
+    assert "rz_cjv" in schema.column_names() and "rz_summary_wm_mean" not in schema.RZ_COLUMNS
+    assert set(IQM_NAMES) <= set(schema.METRIC_COLUMNS)
+    # last among the participant columns: no earlier column moved
+    participant = schema.column_names("participant")
+    assert participant[-len(IQM_NAMES):] == list(IQM_NAMES)
+
+
+def _row(tmp_path, with_seg=True):
+    from bids_qc.inputs import QCInput, qc_input_to_dict
+
+    image, labels, affine = _phantom()
+    t1w, seg = tmp_path / "sub-01_T1w.nii.gz", tmp_path / "aseg.nii.gz"
+    nib.save(nib.Nifti1Image(art.rician_noise(image, NOISE, seed=1), affine), t1w)
+    nib.save(nib.Nifti1Image(labels, affine), seg)
+    row = QCInput("sub-01_T1w", {"subject": "01"}, t1w=t1w, seg=seg if with_seg else None,
+                  seg_kind="aseg" if with_seg else None,
+                  seg_source="freesurfer" if with_seg else None)
+    return qc_input_to_dict(row)
+
+
+def test_the_iqm_stage_computes_and_says_why_not(tmp_path, monkeypatch):
+    from bids_qc.interfaces.iqms import ImageQualityMetrics
+
+    monkeypatch.chdir(tmp_path)
+    res = ImageQualityMetrics(qc_input=_row(tmp_path), classic_result={}).run()
+    result = res.outputs.result
+    assert result["stage"] == "iqms" and not result["errors"] and not result["skipped"]
+    assert result["metrics"]["cjv"] == pytest.approx(_iqms("noise", NOISE)["cjv"])
+    assert result["provenance"]["background"] == "usable"
+    assert any("tpm_overlap_*" in n for n in result["provenance"]["notes"])
+    bare = ImageQualityMetrics(qc_input=_row(tmp_path, with_seg=False)).run().outputs.result
+    assert all(v is None for v in bare["metrics"].values())
+    assert "no segmentation" in bare["skipped"][0]["reason"] and not bare["errors"]
+
+
+def test_a_failing_segmentation_skips_the_iqms_without_failing_the_image(tmp_path,
+                                                                        monkeypatch):
+    from bids_qc.interfaces.iqms import ImageQualityMetrics
+
+    monkeypatch.chdir(tmp_path)
+    row = _row(tmp_path)
+    labels = np.zeros((72, 72, 72), np.int32)
+    labels[30:34, 30:34, 30:34] = 2  # a few voxels: a failed segmentation
+    nib.save(nib.Nifti1Image(labels, _phantom()[2]), row["seg"])
+    result = ImageQualityMetrics(qc_input=row).run().outputs.result
+    assert not result["errors"] and "100 ml" in result["skipped"][0]["reason"]
+
+
+def test_the_participant_report_explains_the_iqms(tmp_path, monkeypatch):
+    from bids_qc.interfaces.iqms import ImageQualityMetrics
+    from bids_qc.reports.participant import image_quality, participant_context
+    from bids_qc.reports.render import render
+    from bids_qc.results import assemble
+
+    monkeypatch.chdir(tmp_path)
+    row = _row(tmp_path)
+    stage = ImageQualityMetrics(qc_input=row).run().outputs.result
+    result = assemble(row, [stage], {"inputs": {}}, "cpu")
+    section = image_quality(result)
+    headings = [g["heading"] for g in section["groups"]]
+    assert headings[:2] == ["Noise", "Contrast"] and "Tissues" in headings
+    assert any("tpm_overlap_*" in n for n in section["notes"])
+    context = participant_context(result, tmp_path, stages=[stage], qc_input=row)
+    assert not any(r["name"] == "cjv" for r in context["metric_rows"])
+    html = render("participant.html.j2", **context)
+    assert 'id="image-quality"' in html and "<code>cjv</code>" in html
+    assert "Coefficient of joint variation" in html

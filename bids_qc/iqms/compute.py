@@ -68,7 +68,11 @@ class IQMResult:
     metrics : dict
         Every IQM name -> value (None: n/a).
     skipped : list of str
-        Why groups of IQMs are n/a, one sentence each.
+        Why the background IQMs are n/a on this image (skull-stripped, defaced): what the
+        image could not be checked for.
+    notes : list of str
+        Other n/a values and why (no template-space image, no CSF map installed, an IQM
+        undefined on this image).
     timings : dict
         Seconds per step (the benchmark reads them).
     provenance : dict
@@ -77,6 +81,7 @@ class IQMResult:
 
     metrics: dict[str, float | None]
     skipped: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
 
@@ -150,6 +155,7 @@ def compute_iqms(image: np.ndarray, affine: np.ndarray, labels: np.ndarray,
     data = np.maximum(np.asarray(image, dtype=np.float32), 0)
     metrics: dict[str, float | None] = dict.fromkeys(IQM_NAMES)
     skipped: list[str] = []
+    notes: list[str] = []
     brain, seeds = seed_classes(labels, seg_kind)
     affine = np.asarray(affine, dtype=np.float64)
     zooms = tuple(float(z) for z in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
@@ -221,7 +227,7 @@ def compute_iqms(image: np.ndarray, affine: np.ndarray, labels: np.ndarray,
 
     tpm_source = ""
     if template is None:
-        skipped.append("tpm_overlap_* are n/a: no template-space T1w (no template-space "
+        notes.append("tpm_overlap_* are n/a: no template-space T1w (no template-space "
                        "image or readable transform in the derivatives)")
     else:
         from .tpm import tpm_overlap
@@ -231,7 +237,7 @@ def compute_iqms(image: np.ndarray, affine: np.ndarray, labels: np.ndarray,
                                    random_state))
         missing = [t for t in TISSUES if template.tpms.get(t) is None]
         if missing:
-            skipped.append(f"{', '.join('tpm_overlap_' + t for t in missing)} n/a: no "
+            notes.append(f"{', '.join('tpm_overlap_' + t for t in missing)} n/a: no "
                            f"{'/'.join(m.upper() for m in missing)} probability map is "
                            f"installed for this template ({template.source or 'none'}; a "
                            "local TemplateFlow copy with the space's probsegs adds it)")
@@ -241,11 +247,11 @@ def compute_iqms(image: np.ndarray, affine: np.ndarray, labels: np.ndarray,
     explained |= {f"tpm_overlap_{t}" for t in TISSUES}
     undefined = [n for n in IQM_NAMES if metrics[n] is None and n not in explained]
     if undefined:
-        skipped.append(f"{', '.join(undefined)} undefined on this image: a zero denominator "
+        notes.append(f"{', '.join(undefined)} undefined on this image: a zero denominator "
                        "or spread (e.g. fber when most of the air is exactly 0, as in "
                        "quantised images; qi_2 when the air is not noise-like)")
     return IQMResult(
-        metrics=metrics, skipped=skipped, timings=timings,
+        metrics=metrics, skipped=skipped, notes=notes, timings=timings,
         provenance={"background": problem or "usable",
                     "n4": asdict(n4 or N4Settings()),
                     "tissue_means": [round(m, 3) for m in tissues.means],

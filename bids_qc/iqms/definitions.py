@@ -40,10 +40,10 @@ class IQM:
     group : str
         The report's grouping (``noise``, ``contrast``, ``artefacts``, ``inu``, ``smoothness``,
         ``tissues``, ``summary``).
-    robust_z : bool
-        Whether the group level gives it a robust z-score (``rz_*``): the summary statistics
-        are in scanner intensity units or voxel counts, inputs of the other IQMs rather
-        than quality measures, so they get none.
+    descriptive : bool
+        A descriptive statistic (the ``summary_*``: scanner intensity units or voxel
+        counts, inputs of the other IQMs rather than quality measures): the group level
+        gives it no robust z-score (``rz_*``) and no plot.
     """
 
     name: str
@@ -52,7 +52,7 @@ class IQM:
     description: str
     background: bool = False
     group: str = ""
-    robust_z: bool = True
+    descriptive: bool = False
 
     @property
     def reads(self) -> str:
@@ -101,7 +101,7 @@ def _summary() -> list[IQM]:
             unit, what = words[stat]
             out.append(IQM(f"summary_{region}_{stat}", unit, "none", f"{what.capitalize()} "
                            f"of {where}.", background=region == "bg", group="summary",
-                           robust_z=False))
+                           descriptive=True))
     return out
 
 
