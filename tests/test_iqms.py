@@ -205,8 +205,8 @@ def test_efc_fber_wm2max_jaccard():
     one_hot = np.zeros(1000)
     one_hot[3] = 5.0
     assert measures.efc(one_hot) == pytest.approx(0.0, abs=1e-9)
-    assert measures.fber(np.full(10, 10.0), np.full(10, 2.0)) == pytest.approx(25.0)
-    assert measures.fber(np.full(10, 10.0), np.zeros(10)) is None
+    assert measures.fber(10.0, 2.0) == pytest.approx(25.0)
+    assert measures.fber(10.0, 0.0) is None
     assert measures.wm2max(50.0, np.arange(101.0)) == pytest.approx(50 / 99.95)
     a = np.array([0.2, 0.8, 1.0])
     assert measures.fuzzy_jaccard(a, a) == pytest.approx(1.0)

@@ -93,7 +93,7 @@ def n4_field(data: np.ndarray, mask: np.ndarray, zooms: tuple[float, ...],
 
     s = settings or N4Settings()
     factors = [max(1, int(round(s.shrink_mm / float(z)))) for z in zooms[:3]]
-    box = _bounding_box(mask, [2 * f for f in factors])
+    box = bounding_box(mask, [2 * f for f in factors])
     image = _to_sitk(np.maximum(data[box], 0), zooms, sitk.sitkFloat32)
     mask_img = _to_sitk(mask[box].astype(np.float32), zooms, sitk.sitkFloat32)
     small = sitk.BinShrink(image, factors)
@@ -114,7 +114,7 @@ def n4_field(data: np.ndarray, mask: np.ndarray, zooms: tuple[float, ...],
     return field
 
 
-def _bounding_box(mask: np.ndarray, margin: list[int]) -> tuple[slice, ...]:
+def bounding_box(mask: np.ndarray, margin: list[int]) -> tuple[slice, ...]:
     """The box around ``mask``'s voxels, ``margin`` voxels wider on each side."""
     box = []
     for axis in range(3):

@@ -26,7 +26,7 @@ import numpy as np
 from ..io import load_image, load_labels
 from ..transforms import resample_to_grid
 from . import artifacts, measures
-from .bias import N4Settings, n4_field
+from .bias import N4Settings, bounding_box, n4_field
 from .definitions import BACKGROUND_IQMS, IQM_NAMES, SUMMARY_STATS, TISSUES
 from .masks import Coarse, background_problem, head_masks
 from .smoothness import fwhm
@@ -194,7 +194,8 @@ def compute_iqms(image: np.ndarray, affine: np.ndarray, labels: np.ndarray,
         metrics["cjv"] = measures.cjv(wm["median"], gm["median"], wm["mad"], gm["mad"])
     metrics.update(measures.volume_fractions(tissues.pvms, TISSUES))
     metrics.update(measures.rpve(tissues.pvms, TISSUES))
-    metrics.update(fwhm(data, brain))
+    box = bounding_box(brain, [1, 1, 1])  # the brain's box: a third of a head's grid
+    metrics.update(fwhm(data[box], brain[box]))
     lap("tissue_iqms")
 
     air_sd = 0.0  # cnr's air term: 0 where the background is unusable
@@ -211,7 +212,8 @@ def compute_iqms(image: np.ndarray, affine: np.ndarray, labels: np.ndarray,
         metrics["snrd_total"] = _mean([metrics[f"snrd_{t}"] for t in TISSUES])
         fov = data[masks.fov]
         metrics["efc"] = measures.efc(fov)
-        metrics["fber"] = measures.fber(data[masks.head], air)
+        # bg["median"] is that of |I| too: the raw image is non-negative here
+        metrics["fber"] = measures.fber(float(np.median(data[masks.head])), bg["median"])
         wm_raw = data.ravel()[tissues.index][tissues.pvms[2] > 0.5]
         if wm_raw.size:
             metrics["wm2max"] = measures.wm2max(float(np.median(wm_raw)), fov)

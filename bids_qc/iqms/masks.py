@@ -78,11 +78,25 @@ class Coarse:
         pad = [(0, (-n) % k) for n, k in zip(data.shape, f)]
         if any(p[1] for p in pad):
             data = np.pad(data, pad, mode="edge")
-        s = data.shape
-        blocks = data.reshape(s[0] // f[0], f[0], s[1] // f[1], f[1], s[2] // f[2], f[2])
-        op = {"mean": np.mean, "max": np.max, "min": np.min}[how]
-        # innermost axis first: each step reads contiguous memory and shrinks the array
-        return op(op(op(blocks, axis=5), axis=3), axis=1)
+        # along each axis in turn, combine the k strided slices: whole-array adds and
+        # maxima run far faster than a reduction over a short strided axis
+        combine = {"mean": np.add, "max": np.maximum, "min": np.minimum}[how]
+        out = data
+        for axis, k in enumerate(f):
+            if k == 1:
+                continue
+            index = [slice(None)] * 3
+            parts = []
+            for i in range(k):
+                index[axis] = slice(i, None, k)
+                parts.append(out[tuple(index)])
+            acc = parts[0].astype(np.float32 if how == "mean" else parts[0].dtype)
+            for part in parts[1:]:
+                combine(acc, part, out=acc)
+            out = acc
+        if how == "mean":
+            out = out / np.float32(np.prod(f))
+        return out
 
     def expand(self, coarse: np.ndarray) -> np.ndarray:
         """Back to the full grid (each cell's value in each of its voxels)."""
@@ -161,14 +175,21 @@ def _head_threshold(smooth: np.ndarray) -> float:
     return max(0.5 * otsu, min(otsu, med + 5.0 * spread))
 
 
-def _fill_slices(mask: np.ndarray) -> np.ndarray:
-    """Fill holes slice by slice along every axis (a head is open at the neck in 3-D)."""
-    out = ndimage.binary_fill_holes(mask)
-    for axis in range(3):
-        moved = np.moveaxis(out, axis, 0)
-        for i in range(moved.shape[0]):
-            moved[i] = ndimage.binary_fill_holes(moved[i])
-    return out
+def _fill_head(mask: np.ndarray, axis: int) -> np.ndarray:
+    """Fill the holes of a head mask that is open where the field of view cuts it.
+
+    The neck (and a tight top) leave the head open at the grid's faces along the
+    superior ``axis``, so a plain 3-D fill would miss its inside (mouth, airways, a
+    dark skull under a thin scalp). Those two faces are closed with a layer of mask first;
+    the air still reaches the other faces, so it stays outside.
+    """
+    pad = [(0, 0)] * 3
+    pad[axis] = (1, 1)
+    padded = np.pad(mask, pad, constant_values=True)
+    filled = ndimage.binary_fill_holes(padded)
+    index = [slice(None)] * 3
+    index[axis] = slice(1, -1)
+    return filled[tuple(index)]
 
 
 def superior_side(brain: np.ndarray, affine: np.ndarray) -> np.ndarray:
@@ -228,7 +249,7 @@ def head_masks(data: np.ndarray, brain: np.ndarray, affine: np.ndarray, coarse: 
         sizes = ndimage.sum_labels(head, labels, index=np.arange(1, n + 1))
         head = labels == (int(np.argmax(sizes)) + 1)
     head = ndimage.binary_closing(head, iterations=2, border_value=0) | head | brain_c
-    head = _fill_slices(head)
+    head = _fill_head(head, int(np.argmax(np.abs(affine[2, :3]))))
     near = ndimage.binary_dilation(head, iterations=2)
     far = ndimage.distance_transform_edt(~head, sampling=coarse.cell_zooms) > far_mm
     # one expansion of a coded coarse array (0 head, 1 near, 2 air, 3 far air) to the grid

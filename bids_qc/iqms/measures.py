@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import stats
 
 #: sqrt((4 - pi) / 2): the SD of a Rayleigh distribution over its sigma; Dietrich et al.
 #: (2007) divide the air's SD by it to get the noise sigma of a magnitude image.
@@ -29,11 +28,12 @@ def _ratio(num: float, den: float) -> float | None:
 
 def mad(values: np.ndarray, center: float | None = None) -> float:
     """Normalised median absolute deviation (x 1.4826: the SD for normal data)."""
-    values = np.asarray(values, dtype=np.float64)
+    values = np.asarray(values)
     if values.size == 0:
         return float("nan")
     c = float(np.median(values)) if center is None else center
-    return float(MAD_TO_SD * np.median(np.abs(values - c)))
+    dev = np.abs(values - np.asarray(c, dtype=values.dtype))  # in the values' own precision
+    return float(MAD_TO_SD * np.median(dev))
 
 
 def snr(mu: float, sigma: float, n: float) -> float | None:
@@ -112,28 +112,27 @@ def efc(values: np.ndarray) -> float | None:
     float or None
         In [0, 1]; lower is better (ghosting and blur spread the energy).
     """
-    x = np.asarray(values, dtype=np.float64).ravel()
+    x = np.asarray(values, dtype=np.float32).ravel()
     n = x.size
-    energy = math.sqrt(float(np.dot(x, x)))
+    energy = math.sqrt(float(np.dot(x.astype(np.float64), x)))
     if n < 2 or energy <= 0:
         return None
     efc_max = n * (1.0 / math.sqrt(n)) * math.log(1.0 / math.sqrt(n))
-    y = x / energy
-    entropy = float(np.sum(y * np.log(y + 1e-16)))
+    # float32 terms, float64 sum: 10^7 voxels, and the terms need no more precision
+    y = x / np.float32(energy)
+    entropy = float(np.sum(y * np.log(y + np.float32(1e-30)), dtype=np.float64))
     return entropy / efc_max
 
 
-def fber(head: np.ndarray, air: np.ndarray) -> float | None:
+def fber(head_median_abs: float, air_median_abs: float) -> float | None:
     """Foreground-background energy ratio: ``median(|head|^2) / median(|air|^2)``.
 
-    Dimensionless; higher is better. None where the air's median energy is 0 (a
-    zero-filled background; MRIQC returns -1 there).
+    Takes the medians of ``|I|`` in the head and in the air: the median of a square is the
+    square of the median (squaring is monotone on ``|I|``), which saves squaring 10^7
+    voxels. Dimensionless; higher is better. None where the air's median is 0 (a
+    zero-filled or quantised background; MRIQC returns -1 there).
     """
-    if head.size == 0 or air.size == 0:
-        return None
-    fg = float(np.median(np.abs(head.astype(np.float64)) ** 2))
-    bg = float(np.median(np.abs(air.astype(np.float64)) ** 2))
-    return _ratio(fg, bg)
+    return _ratio(head_median_abs**2, air_median_abs**2)
 
 
 def wm2max(mu_wm: float, image: np.ndarray) -> float | None:
@@ -218,16 +217,29 @@ def summary_stats(values: np.ndarray, weights: np.ndarray | None = None,
         correction on the weights' sum), the rest over the thresholded voxels; every value
         None when fewer than 2 voxels qualify.
     """
-    x = np.asarray(values, dtype=np.float64).ravel()
-    w = np.ones_like(x) if weights is None else np.asarray(weights, dtype=np.float64).ravel()
-    inside = x[w > threshold]
-    nw = float(w.sum())
+    x = np.asarray(values).ravel()
+    keys = ("mean", "median", "stdv", "k", "mad", "p05", "p95", "n")
+    if weights is None:  # every voxel counts fully: one pass fewer, no weight array
+        inside, w = x, None
+        nw = float(x.size)
+    else:
+        w = np.asarray(weights, dtype=np.float64).ravel()
+        inside = x[w > threshold]
+        nw = float(w.sum())
     if inside.size < 2 or nw <= 1:
-        return dict.fromkeys(("mean", "median", "stdv", "k", "mad", "p05", "p95", "n"))
-    mean = float(np.average(x, weights=w))
-    var = float(np.average((x - mean) ** 2, weights=w)) * nw / (nw - 1.0)
+        return dict.fromkeys(keys)
+    if w is None:
+        mean = float(np.mean(x, dtype=np.float64))
+        var = float(np.var(x, dtype=np.float64)) * nw / (nw - 1.0)
+    else:
+        mean = float(np.dot(w, x) / nw)
+        var = float(np.dot(w, (x - mean) ** 2) / nw) * nw / (nw - 1.0)
     p05, median, p95 = (float(v) for v in np.percentile(inside, [5, 50, 95]))
-    kurt = float(stats.kurtosis(inside, fisher=True, bias=True))
+    # Fisher's excess kurtosis (biased moments, as scipy.stats.kurtosis's default)
+    centred = inside.astype(np.float64) - float(np.mean(inside, dtype=np.float64))
+    sq = centred * centred
+    m2 = float(sq.mean())
+    kurt = float(np.dot(sq, sq) / sq.size / (m2 * m2)) - 3.0 if m2 > 0 else float("nan")
     return {
         "mean": mean, "median": median, "stdv": math.sqrt(max(var, 0.0)),
         "k": kurt if np.isfinite(kurt) else None, "mad": mad(inside, median),

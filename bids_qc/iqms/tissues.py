@@ -163,8 +163,24 @@ def fit_tissues(values: np.ndarray, seeds: np.ndarray, random_state: int = 0,
         weights_init=weights_arr, max_iter=100, tol=1e-3, random_state=random_state,
     )
     gmm.fit(fit_on)
-    pvms = gmm.predict_proba(x).T.astype(np.float32)
-    return pvms, gmm.means_[:, 0].copy()
+    means = gmm.means_[:, 0].copy()
+    return posteriors(x[:, 0], means, gmm.covariances_[:, 0, 0], gmm.weights_), means
+
+
+def posteriors(x: np.ndarray, means: np.ndarray, variances: np.ndarray,
+               weights: np.ndarray) -> np.ndarray:
+    """``(3, n)`` float32 posteriors of a 1-D Gaussian mixture (scikit-learn's
+    ``predict_proba`` in float32 and without its generic machinery: 10^6 brain voxels)."""
+    x = np.asarray(x, dtype=np.float32)
+    logp = np.empty((len(means), x.size), dtype=np.float32)
+    for k, (mu, var, w) in enumerate(zip(means, variances, weights)):
+        diff = x - np.float32(mu)
+        logp[k] = np.float32(np.log(w) - 0.5 * np.log(2 * np.pi * var)) \
+            - diff * diff * np.float32(0.5 / var)
+    logp -= logp.max(axis=0)
+    np.exp(logp, out=logp)
+    logp /= logp.sum(axis=0)
+    return logp
 
 
 def tissue_posteriors(values: np.ndarray, index: np.ndarray, seeds: np.ndarray,
