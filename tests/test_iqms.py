@@ -114,7 +114,7 @@ def test_clean_phantom_values_are_plausible():
     assert m["summary_csf_median"] == pytest.approx(250, rel=0.1)
     assert sum(m[f"icvs_{t}"] for t in ("csf", "gm", "wm")) == pytest.approx(1.0)
     assert m["qi_1"] == 0.0 and 0 < m["efc"] < 1 and m["fber"] > 100
-    # Rayleigh noise of sigma 8: the air's MAD-based noise level gives Dietrich's SNR
+    # Rayleigh noise of sigma 8: the air's SD is 0.655 x 8, so Dietrich's SNR is 900 / 8
     assert m["snrd_wm"] == pytest.approx(900 / 8, rel=0.1)
     assert m["summary_bg_n"] > 1000 and m["summary_bg_k"] is not None
     assert all(m[f"tpm_overlap_{t}"] is None for t in ("csf", "gm", "wm"))
@@ -205,8 +205,8 @@ def test_efc_fber_wm2max_jaccard():
     one_hot = np.zeros(1000)
     one_hot[3] = 5.0
     assert measures.efc(one_hot) == pytest.approx(0.0, abs=1e-9)
-    assert measures.fber(10.0, 2.0) == pytest.approx(25.0)
-    assert measures.fber(10.0, 0.0) is None
+    assert measures.fber(np.full(10, 10.0), np.full(10, 2.0)) == pytest.approx(25.0)
+    assert measures.fber(np.full(10, 10.0), np.zeros(10)) is None
     assert measures.wm2max(50.0, np.arange(101.0)) == pytest.approx(50 / 99.95)
     a = np.array([0.2, 0.8, 1.0])
     assert measures.fuzzy_jaccard(a, a) == pytest.approx(1.0)
@@ -365,3 +365,21 @@ def test_the_participant_report_explains_the_iqms(tmp_path, monkeypatch):
     html = render("participant.html.j2", **context)
     assert 'id="image-quality"' in html and "<code>cjv</code>" in html
     assert "Coefficient of joint variation" in html
+
+
+def test_validation_page_settings_name_real_iqms_and_artefacts():
+    from bids_qc.training import iqm_validation as val
+
+    assert set(val.EXPECTED) == set(val.ARTEFACTS)
+    for names in val.EXPECTED.values():
+        for name in names:
+            assert get_iqm(name).better != "none"
+    image = _phantom()[0]
+    for artefact, levels in val.ARTEFACTS.items():
+        mild = val.add_artefact(image, artefact, levels[0], 900.0)
+        assert np.allclose(mild, image, atol=1e-2), artefact
+        assert not np.allclose(val.add_artefact(image, artefact, levels[-1], 900.0), image)
+    with pytest.raises(ValueError):
+        val.add_artefact(image, "spikes", 1.0, 900.0)
+    assert val._badness("snr_wm", 10.0) < val._badness("snr_wm", 5.0)
+    assert val._badness("inu_med", 1.0) < val._badness("inu_med", 0.8)

@@ -205,15 +205,13 @@ def compute_iqms(image: np.ndarray, affine: np.ndarray, labels: np.ndarray,
         for s in SUMMARY_STATS:
             metrics[f"summary_bg_{s}"] = bg[s]
         air_sd = bg["stdv"] or 0.0
-        noise = bg["mad"] or air_sd  # the MAD, or the SD where most of the air is one value
         for t in TISSUES:
             if stats[t]["median"] is not None:
-                metrics[f"snrd_{t}"] = measures.snr_dietrich(stats[t]["median"], noise)
+                metrics[f"snrd_{t}"] = measures.snr_dietrich(stats[t]["median"], air_sd)
         metrics["snrd_total"] = _mean([metrics[f"snrd_{t}"] for t in TISSUES])
         fov = data[masks.fov]
         metrics["efc"] = measures.efc(fov)
-        # bg["median"] is that of |I| too: the raw image is non-negative here
-        metrics["fber"] = measures.fber(float(np.median(data[masks.head])), bg["median"])
+        metrics["fber"] = measures.fber(data[masks.head], air)
         wm_raw = data.ravel()[tissues.index][tissues.pvms[2] > 0.5]
         if wm_raw.size:
             metrics["wm2max"] = measures.wm2max(float(np.median(wm_raw)), fov)
@@ -250,8 +248,8 @@ def compute_iqms(image: np.ndarray, affine: np.ndarray, labels: np.ndarray,
     undefined = [n for n in IQM_NAMES if metrics[n] is None and n not in explained]
     if undefined:
         notes.append(f"{', '.join(undefined)} undefined on this image: a zero denominator "
-                       "or spread (e.g. fber when most of the air is exactly 0, as in "
-                       "quantised images; qi_2 when the air is not noise-like)")
+                       "or spread (e.g. qi_2 when the air is not noise-like, as quantised "
+                       "air whose quartiles coincide)")
     return IQMResult(
         metrics=metrics, skipped=skipped, notes=notes, timings=timings,
         provenance={"background": problem or "usable",

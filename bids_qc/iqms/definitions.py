@@ -73,8 +73,8 @@ def _snr() -> list[IQM]:
     out.append(IQM("snr_total", "", "higher", "Mean of snr_csf, snr_gm and snr_wm.",
                    group="noise"))
     out += [IQM(f"snrd_{t}", "", "higher", f"Dietrich's SNR of the {_TISSUE_WORDS[t]}: "
-                "sqrt((4 - pi) / 2) x tissue median / the air's noise level (normalised "
-                "MAD), which corrects for the Rayleigh distribution of magnitude noise.",
+                "sqrt((4 - pi) / 2) x tissue median / the air's standard deviation, which "
+                "corrects for the Rayleigh distribution of magnitude noise.",
                 background=True, group="noise") for t in TISSUES]
     out.append(IQM("snrd_total", "", "higher", "Mean of snrd_csf, snrd_gm and snrd_wm.",
                    background=True, group="noise"))
@@ -119,8 +119,8 @@ def _build() -> tuple[IQM, ...]:
             "entropy of the voxel intensities, normalised by its maximum; ghosting and "
             "motion blur spread the energy and raise it.", background=True,
             group="artefacts"),
-        IQM("fber", "", "higher", "Foreground-background energy ratio: median of |I|^2 in the "
-            "head / median of |I|^2 in the air (Shehzad et al. 2015).", background=True,
+        IQM("fber", "", "higher", "Foreground-background energy ratio: mean of |I|^2 in the "
+            "head / mean of |I|^2 in the air (Shehzad et al. 2015).", background=True,
             group="artefacts"),
         IQM("wm2max", "", "closer to 1", "White-matter to maximum intensity ratio: WM median / "
             "99.95th percentile of the whole image (raw); low values mean long bright tails "
