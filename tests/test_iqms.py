@@ -68,7 +68,7 @@ GRADED = {
                                     "wm2max")),
     "ghosting": ((0.07, 0.09, 0.11, 0.13, 0.15), ("qi_1", "efc", "fber", "snrd_total",
                                                    "cnr")),
-    "blur": ((0.01, 1.0, 2.0, 3.0), ("fwhm_x", "fwhm_y", "fwhm_z", "fwhm_avg", "rpve_gm",
+    "blur": ((0.01, 1.0, 1.5, 2.0), ("fwhm_x", "fwhm_y", "fwhm_z", "fwhm_avg", "rpve_gm",
                                      "rpve_wm", "cjv", "cnr", "efc", "fber")),
     "blur_mild": ((0.75, 1.0, 1.25, 1.5), ("rpve_csf",)),
     "ringing": ((1.0, 0.7, 0.5, 0.35), ("qi_2", "cjv", "cnr", "snr_total", "efc", "fber",
@@ -228,9 +228,13 @@ def test_summary_stats():
     assert s["mean"] == pytest.approx(100, abs=0.5) and s["stdv"] == pytest.approx(10, rel=0.03)
     assert s["mad"] == pytest.approx(10, rel=0.05) and abs(s["k"]) < 0.1
     assert s["p05"] == pytest.approx(100 - 16.45, abs=0.6) and s["n"] == 20000
-    weighted = measures.summary_stats(np.array([1.0, 3.0, 5.0]), np.array([1.0, 1.0, 0.0]))
-    assert weighted["mean"] == pytest.approx(2.0) and weighted["n"] == 2
+    weighted = measures.summary_stats(np.array([1.0, 3.0, 5.0, 7.0]),
+                                      np.array([1.0, 1.0, 0.5, 0.0]))
+    assert weighted["mean"] == pytest.approx(6.5 / 2.5) and weighted["n"] == 2.5
+    assert weighted["median"] == 3.0  # cumulative weight 2 of 2.5 reaches half at 3
+    assert weighted["stdv"] == pytest.approx(np.sqrt((2.56 + 0.16 + 0.5 * 5.76) / 2.5))
     assert measures.summary_stats(np.array([1.0]))["mean"] is None
+    assert measures.weighted_quantiles(np.arange(10.0), np.ones(10), (0.5,)) == [4.0]
 
 
 def test_fwhm_of_smoothed_white_noise():

@@ -77,6 +77,12 @@ class IQMResult:
         Seconds per step (the benchmark reads them).
     provenance : dict
         How they were made (background verdict, N4 settings, mixture means).
+    arrays : dict
+        With ``keep_arrays``: the 1-D arrays the IQMs came from (``values``: the corrected
+        brain then the raw air; ``csf``, ``gm``, ``wm``, ``bg``: their weights on
+        ``values``; ``fov``, ``head``: the raw field of view and its head mask;
+        ``air_far``, ``art``: QI1's masks over the field of view; ``wm2max_mu``), for
+        comparing with MRIQC's functions (:mod:`bids_qc.training.iqm_mriqc`).
     """
 
     metrics: dict[str, float | None]
@@ -84,6 +90,7 @@ class IQMResult:
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
+    arrays: dict = field(default_factory=dict)
 
 
 def load_inputs(t1w: str | Path, seg: str | Path) -> tuple[np.ndarray, np.ndarray,
@@ -111,7 +118,8 @@ def _mean(values: list[float | None]) -> float | None:
 
 def compute_iqms(image: np.ndarray, affine: np.ndarray, labels: np.ndarray,
                  seg_kind: str = "aseg", template: TemplateImage | None = None,
-                 n4: N4Settings | None = None, random_state: int = 0) -> IQMResult:
+                 n4: N4Settings | None = None, random_state: int = 0,
+                 keep_arrays: bool = False) -> IQMResult:
     """Every IQM of a raw T1w (see :mod:`bids_qc.iqms.definitions`).
 
     Parameters
@@ -130,6 +138,8 @@ def compute_iqms(image: np.ndarray, affine: np.ndarray, labels: np.ndarray,
         The bias-field settings.
     random_state : int
         Seed of the mixture's subsample.
+    keep_arrays : bool
+        Keep the arrays behind the IQMs in ``IQMResult.arrays`` (background usable only).
 
     Returns
     -------
@@ -177,7 +187,8 @@ def compute_iqms(image: np.ndarray, affine: np.ndarray, labels: np.ndarray,
     lap("n4")
 
     tissues = tissue_posteriors(corrected, index, seeds.ravel()[index], random_state)
-    stats = {t: measures.summary_stats(corrected, tissues.pvms[i])
+    order = np.argsort(corrected, kind="stable")  # one sort serves the three tissues
+    stats = {t: measures.summary_stats(corrected, tissues.pvms[i], order)
              for i, t in enumerate(TISSUES)}
     lap("tissues")
 
@@ -199,6 +210,7 @@ def compute_iqms(image: np.ndarray, affine: np.ndarray, labels: np.ndarray,
     lap("tissue_iqms")
 
     air_sd = 0.0  # cnr's air term: 0 where the background is unusable
+    kept: dict = {}
     if problem is None:
         air = data[masks.air]
         bg = measures.summary_stats(air)
@@ -218,6 +230,9 @@ def compute_iqms(image: np.ndarray, affine: np.ndarray, labels: np.ndarray,
         found = artifacts.artefact_mask(data, masks.air_far)
         metrics["qi_1"] = artifacts.qi_1(found, masks.air_far)
         metrics["qi_2"] = artifacts.qi_2(data[masks.air_far & ~found])
+        if keep_arrays:
+            kept = _arrays(corrected, tissues, air, fov, masks, found)
+            kept["wm2max_mu"] = np.asarray(float(np.median(wm_raw)) if wm_raw.size else 0.0)
     else:
         skipped.append(f"{', '.join(_compact(BACKGROUND_IQMS))} are n/a: {problem}")
     if None not in (wm["median"], gm["median"], wm["stdv"], gm["stdv"]):
@@ -251,12 +266,25 @@ def compute_iqms(image: np.ndarray, affine: np.ndarray, labels: np.ndarray,
                        "or spread (e.g. qi_2 when the air is not noise-like, as quantised "
                        "air whose quartiles coincide)")
     return IQMResult(
-        metrics=metrics, skipped=skipped, notes=notes, timings=timings,
+        metrics=metrics, skipped=skipped, notes=notes, timings=timings, arrays=kept,
         provenance={"background": problem or "usable",
                     "n4": asdict(n4 or N4Settings()),
                     "tissue_means": [round(m, 3) for m in tissues.means],
                     "tpm_source": tpm_source},
     )
+
+
+def _arrays(corrected, tissues, air, fov, masks, found) -> dict[str, np.ndarray]:
+    """The 1-D arrays of :attr:`IQMResult.arrays`."""
+    n, m = corrected.size, air.size
+    pad = np.zeros(m, dtype=np.float32)
+    return {
+        "values": np.concatenate([corrected.astype(np.float32), air.astype(np.float32)]),
+        **{t: np.concatenate([tissues.pvms[i], pad]) for i, t in enumerate(TISSUES)},
+        "bg": np.concatenate([np.zeros(n, np.float32), np.ones(m, np.float32)]),
+        "fov": fov.ravel(), "head": masks.head[masks.fov].ravel(),
+        "air_far": masks.air_far[masks.fov].ravel(), "art": found[masks.fov].ravel(),
+    }
 
 
 def _compact(names: tuple[str, ...]) -> list[str]:

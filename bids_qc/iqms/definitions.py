@@ -68,8 +68,8 @@ _TISSUE_WORDS = {"csf": "cerebrospinal fluid", "gm": "grey matter", "wm": "white
 
 def _snr() -> list[IQM]:
     out = [IQM(f"snr_{t}", "", "higher", f"Signal-to-noise ratio of the {_TISSUE_WORDS[t]}: "
-               "median / (standard deviation x sqrt(n / (n - 1))) inside the tissue, on the "
-               "INU-corrected image.", group="noise") for t in TISSUES]
+               "median / (standard deviation x sqrt(n / (n - 1))) of the tissue (n its "
+               "partial-volume sum), on the INU-corrected image.", group="noise") for t in TISSUES]
     out.append(IQM("snr_total", "", "higher", "Mean of snr_csf, snr_gm and snr_wm.",
                    group="noise"))
     out += [IQM(f"snrd_{t}", "", "higher", f"Dietrich's SNR of the {_TISSUE_WORDS[t]}: "
@@ -83,20 +83,21 @@ def _snr() -> list[IQM]:
 
 def _summary() -> list[IQM]:
     words = {
-        "mean": ("a.u.", "partial-volume-weighted mean intensity"),
+        "mean": ("a.u.", "mean intensity"),
         "median": ("a.u.", "median intensity"),
-        "stdv": ("a.u.", "partial-volume-weighted standard deviation (n - 1)"),
+        "stdv": ("a.u.", "standard deviation of the intensities"),
         "k": ("", "excess kurtosis (Fisher) of the intensities"),
         "mad": ("a.u.", "median absolute deviation x 1.4826 (the SD for normal data)"),
         "p05": ("a.u.", "5th percentile of the intensities"),
         "p95": ("a.u.", "95th percentile of the intensities"),
-        "n": ("voxels", "number of voxels"),
+        "n": ("voxels", "number of voxels (partial-volume sum for tissues)"),
     }
     out = []
     for region in ("bg",) + TISSUES:
         where = ("the background (air around the head, raw image)" if region == "bg" else
-                 f"the {_TISSUE_WORDS[region]} (voxels whose posterior exceeds 0.5, "
-                 "INU-corrected image)")
+                 f"the {_TISSUE_WORDS[region]} (INU-corrected image; weighted by its "
+                 "partial-volume map, kurtosis and MAD over voxels above half its maximum, "
+                 "as MRIQC)")
         for stat in SUMMARY_STATS:
             unit, what = words[stat]
             out.append(IQM(f"summary_{region}_{stat}", unit, "none", f"{what.capitalize()} "
@@ -108,7 +109,8 @@ def _summary() -> list[IQM]:
 def _build() -> tuple[IQM, ...]:
     iqms = [
         IQM("cjv", "", "lower", "Coefficient of joint variation of white and grey matter: "
-            "(MAD_wm + MAD_gm) / |median_wm - median_gm| (Ganzetti et al. 2016); grows with "
+            "(MAD_wm + MAD_gm) / |median_wm - median_gm| (Ganzetti et al. 2016; MRIQC's "
+            "workflow passes medians and MADs); grows with "
             "noise, intensity non-uniformity and head motion.", group="contrast"),
         IQM("cnr", "", "higher", "Contrast-to-noise ratio: |median_gm - median_wm| / "
             "sqrt(stdv_gm^2 + stdv_wm^2 + stdv_air^2), how well grey and white matter "

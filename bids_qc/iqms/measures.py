@@ -203,9 +203,29 @@ def fuzzy_jaccard(a: np.ndarray, b: np.ndarray) -> float | None:
     return _ratio(float(np.minimum(a, b).sum()), float(np.maximum(a, b).sum()))
 
 
+def weighted_quantiles(values: np.ndarray, weights: np.ndarray, qs: tuple[float, ...],
+                       order: np.ndarray | None = None) -> list[float]:
+    """Quantiles of ``values`` with ``weights``: the smallest value whose cumulative weight
+    reaches ``q`` of the total (statsmodels' ``DescrStatsW.quantile``, MRIQC's).
+
+    ``order`` (``argsort(values)``) can be passed when several weightings share the values.
+    """
+    order = np.argsort(values, kind="stable") if order is None else order
+    cum = np.cumsum(weights[order], dtype=np.float64)
+    at = np.searchsorted(cum, np.asarray(qs) * cum[-1], side="left")
+    return [float(values[order[min(i, order.size - 1)]]) for i in at]
+
+
 def summary_stats(values: np.ndarray, weights: np.ndarray | None = None,
-                  threshold: float = 0.5) -> dict[str, float | None]:
+                  order: np.ndarray | None = None) -> dict[str, float | None]:
     """MRIQC's per-region summary: mean, median, stdv, k, mad, p05, p95, n.
+
+    As MRIQC (24.0) computes them: ``mean``, ``stdv`` (no n - 1 correction), ``median``,
+    ``p05`` and ``p95`` weighted by the partial-volume map; ``k`` (Fisher's excess
+    kurtosis) and ``mad`` (normalised, about the weighted median) over the voxels whose
+    weight exceeds half the map's maximum; ``n`` the map's sum (a partial-volume voxel
+    count). MRIQC also rounds intensities to integers and weights to 3 decimals first;
+    bids_qc does not.
 
     Parameters
     ----------
@@ -213,35 +233,32 @@ def summary_stats(values: np.ndarray, weights: np.ndarray | None = None,
         Intensities of the region's candidate voxels (1-D).
     weights : ndarray, optional
         Partial-volume weights of those voxels (a tissue's posterior); None: all 1.
-    threshold : float
-        Voxels whose weight exceeds it form the tissue for the median, percentiles,
-        kurtosis, MAD and n (MRIQC erodes the tissue mask instead).
+    order : ndarray, optional
+        ``argsort(values)``, shared by the tissues (one sort of 10^6 brain voxels).
 
     Returns
     -------
     dict
-        ``mean`` and ``stdv`` weighted by ``weights`` (stdv with the n / (n - 1)
-        correction on the weights' sum), the rest over the thresholded voxels; every value
-        None when fewer than 2 voxels qualify.
+        Every value None when fewer than 2 voxels exceed half the maximum weight.
     """
     x = np.asarray(values).ravel()
     keys = ("mean", "median", "stdv", "k", "mad", "p05", "p95", "n")
-    if weights is None:  # every voxel counts fully: one pass fewer, no weight array
-        inside, w = x, None
-        nw = float(x.size)
+    if weights is None:  # every voxel counts fully: plain statistics, no weight array
+        inside, w, nw = x, None, float(x.size)
     else:
         w = np.asarray(weights, dtype=np.float64).ravel()
-        inside = x[w > threshold]
         nw = float(w.sum())
-    if inside.size < 2 or nw <= 1:
+        inside = x[w > 0.5 * float(w.max())] if w.size else x[:0]
+    if inside.size < 2 or nw <= 0:
         return dict.fromkeys(keys)
     if w is None:
         mean = float(np.mean(x, dtype=np.float64))
-        var = float(np.var(x, dtype=np.float64)) * nw / (nw - 1.0)
+        var = float(np.var(x, dtype=np.float64))
+        p05, median, p95 = (float(v) for v in np.percentile(x, [5, 50, 95]))
     else:
         mean = float(np.dot(w, x) / nw)
-        var = float(np.dot(w, (x - mean) ** 2) / nw) * nw / (nw - 1.0)
-    p05, median, p95 = (float(v) for v in np.percentile(inside, [5, 50, 95]))
+        var = float(np.dot(w, (x - mean) ** 2) / nw)
+        p05, median, p95 = weighted_quantiles(x, w, (0.05, 0.5, 0.95), order)
     # Fisher's excess kurtosis (biased moments, as scipy.stats.kurtosis's default)
     centred = inside.astype(np.float64) - float(np.mean(inside, dtype=np.float64))
     sq = centred * centred
@@ -250,5 +267,5 @@ def summary_stats(values: np.ndarray, weights: np.ndarray | None = None,
     return {
         "mean": mean, "median": median, "stdv": math.sqrt(max(var, 0.0)),
         "k": kurt if np.isfinite(kurt) else None, "mad": mad(inside, median),
-        "p05": p05, "p95": p95, "n": float(inside.size),
+        "p05": p05, "p95": p95, "n": nw,
     }
