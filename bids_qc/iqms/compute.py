@@ -6,7 +6,7 @@ its INU-corrected image):
 - tissue measures (``snr_*``, ``cjv``, ``cnr``, ``summary_{csf,gm,wm}_*``, the
   mixture behind ``icvs_*``/``rpve_*``): the image divided by N4's field (fitted in the
   brain, geometric mean 1 there, so intensities keep the raw scale);
-- measures of the whole field of view or the air (``snrd_*``'s noise, ``efc``, ``fber``,
+- measures of the whole field of view or the air (``snrd_*``'s air SD, ``efc``, ``fber``,
   ``wm2max``, ``qi_*``, ``summary_bg_*``): the raw image, because N4's field is fitted
   inside the brain only (a deviation from MRIQC for ``efc``, ``fber`` and ``wm2max``,
   whose WM median is then the raw image's too);
