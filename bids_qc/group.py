@@ -173,15 +173,21 @@ def group_table(results: list[dict[str, Any]],
         records.append(row)
     participant_cols = [c.name for c in columns if c.level == "participant"]
     frame = pd.DataFrame.from_records(records)
-    for col in participant_cols:
-        if col not in frame.columns:
-            frame[col] = None
+    # columns no result has (a model that did not run, IQMs of older results) join in one
+    # concat: one insert per column fragments a frame of 200+ columns
+    missing = [c for c in participant_cols if c not in frame.columns]
+    if missing:
+        frame = pd.concat([frame, pd.DataFrame(
+            {c: pd.Series([None] * len(frame), index=frame.index, dtype=object)
+             for c in missing})], axis=1)
     extra = sorted(c for c in frame.columns if c not in participant_cols)
     frame = frame[participant_cols + extra].sort_values("bids_name", kind="stable")
     frame = frame.reset_index(drop=True)
+    outliers = {}
     for name in STRUCTURE_NAMES:
         frame[f"vol_{name}"] = pd.to_numeric(frame[f"vol_{name}"], errors="coerce")
-        frame[f"vol_{name}_outlier"] = outlier_flags(frame[f"vol_{name}"])
+        outliers[f"vol_{name}_outlier"] = outlier_flags(frame[f"vol_{name}"])
+    frame = pd.concat([frame, pd.DataFrame(outliers, index=frame.index)], axis=1)
     sidecars = {r["bids_name"]: r.get("acquisition") or {} for r in results}
     frame = add_robust_z(frame, acquisition_keys(frame["bids_name"], sidecars), details, columns)
     ordered = [c.name for c in columns] + extra
@@ -274,10 +280,10 @@ def add_robust_z(frame: pd.DataFrame, groups: pd.Series | None = None,
                 warned.add(reason)
         out = scored.outliers().fillna(0).astype(bool)
         hits[out] = hits[out] + " " + metric
-    frame = pd.concat([frame, pd.DataFrame(scores, index=frame.index)], axis=1)
-    frame["rz_outliers"] = hits.str.strip()
-    frame["rz_noutliers"] = hits.str.split().map(len).astype("int64")
-    return frame
+    # one concat (a column at a time fragments a frame of 100+ columns)
+    scores["rz_outliers"] = hits.str.strip()
+    scores["rz_noutliers"] = hits.str.split().map(len).astype("int64")
+    return pd.concat([frame, pd.DataFrame(scores, index=frame.index)], axis=1)
 
 
 _SPECIAL = re.compile('[\t\n\r"]')

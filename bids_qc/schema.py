@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 
+from .iqms.definitions import IQMS
 from .models.plugin import Column, Kind, Level, QCModel
 from .models.plugins import PLUGINS
 from .structures import STRUCTURES
@@ -58,18 +59,27 @@ def _classic_columns() -> list[Column]:
     return cols
 
 
+def _iqm_columns() -> list[Column]:
+    """The image quality metrics of the raw T1w (MRIQC's names and units), advisory."""
+    return [Column(q.name, "float", q.unit, f"{q.description} {q.reads}"
+                   + (" n/a on skull-stripped or defaced images." if q.background else "")
+                   + " Advisory (no PASS/FAIL).", "iqms", descriptive=q.descriptive)
+            for q in IQMS]
+
+
 def participant_columns(plugins: tuple[QCModel, ...] = PLUGINS) -> list[Column]:
-    """The participant-level columns: identity, classical, then each plugin's.
+    """The participant-level columns: identity, classical, each plugin's, then the IQMs.
 
     A plugin's columns follow its ``columns_after`` column where it names one (RegQC's sit
-    beside the classical registration metrics), else the columns before them.
+    beside the classical registration metrics), else the columns before them. The IQMs
+    come last, so that they move no earlier column.
     """
     cols = _identity_columns() + _classic_columns()
     for plugin in plugins:
         names = [c.name for c in cols]
         at = names.index(plugin.columns_after) + 1 if plugin.columns_after else len(cols)
         cols[at:at] = plugin.columns
-    return cols
+    return cols + _iqm_columns()
 
 
 def _group_columns() -> list[Column]:
@@ -92,7 +102,7 @@ def _robust_z_columns(metrics: list[Column]) -> list[Column]:
     # One dataset-relative score per numeric metric (bids_qc.robust_z has the rules).
     cols = []
     for c in metrics:
-        if c.kind not in ("float", "int"):
+        if c.kind not in ("float", "int") or c.descriptive:
             continue
         scaled = (" of the volume divided by the intracranial volume (etiv_mm3 where the "
                   "image has it, else vol_whole_brain times the dataset's median "

@@ -2,10 +2,40 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
+from importlib import resources
 from pathlib import Path
 
 import pytest
+
+#: The checkout's report templates (``templates/``, installed as ``bids_qc.templates``).
+_TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
+
+
+def _use_checkout_templates() -> None:
+    """Render reports with this checkout's templates.
+
+    An editable install maps ``bids_qc.templates`` to the checkout it was made from, so
+    tests run from another checkout (a git worktree on ``PYTHONPATH``) would render that
+    one's templates; load this checkout's instead.
+    """
+    try:
+        installed = Path(str(resources.files("bids_qc.templates"))).resolve()
+    except ModuleNotFoundError:
+        installed = None
+    if installed == _TEMPLATES.resolve() or not (_TEMPLATES / "__init__.py").is_file():
+        return
+    spec = importlib.util.spec_from_file_location(
+        "bids_qc.templates", _TEMPLATES / "__init__.py",
+        submodule_search_locations=[str(_TEMPLATES)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bids_qc.templates"] = module
+    spec.loader.exec_module(module)
+
+
+_use_checkout_templates()
 
 #: ``../shared/data`` beside the repository (present for developers and CI).
 _DEFAULT_SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

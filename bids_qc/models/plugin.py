@@ -119,6 +119,11 @@ class Column:
         The stage that computes it (``classic``, ``group``, a model name, ``bids_qc``).
     level : {"participant", "group"}
         ``group`` columns exist only in the group table (computed across images).
+    descriptive : bool
+        A descriptive statistic in scanner units or voxel counts (the IQMs'
+        ``summary_*``), not a quality measure: it gets no dataset-relative robust z-score
+        (``rz_*``), whose outliers would say nothing about quality, and no plot in the
+        group report.
     """
 
     name: str
@@ -127,6 +132,7 @@ class Column:
     description: str
     producer: str
     level: Level = "participant"
+    descriptive: bool = False
 
 
 @dataclass(frozen=True)

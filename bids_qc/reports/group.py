@@ -43,8 +43,10 @@ QUEUE_MAX_ROWS = 1000
 
 
 def metric_columns(frame: pd.DataFrame) -> list[str]:
-    """Numeric columns to plot: the schema's float columns, then models' extra ones."""
-    schema = [c.name for c in COLUMNS if c.level == "participant" and c.kind == "float"]
+    """Numeric columns to plot: the schema's float columns (but the descriptive ones: the
+    IQMs' summary statistics), then models' extra ones."""
+    schema = [c.name for c in COLUMNS
+              if c.level == "participant" and c.kind == "float" and not c.descriptive]
     known = {c.name for c in COLUMNS}
     extra = [c for c in frame.columns if c not in known and not _is_flag(c)]
     out = []

@@ -2,7 +2,8 @@
 
 Sections: summary (each check's verdict, value and threshold; what was skipped and why),
 where the image stands in its dataset (:mod:`bids_qc.reports.relative`, filled in by the
-group level), registration, segmentation, shape, provenance and errors, and a rating form whose
+group level), registration, segmentation, shape, image quality (the raw T1w's IQMs, each
+with how it reads), provenance and errors, and a rating form whose
 "download ratings" button saves a JSON locally (``bids_qc-ratings`` merges them).
 
 Figures need files that only the running workflow has (the template-space T1w lives in the
@@ -19,6 +20,8 @@ from typing import Any
 
 from .. import __version__
 from ..io import atomic_write_text
+from ..iqms.definitions import GROUPS as IQM_GROUPS
+from ..iqms.definitions import IQM_NAMES, IQMS
 from ..models.plugin import QCModel, Section
 from ..models.plugins import PLUGINS
 from ..schema import column
@@ -51,6 +54,8 @@ def _in_section(outcomes: list[Outcome], section: Section,
 def _metric_rows(metrics: dict[str, Any]) -> list[dict[str, str]]:
     rows = []
     for name, value in metrics.items():
+        if name in IQM_NAMES:  # their own section, grouped and explained
+            continue
         try:
             col = column(name)
             unit, desc = col.unit, col.description
@@ -58,6 +63,32 @@ def _metric_rows(metrics: dict[str, Any]) -> list[dict[str, str]]:
             unit, desc = "", ""
         rows.append({"name": name, "value": fmt(value), "unit": unit, "description": desc})
     return rows
+
+
+def image_quality(result: dict[str, Any]) -> dict[str, Any]:
+    """The image quality section: the IQMs by group, each with how it reads, and why some
+    are n/a.
+
+    Returns
+    -------
+    dict
+        ``groups`` (heading and rows: name, value, unit, better, description; a group
+        whose every value is n/a is left out), ``notes`` (why IQMs are n/a: the stage's
+        skipped reasons, then the notes in its provenance) and ``computed`` (whether any
+        IQM has a value).
+    """
+    metrics = result.get("metrics") or {}
+    groups = []
+    for key, heading in IQM_GROUPS:
+        rows = [{"name": q.name, "value": fmt(metrics.get(q.name)), "unit": q.unit,
+                 "better": q.better, "description": q.description}
+                for q in IQMS if q.group == key]
+        if any(metrics.get(r["name"]) is not None for r in rows):
+            groups.append({"heading": heading, "rows": rows})
+    notes = [s["reason"] for s in result.get("skipped") or [] if s.get("stage") == "iqms"]
+    stage = ((result.get("provenance") or {}).get("stages") or {}).get("iqms") or {}
+    notes += list(stage.get("notes") or [])
+    return {"groups": groups, "notes": notes, "computed": bool(groups)}
 
 
 def _verdict(o: Outcome) -> dict[str, Any]:
@@ -324,6 +355,7 @@ def participant_context(
         "not_checked": not_checked(result),
         "verdicts": [_verdict(o) for o in outcomes],
         "metric_rows": _metric_rows(result.get("metrics") or {}),
+        "image_quality": image_quality(result),
         "relative": relative if relative is not None else relative_context(),
         "registration": _registration(result, stages, outcomes, plugins),
         "segmentation": _segmentation(result, stages, paths, outcomes, plugins),

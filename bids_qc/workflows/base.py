@@ -13,6 +13,7 @@ from nipype.pipeline import engine as pe
 
 from ..inputs import QCInput, qc_input_to_dict
 from ..interfaces.classic import ClassicMetrics
+from ..interfaces.iqms import ImageQualityMetrics
 from ..interfaces.register import RegisterT1w
 from ..interfaces.results import WriteResults
 from ..models.plugin import QCModel
@@ -105,6 +106,9 @@ def available_inputs(row: QCInput) -> set[str]:
     if row.seg is not None and row.seg_kind == "aseg":
         have.add("seg")
     return have
+
+#: CPU threads of the IQM node (N4 is multi-threaded; the rest is one thread).
+IQM_THREADS = 2
 
 #: Bytes per voxel that the classical stage holds at its peak (float32 image, resampled
 #: copy, template, mask and a histogram's temporaries), measured with benchmarks/.
@@ -234,6 +238,17 @@ def init_image_qc_wf(
             (classic, node, [("result", "classic_result")]),
         ])
         stages.append(node)
+
+    # The IQMs of the raw T1w: advisory, after the classical stage (whose template-space
+    # T1w gives tpm_overlap_*), from the row with the segmentation VINN may have made.
+    iqms = pe.Node(ImageQualityMetrics(), name="iqms", mem_gb=mem_gb,
+                   n_procs=max(1, min(IQM_THREADS, max_threads)))
+    iqms.inputs.threads = max(1, min(IQM_THREADS, max_threads))
+    wf.connect([
+        (source, iqms, [(source_field, "qc_input")]),
+        (classic, iqms, [("result", "classic_result")]),
+    ])
+    stages.append(iqms)
 
     merge = pe.Node(Merge(len(stages)), name="merge_results")
     # The report's figures load the row's full-resolution images.
