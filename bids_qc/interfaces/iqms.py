@@ -105,8 +105,11 @@ class ImageQualityMetrics(SimpleInterface):
         result = compute_iqms(image, affine, labels, row.seg_kind or "aseg", template=template,
                               n4=N4Settings(threads=max(1, int(self.inputs.threads))))
         metrics.update(result.metrics)
-        skipped.extend({"stage": "iqms", "reason": r} for r in result.skipped)
-        return {**result.provenance, "notes": result.notes, "t1w": str(row.t1w),
+        # Some IQMs n/a (e.g. the background ones of a skull-stripped image) is not a stage
+        # that did not run: the reasons go with the notes, not into ``skipped`` (which the
+        # terminal summary counts as "not checked").
+        return {**result.provenance, "notes": [*result.skipped, *result.notes],
+                "t1w": str(row.t1w),
                 "seg": str(row.seg), "seg_kind": row.seg_kind, "seg_source": row.seg_source}
 
 
