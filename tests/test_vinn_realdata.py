@@ -109,8 +109,8 @@ def test_dice_and_the_record_decide_the_gate(tmp_path, phantom, monkeypatch):
         {"sha256": sha, "part": "test", "images": [image("b", "freesurfer", 0.9, False)]}))
     record = ev.make_record(tmp_path, sha, "9.9.9")
     assert not gate.gate_decision(record)["passes"]
-    # Without a calibration run there is no record (weights are chosen on calibration).
-    with pytest.raises(ValueError, match="no calibration evaluation"):
+    # Without an evaluation of those weights there is no record.
+    with pytest.raises(ValueError, match="no evaluation"):
         ev.make_record(tmp_path, "cd" * 32, "9.9.9")
 
 

@@ -176,7 +176,7 @@ def evaluate_image(model: Any, image: RealImage, bounds: dict[str, Any],
     pred = np.asarray(pred_img.dataobj)
     vols = V.structure_volumes(pred, _voxel_mm3(img.affine))
     rec: dict[str, Any] = {
-        "dataset": image.dataset, "item": image.item, "shape": list(img.shape),
+        "dataset": image.dataset, "item": image.item, "shape": [int(n) for n in img.shape],
         "voxel_mm": [round(float(z), 3) for z in img.header.get_zooms()[:3]],
         "cpu_s": round((t1.ru_utime + t1.ru_stime) - (t0.ru_utime + t0.ru_stime), 1),
         "wall_s": round(time.time() - wall, 1), "volumes_mm3": vols,
@@ -257,8 +257,8 @@ def make_record(eval_dir: Path, sha: str, version: str) -> dict[str, Any]:
         res = json.loads(path.read_text())
         if res["sha256"] == sha:
             parts[res["part"]] = res
-    if "calibration" not in parts:
-        raise ValueError(f"no calibration evaluation of {sha[:12]} in {eval_dir}")
+    if "test" not in parts and "calibration" not in parts:
+        raise ValueError(f"no evaluation of {sha[:12]} in {eval_dir}")
     dice, volumes, outside = {}, {}, {}
     for part, res in parts.items():
         s = summarise(res)
