@@ -133,13 +133,11 @@ def mosaic(image: np.ndarray, labels: np.ndarray, affine: np.ndarray, path: Path
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from nibabel.orientations import io_orientation, ornt_transform
-
-    ornt = ornt_transform(io_orientation(affine), np.array([[0, 1], [1, 1], [2, 1]]))
-    img = nib.orientations.apply_orientation(image, ornt)
-    lab = nib.orientations.apply_orientation(labels, ornt)
-    zooms = np.abs(nib.orientations.apply_orientation(
-        np.diag(np.sqrt((affine[:3, :3] ** 2).sum(0))), ornt).sum(0))  # fmt: skip
+    canon = nib.as_closest_canonical(nib.Nifti1Image(np.asarray(image, np.float32), affine))
+    img = np.asarray(canon.dataobj)
+    lab = np.asarray(nib.as_closest_canonical(
+        nib.Nifti1Image(np.asarray(labels, np.int16), affine)).dataobj)  # fmt: skip
+    zooms = canon.header.get_zooms()[:3]
     brain = V.brain_voxels(lab)
     centre = [int(c) for c in (ndi.center_of_mass(brain) if brain.any()
                                else np.array(lab.shape) / 2)]  # fmt: skip
@@ -215,9 +213,13 @@ def evaluate_part(data_dir: Path, part: Part, weights: Path | None, out: Path,
     model.eval()
     bounds = V.load_bounds()
     images = []
+    out.mkdir(parents=True, exist_ok=True)
+    partial = out / f"{part}_partial.jsonl"  # what a crash or a kill leaves behind
     for image in good_images(data_dir, part):
         rec = evaluate_image(model, image, bounds, mosaic_dir)
         images.append(rec)
+        with open(partial, "a") as fh:
+            fh.write(json.dumps(rec) + "\n")
         dice = rec.get("dice", {}).get("subcortical_mean")
         print(f"{image.dataset}/{image.item}: Dice {dice if dice is None else round(dice, 3)} "
               f"brain {rec['brain_l']:.2f} L implausible {len(rec['implausible'])} "
