@@ -143,3 +143,12 @@ def test_fix_bounds_never_asks_for_the_test_part(monkeypatch, tmp_path, phantom)
     with pytest.raises((ValueError, IndexError)):
         ev.fix_bounds(tmp_path)  # no IXI person at all: no percentile
     assert asked == ["training", "calibration"]
+
+
+def test_mosaic_draws_an_image_on_any_grid(tmp_path, phantom):
+    labels, affine = phantom
+    # A permuted, flipped, anisotropic grid (as scanners write them).
+    lia = np.array([[-1.0, 0, 0, 30], [0, 0, 1.2, -30], [0, -1.5, 0, 30], [0, 0, 0, 1]])
+    image = np.where(labels > 0, 100.0, 0.0).astype(np.float32)
+    ev.mosaic(image, labels, lia, tmp_path / "m.png", "phantom")
+    assert (tmp_path / "m.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
