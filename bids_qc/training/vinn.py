@@ -70,7 +70,9 @@ from bids_qc.synth.synthesize import synthesize
 from bids_qc.training.common import export_state, export_weights, train_logger
 from bids_qc.training.loop import (
     SittingConfig,
+    add_sitting_arguments,
     record_from_checkpoint,
+    require_steps,
     run_sitting,
     shipped_state,
 )
@@ -281,11 +283,6 @@ class Pool:
         return [self.loaded[i] for i in want]
 
 
-def shipped_weights() -> tuple[dict[str, torch.Tensor], str]:
-    """The shipped VINN weights (float32) and a description with their sha256."""
-    return shipped_state("vinn")
-
-
 def train(args: argparse.Namespace) -> dict[str, Any] | None:
     """Run (or resume) one sitting; returns its record (None if it paused)."""
     out, cache = Path(args.out), Path(args.cache)
@@ -302,7 +299,7 @@ def train(args: argparse.Namespace) -> dict[str, Any] | None:
         net.load_state_dict({k: v.float() for k, v in state.items()})
         warm = f"{args.init_from} sha256 {sha256_file(Path(args.init_from))}"
     elif not args.from_scratch:
-        state, warm = shipped_weights()
+        state, warm = shipped_state("vinn")
         net.load_state_dict(state)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
     pool = Pool(args.seed, cache, args.grow_every, log)
@@ -354,14 +351,10 @@ def train(args: argparse.Namespace) -> dict[str, Any] | None:
 def main(argv: list[str] | None = None) -> None:
     """Command line entry point."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=0, help="optimiser steps of this sitting")
-    p.add_argument("--start-step", type=int, default=0,
-                   help="global step to start at (the earlier sittings' total, from the ledger)")
+    add_sitting_arguments(p, lr=3e-3, seed=DEFAULT_SEED, steps_required=False)
     p.add_argument("--out", required=True,
                    help="output folder (log, checkpoint, weights, sitting.json); a checkpoint "
                         "there is resumed")  # fmt: skip
-    p.add_argument("--from-scratch", action="store_true",
-                   help="start from random weights instead of the shipped ones")
     p.add_argument("--init-from", default="",
                    help="start from these weights (e.g. an earlier sitting's) instead of the "
                         "shipped ones")
@@ -372,24 +365,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cache", default="/tmp/vinn_cache", help="pool cache folder")
     p.add_argument("--grow-every", type=int, default=100, help="steps between new pool cases")
     p.add_argument("--batch", type=int, default=4, help="patches per view and step")
-    p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--gamma-std", type=float, default=GAMMA_STD,
                    help="sigma of the log of each patch's random gamma (0: none)")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast of the networks")
-    p.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    p.add_argument("--threads", type=int, default=1, help="torch threads")
-    p.add_argument("--checkpoint-minutes", type=float, default=3.0)
-    p.add_argument("--pause-after-minutes", type=float, default=None,
-                   help="checkpoint and stop after this long (resume later, same result)")
-    p.add_argument("--record-only", action="store_true",
-                   help="write sitting.json of a sitting stopped between checkpoints (its "
-                        "weights re-exported from the last checkpoint) and exit")
     args = p.parse_args(argv)
     if args.record_only:
         print(json.dumps(record_from_checkpoint(Path(args.out), "vinn.pt", export_state)))
         return
-    if args.steps < 1 or args.batch < 1:
-        raise ValueError("--steps and --batch must be positive")
+    require_steps(p, args)
+    if args.batch < 1:
+        p.error("--batch must be positive")
     print(json.dumps(train(args)))
 
 
