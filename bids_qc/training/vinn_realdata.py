@@ -198,8 +198,26 @@ def evaluate_image(model: Any, image: RealImage, bounds: dict[str, Any],
     return rec
 
 
+def collect(data_dir: Path, part: Part, out: Path, sha: str) -> dict[str, Any]:
+    """The part's result from the partial records of one or more processes (e.g. one
+    walking the images forward and one backward); every image must be there."""
+    rows = [json.loads(line) for line in (out / f"{part}_partial.jsonl").read_text()
+            .splitlines() if line.strip()]  # fmt: skip
+    by_key = {(r["dataset"], r["item"]): r for r in rows}
+    images = []
+    for image in good_images(data_dir, part):
+        if (image.dataset, image.item) not in by_key:
+            raise ValueError(f"{image.dataset}/{image.item} has no record in "
+                             f"{out / f'{part}_partial.jsonl'}")
+        images.append(by_key[(image.dataset, image.item)])
+    result = {"sha256": sha, "part": part, "images": images}
+    (out / f"{part}_{sha[:12]}.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
 def evaluate_part(data_dir: Path, part: Part, weights: Path | None, out: Path,
-                  mosaic_dir: Path | None = None) -> dict[str, Any]:  # fmt: skip
+                  mosaic_dir: Path | None = None, reverse: bool = False
+                  ) -> dict[str, Any]:  # fmt: skip
     """Evaluate every good image of ``part``; stores and returns ``{sha256, part, images}``."""
     import torch
 
@@ -215,7 +233,8 @@ def evaluate_part(data_dir: Path, part: Part, weights: Path | None, out: Path,
     images = []
     out.mkdir(parents=True, exist_ok=True)
     partial = out / f"{part}_partial.jsonl"  # what a crash or a kill leaves behind
-    for image in good_images(data_dir, part):
+    todo = good_images(data_dir, part)
+    for image in reversed(todo) if reverse else todo:
         rec = evaluate_image(model, image, bounds, mosaic_dir)
         images.append(rec)
         with open(partial, "a") as fh:
@@ -292,6 +311,12 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--out", type=Path, required=True)
     e.add_argument("--mosaics", type=Path, default=None, help="folder of the mosaics")
     e.add_argument("--threads", type=int, default=1)
+    e.add_argument("--reverse", action="store_true",
+                   help="walk the images backward (a second process beside a forward one)")
+    c = sub.add_parser("collect", help="gather the partial records of one part")
+    c.add_argument("--data", type=Path, default=Path("../shared/data"))
+    c.add_argument("--part", choices=("calibration", "test"), required=True)
+    c.add_argument("--out", type=Path, required=True)
     r = sub.add_parser("record", help="write the gate record of the shipped weights")
     r.add_argument("--eval", type=Path, required=True)
     r.add_argument("--out", type=Path, default=V.BOUNDS_FILE.parent / "vinn.json")
@@ -302,7 +327,13 @@ def main(argv: list[str] | None = None) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-        res = evaluate_part(args.data, args.part, args.weights, args.out, args.mosaics)
+        res = evaluate_part(args.data, args.part, args.weights, args.out, args.mosaics,
+                            args.reverse)
+        print(json.dumps(summarise(res), indent=1))
+    elif args.cmd == "collect":
+        from bids_qc.models.registry import get_spec
+
+        res = collect(args.data, args.part, args.out, get_spec("vinn").sha256)
         print(json.dumps(summarise(res), indent=1))
     else:
         from bids_qc.models.registry import get_spec
