@@ -266,6 +266,14 @@ def _gate_summary(spec: ModelSpec, record: dict[str, Any] | None) -> str:
     planted = (record.get("planted") or {}).get("test") or {}
     rate, _ = _rate_and_interval(good)
     figures = []
+    if record.get("kind") == "segmenter":
+        dice = (record.get("dice") or {}).get("test") or {}
+        vols = (record.get("volumes") or {}).get("test") or {}
+        figures += [f"mean subcortical Dice {_num(dice[p])} against {p} references"
+                    for p in ("freesurfer", "dlmuse") if dice.get(p) is not None]
+        if vols:
+            figures.append(f"implausible volumes on {len(vols.get('implausible', []))} of "
+                           f"{_num(vols.get('n'))} real test images")
     if rate is not None:
         figures.append(f"false flags on {_pct(rate)} of {_num(good.get('n'))} good real test "
                        "images")
