@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -297,6 +298,15 @@ def segment_array(
 
 _CACHE: dict[str, VINN] = {}
 _LOCK = threading.Lock()
+
+
+def model_from_file(path: str | Path) -> VINN:
+    """A VINN in eval mode with the weights of a file (candidate weights of a sitting, for
+    evaluation; the app uses :func:`load_model`, whose weights the registry checks)."""
+    model = VINN()
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict({k: v.float() for k, v in state.items()})
+    return model.eval()
 
 
 def load_model(device: str = "cpu") -> VINN:

@@ -61,6 +61,7 @@ from bids_qc.models.vinn import (
     VIEWS,
     VINN,
     code_to_class,
+    model_from_file,
     normalise_intensity,
     to_ras,
 )
@@ -295,8 +296,7 @@ def train(args: argparse.Namespace) -> dict[str, Any] | None:
     if args.init_from:
         from bids_qc.training.loop import sha256_file
 
-        state = torch.load(args.init_from, map_location="cpu", weights_only=True)
-        net.load_state_dict({k: v.float() for k, v in state.items()})
+        net.load_state_dict(model_from_file(args.init_from).state_dict())
         warm = f"{args.init_from} sha256 {sha256_file(Path(args.init_from))}"
     elif not args.from_scratch:
         state, warm = shipped_state("vinn")

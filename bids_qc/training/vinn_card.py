@@ -477,15 +477,12 @@ def main(argv: list[str] | None = None) -> None:
         build_cache(Path(args.out))
         return
     from bids_qc.models.registry import sha256sum
-    from bids_qc.models.vinn import VINN
+    from bids_qc.models.vinn import model_from_file
 
     here = Path(__file__).resolve().parents[1] / "models"
     weights = Path(args.weights) if args.weights else here / "weights" / "vinn.pt"
     torch.set_num_threads(args.threads)
-    model = VINN()
-    state = torch.load(weights, map_location="cpu", weights_only=True)
-    model.load_state_dict({k: v.float() for k, v in state.items()})
-    model.eval()
+    model = model_from_file(weights)
     sha = sha256sum(weights)
     eval_dir = Path(args.eval)
     if args.cmd == "part":

@@ -219,16 +219,11 @@ def evaluate_part(data_dir: Path, part: Part, weights: Path | None, out: Path,
                   mosaic_dir: Path | None = None, reverse: bool = False
                   ) -> dict[str, Any]:  # fmt: skip
     """Evaluate every good image of ``part``; stores and returns ``{sha256, part, images}``."""
-    import torch
-
     from bids_qc.models.registry import get_spec, sha256sum
-    from bids_qc.models.vinn import VINN
+    from bids_qc.models.vinn import model_from_file
 
     path = weights or get_spec("vinn").weights_path()
-    model = VINN()
-    model.load_state_dict({k: v.float() for k, v in
-                           torch.load(path, map_location="cpu", weights_only=True).items()})
-    model.eval()
+    model = model_from_file(path)
     bounds = V.load_bounds()
     images = []
     out.mkdir(parents=True, exist_ok=True)
