@@ -185,3 +185,27 @@ def test_a_paused_sitting_with_a_data_worker_equals_an_uninterrupted_one(tmp_pat
     recipe.main(["--out", str(tmp_path / "whole"), "--record-only"])
     again = json.loads((tmp_path / "whole" / "sitting.json").read_text())
     assert again["completed"] and again["weights_sha256"] == records[0]["weights_sha256"]
+
+
+def test_single_structure_damage_in_training_reaches_its_drawn_dice():
+    """``plant_p=1``: every damage of a sample is one subcortical structure eroded or grown to
+    a Dice drawn on the recipe's range, measured on the model grid as the target says."""
+    from bids_qc.structures import SUBCORTICAL
+    from bids_qc.training import segqc as recipe
+
+    labels, _ = make_phantom(recipe.POOL_SHAPE, voxel_size=2.0)
+    image = np.where(labels > 0, 0.3 + (labels % 7) * 0.1, 0).astype(np.float32)
+    sub = [STRUCTURE_NAMES.index(s.name) for s in SUBCORTICAL]
+    lo, hi = recipe.PLANT_DICE_RANGE
+    seen = 0
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        _, groups, target, applied = recipe.make_sample(image, labels, rng, plant_p=1.0)
+        if applied != ["plant_one"]:
+            continue
+        seen += 1
+        damaged = np.nanmin(target[sub])
+        assert lo - 0.02 <= damaged <= hi + 0.02, (seed, damaged)
+        # the damaged structure is the one clearly below the others
+        assert np.sum(target[sub] < damaged + 1e-6) == 1
+    assert seen >= 5
