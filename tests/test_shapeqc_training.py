@@ -163,3 +163,30 @@ def test_the_recipe_warm_starts_from_the_shipped_network(tmp_path, monkeypatch):
     recipe.main(["--cache", str(tmp_path / "cache"), "--out", str(out), "--record-only"])
     again = json.loads((out / "sitting.json").read_text())
     assert again["completed"] and again["weights_sha256"] == record["weights_sha256"]
+
+
+def test_specificity_floor_keeps_good_people_unflagged():
+    """Thresholds from an evaluation split with a specificity floor: no undamaged shape of
+    the split is above its structure's threshold, and a structure whose good shapes score
+    low keeps its ENIGMA threshold."""
+    from bids_qc.structures import SUBCORTICAL_NAMES
+    from bids_qc.training.shapeqc import calibration
+
+    rng = np.random.default_rng(0)
+    structures, scores, fail = [], [], []
+    for k, s in enumerate(SUBCORTICAL_NAMES[:3]):
+        good = rng.uniform(0.0, 0.3 + 0.3 * k, 30)       # the third structure's goods reach 0.9
+        bad = rng.uniform(0.5, 1.0, 10)
+        structures += [s] * 40
+        scores += [*good, *bad]
+        fail += [0] * 30 + [1] * 10
+    structures, scores, fail = np.array(structures), np.array(scores), np.array(fail)
+    plain = calibration(scores, fail, structures)
+    floored = calibration(scores, fail, structures, floor=fail == 0, source="test")
+    for s in SUBCORTICAL_NAMES[:3]:
+        cut = floored["checks"][f"shapeqc_flag_{s}"]["threshold"]
+        assert cut >= scores[(structures == s) & (fail == 0)].max()
+        assert cut >= plain["checks"][f"shapeqc_flag_{s}"]["threshold"]
+    first = f"shapeqc_flag_{SUBCORTICAL_NAMES[0]}"
+    assert floored["checks"][first]["threshold"] == plain["checks"][first]["threshold"]
+    assert floored["created_by"].endswith("(test)") and "specificity_floor" in floored

@@ -19,6 +19,15 @@
    thresholds and calibration data (scores and truth per structure) are written next to
    the fp16 weights.
 
+Real data (``--real-data``): the training part's real segmentations (IXI people, DLMUSE
+mapped to FreeSurfer codes; ``--real-crops`` crops each, the first undeformed) join the
+training shapes, damaged by the same families. The evaluation split is then the
+**calibration** part's real segmentations (one undeformed crop each, ``--eval-damaged``
+damaged shapes), and each structure's threshold is the ENIGMA one raised, where needed, to
+the highest P(FAIL) of that structure on the good calibration people (the specificity
+floor: a good real person's structure is not flagged at calibration), so the per-person
+false-flag goal of the real-data gate is met on calibration.
+
 The log is ``OUT/train.log``; the sitting's record ``OUT/sitting.json``.
 """
 
@@ -51,10 +60,12 @@ from bids_qc.training.shapeqc_data import (
     EVAL_SHAPE_MAPS,
     TRAIN_SHAPE_MAPS,
     assemble_maps,
+    build_crops,
     build_split,
     cached_axes,
     load_split,
     make_templates,
+    real_sources,
 )
 
 DEFAULT_SEED = 20261121
@@ -127,8 +138,13 @@ def set_templates(net: ShapeQCNet, templates: dict, maps: np.ndarray,
 
 
 def calibration(scores_: np.ndarray, fail: np.ndarray, structures: np.ndarray,
-                recall: float = RECALL) -> dict[str, Any]:
-    """The thresholds document (``bids_qc-calibrate`` schema) for one recall target."""
+                recall: float = RECALL, floor: np.ndarray | None = None,
+                source: str = "evaluation split, maps 15-16") -> dict[str, Any]:
+    """The thresholds document (``bids_qc-calibrate`` schema) for one recall target.
+
+    With ``floor`` (a mask of the undamaged shapes of good people), a structure's threshold
+    is at least the highest P(FAIL) of its undamaged shapes (the specificity floor).
+    """
     from dataclasses import asdict
 
     from bids_qc.calibrate import Calibration, enigma_threshold, roc_auc, thresholds_document
@@ -141,12 +157,17 @@ def calibration(scores_: np.ndarray, fail: np.ndarray, structures: np.ndarray,
             continue
         sc = scores_[sel].astype(float)
         cut = enigma_threshold(sc, bad, recall)
+        if floor is not None and floor[sel].any():
+            cut = max(cut, float(sc[floor[sel]].max()))
         flagged = sc > cut
         cals[f"shapeqc_flag_{s}"] = Calibration(
             f"shapeqc_pfail_{s}", "above", cut, float(flagged[bad].mean()),
             float(flagged.mean()), roc_auc(sc, bad), int(sel.sum()), int(bad.sum()))
     doc = thresholds_document(cals, recall)
-    doc["created_by"] = "bids_qc.training.shapeqc (evaluation split, maps 15-16)"
+    doc["created_by"] = f"bids_qc.training.shapeqc ({source})"
+    if floor is not None:
+        doc["specificity_floor"] = ("each threshold at least the highest P(FAIL) of the "
+                                    "structure on the good people of the evaluation split")
     doc["checks"] = {k: asdict(v) for k, v in sorted(cals.items())}
     return doc
 
@@ -165,9 +186,19 @@ def prepare(args: argparse.Namespace, log: Callable[[str], None], templates: dic
     axes = cached_axes(cache, log)
     train_files = build_split(cache, "train", list(TRAIN_SHAPE_MAPS), "train", args.crops,
                               args.damaged, SHAPE_FAMILIES_TRAINED, axes, args.seed, log)
-    eval_files = build_split(cache, "eval", list(EVAL_SHAPE_MAPS), "train", args.eval_crops,
-                             args.eval_damaged, SHAPE_FAMILIES_TRAINED, axes, args.seed + 1,
-                             log)
+    if not args.real_data:
+        eval_files = build_split(cache, "eval", list(EVAL_SHAPE_MAPS), "train", args.eval_crops,
+                                 args.eval_damaged, SHAPE_FAMILIES_TRAINED, axes, args.seed + 1,
+                                 log)  # fmt: skip
+    else:
+        data_dir = Path(args.real_data)
+        train_files += build_crops(cache / "real_train", "real_train",
+                                   real_sources(data_dir, "training"), args.real_crops,
+                                   args.damaged, SHAPE_FAMILIES_TRAINED, axes, args.seed + 2,
+                                   log=log)  # fmt: skip
+        eval_files = build_crops(cache / "real_cal", "real_cal",
+                                 real_sources(data_dir, "calibration"), 1, args.eval_damaged,
+                                 SHAPE_FAMILIES_TRAINED, axes, args.seed + 3, log=log)
     if args.data_only:
         return None
     tr, ev = load_split(train_files), load_split(eval_files)
@@ -262,16 +293,20 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     width = int(net.stem[0].weight.shape[0])
     shapes = {"crops": args.crops, "damaged": args.damaged, "eval_crops": args.eval_crops,
               "eval_damaged": args.eval_damaged, "width": width,
-              "families": list(SHAPE_FAMILIES_TRAINED)}  # fmt: skip
+              "families": list(SHAPE_FAMILIES_TRAINED), "real_data": bool(args.real_data),
+              "real_crops": args.real_crops if args.real_data else 0}  # fmt: skip
     record = fit(net, x_tr, tr, np.arange(len(y_tr)), args, out, log, (x_ev, ev), warm, shapes)
     if record is None:
         return {"paused": True}
 
     p_ev = scores(net, x_ev, ev["structure"], ev["scalars"])
-    doc = calibration(p_ev, ev["fail"], ev["structure"])
+    source = ("real calibration part: IXI and bert, one undeformed crop each"
+              if args.real_data else "evaluation split, maps 15-16")  # fmt: skip
+    floor = (ev["family"] == "none") if args.real_data else None
+    doc = calibration(p_ev, ev["fail"], ev["structure"], floor=floor, source=source)
     (out / "shapeqc_thresholds.json").write_text(json.dumps(doc, indent=1) + "\n")
     cal = {"format": CALIBRATION_FORMAT, "version": 1,
-           "note": "P(FAIL) and truth of the evaluation split (maps 15-16), per structure",
+           "note": f"P(FAIL) and truth of the evaluation split ({source}), per structure",
            "structures": {s: {"scores": [round(float(v), 6) for v in p_ev[ev["structure"] == s]],
                               "fail": [int(v) for v in ev["fail"][ev["structure"] == s]]}
                           for s in SUBCORTICAL_NAMES}}
@@ -288,7 +323,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                    if (tr["structure"] == s).any()},
                "data_minutes": t_data / 60, "train_minutes": record["wall_hours"] * 60,
                "eval_auc": record["eval_auc"], "final_losses": record["final_losses"],
-               "threads": args.threads}  # fmt: skip
+               "threads": args.threads, "real_data": bool(args.real_data),
+               "real_crops": args.real_crops if args.real_data else 0,
+               "thresholds_from": source}  # fmt: skip
     (out / "shapeqc_train.json").write_text(json.dumps(summary, indent=1) + "\n")
     log("done")
     return summary
@@ -308,6 +345,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--width", type=int, default=16,
                    help="network width (with --from-scratch; a warm start keeps the shipped)")
     p.add_argument("--data-only", action="store_true", help="build the cached shapes only")
+    p.add_argument("--real-data", default="",
+                   help="shared data folder: real training shapes, real calibration thresholds")
+    p.add_argument("--real-crops", type=int, default=2, help="crops per real training person")
     args = p.parse_args(argv)
     if args.record_only:  # weights and record; thresholds come with a finished sitting
         print(json.dumps(record_from_checkpoint(args.out, "shapeqc.pt", lambda st, path: (

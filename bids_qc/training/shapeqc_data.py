@@ -146,27 +146,58 @@ def build_split(cache: Path, name: str, maps: list[int], split: str, crops_per_m
                 n_damaged: int, families: tuple[str, ...], axes: dict[str, np.ndarray],
                 seed: int, log: Callable[[str], None] = print) -> list[Path]:
     """Build (or find cached) every crop of a split; one ``.npz`` per crop (resumable)."""
-    out_dir = cache / name
+    def loader(m: int) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
+        def load() -> tuple[np.ndarray, np.ndarray]:
+            lm = load_label_map(m, split)  # type: ignore[arg-type]
+            return lm.labels, lm.affine
+        return load
+
+    sources = [(f"map{m:02d}", m, loader(m)) for m in maps]
+    return build_crops(cache / name, name, sources, crops_per_map, n_damaged, families, axes,
+                       seed, deform_first=split != "train", log=log)  # fmt: skip
+
+
+def build_crops(out_dir: Path, name: str,
+                sources: list[tuple[str, int, Callable[[], tuple[np.ndarray, np.ndarray]]]],
+                crops: int, n_damaged: int, families: tuple[str, ...],
+                axes: dict[str, np.ndarray], seed: int, deform_first: bool = False,
+                log: Callable[[str], None] = print) -> list[Path]:  # fmt: skip
+    """Crops of label maps given as ``(key, number, loader)``: ``crops`` per map, the first
+    undeformed unless ``deform_first``; a map is loaded only when a crop is missing."""
     out_dir.mkdir(parents=True, exist_ok=True)
     files = []
-    for m in maps:
-        lm = None
-        for c in range(crops_per_map):
-            path = out_dir / f"map{m:02d}_crop{c:02d}.npz"
+    for key, number, load in sources:
+        labels = None
+        for c in range(crops):
+            path = out_dir / f"{key}_crop{c:02d}.npz"
             files.append(path)
             if path.is_file():
                 continue
-            if lm is None:
-                lm = load_label_map(m, split)  # type: ignore[arg-type]
+            if labels is None:
+                labels, affine = load()
             t0 = time.time()
-            arrays = build_crop(lm.labels, lm.affine, seed * 10_000 + m * 100 + c, n_damaged,
-                                families, axes, deform=c > 0 or split != "train")
+            arrays = build_crop(labels, affine, seed * 10_000 + number * 100 + c, n_damaged,
+                                families, axes, deform=c > 0 or deform_first)  # fmt: skip
             tmp = path.with_suffix(".tmp.npz")
             np.savez_compressed(tmp, **arrays)
             os.replace(tmp, path)
             log(f"{name} {path.name}: {len(arrays['fail'])} shapes, "
                 f"{int(arrays['fail'].sum())} FAIL, {time.time() - t0:.1f}s")
     return files
+
+
+def real_sources(data_dir: Path, part: str
+                 ) -> list[tuple[str, int, Callable[[], tuple[np.ndarray, np.ndarray]]]]:
+    """The real segmentations of one part of ``splits.tsv`` (FreeSurfer codes; exclusions
+    left out) as :func:`build_crops` sources."""
+    from bids_qc.training.real_sets import good_images, segmentation
+
+    images = [im for im in good_images(data_dir, part) if im.seg is not None]  # type: ignore[arg-type]
+
+    def loader(im: Any) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
+        return lambda: segmentation(im)  # type: ignore[return-value]
+
+    return [(f"{im.dataset}_{im.item}", k, loader(im)) for k, im in enumerate(images)]
 
 
 def load_split(files: list[Path]) -> dict[str, np.ndarray]:
