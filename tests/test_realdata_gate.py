@@ -52,12 +52,18 @@ def test_planted_dice_is_exact_on_a_real_segmentation():
 
 
 @pytest.fixture(scope="module")
-def test_run(tmp_path_factory):
+def test_set(tmp_path_factory):
     data = require_shared_data()
     if not REGISTRATIONS.is_dir():
         pytest.fail(f"{REGISTRATIONS} (the shipped registrations) is missing")
     root = tmp_path_factory.mktemp("real_test")
     build_dataset(data, "test", root / "test", log=lambda _: None)
+    return root
+
+
+@pytest.fixture(scope="module")
+def test_run(test_set):
+    root = test_set
     models = [s.name for s in REGISTRY if s.name != "vinn" and realdata(s.name)]
     run_app(root / "test", root / "out", models)
     return read_results(root / "out"), models
@@ -71,3 +77,63 @@ def test_false_flag_rates_on_good_real_test_images_match_the_records(test_run):
         again = false_flags(verdicts(results, name))
         assert again["n"] == record["n"], name
         assert abs(again["flagged"] - record["flagged"]) <= 1, (name, again, record)
+
+
+@pytest.mark.parametrize("model", ["regqc", "segqc"])
+def test_shipped_weights_reproduce_the_named_planted_test_cases(test_set, model):
+    """The record's ten named planted test cases, planted again and scored with the shipped
+    weights, give the record's error within 10%."""
+    from bids_qc.training.real_gate import (
+        _template_grid,
+        dice_errors,
+        replay_misregistration,
+        score_planted_segmentation,
+        seg_pair,
+    )
+
+    record = realdata(model)
+    assert record is not None, f"{model} has no real-data record for its shipped weights"
+    named = record["named_cases"]["test"]
+    cases = named["cases"]
+    assert len(cases) == 10 and len({c["image"] for c in cases}) > 3
+    dataset = test_set / "test"
+    if model == "regqc":
+        grid = _template_grid()
+        again = np.array([replay_misregistration(dataset, c, grid=grid)["regqc_rmse_mm"]
+                          for c in cases])  # fmt: skip
+        truth = np.array([c["rmse_mm"] for c in cases])
+        mae = float(np.mean(np.abs(again - truth)))
+    else:
+        scored = []
+        for c in cases:
+            s = score_planted_segmentation(seg_pair(dataset, c["image"]), c, manifold=False)
+            assert s["dice"] == pytest.approx(c["dice"], abs=1e-9)   # the same damage again
+            scored.append({**c, **s})
+        mae = dice_errors(scored, "segqc")["structure_mae"]
+    assert named["mae"] > 0
+    assert mae == pytest.approx(named["mae"], rel=0.10), (mae, named["mae"])
+
+
+def test_dice_errors_per_structure_and_worst():
+    from bids_qc.structures import STRUCTURE_NAMES
+    from bids_qc.training.real_gate import dice_errors, named_cases
+
+    n = len(STRUCTURE_NAMES)
+    cases = []
+    for k in range(12):
+        true = [1.0] * n
+        true[2] = 0.5                   # left caudate damaged in every case
+        true[5] = None                  # absent from both: no error counted
+        pred = [0.9] * n
+        pred[2] = 0.8
+        cases.append({"image": f"sub-{k}", "structure": "left_caudate", "family": "erode",
+                      "target": 0.5, "seed": k, "dice": 0.5, "true_all": true,
+                      "segqc_all": pred})
+    e = dice_errors(cases, "segqc")
+    assert e["worst_structure"] == "left_caudate"
+    assert e["worst_structure_mae"] == pytest.approx(0.3)
+    assert np.isnan(e["per_structure_mae"][STRUCTURE_NAMES[5]])
+    assert e["structure_mae"] == pytest.approx((0.1 * (n - 2) + 0.3) / (n - 1))
+    named = named_cases(cases, "segqc")
+    assert len(named["cases"]) == 10 and named["mae"] == pytest.approx(e["structure_mae"])
+    assert {"seed", "target", "family"} <= set(named["cases"][0])

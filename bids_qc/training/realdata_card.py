@@ -179,15 +179,16 @@ def section_context(spec: ModelSpec, record: dict[str, Any] | None,
 
     planted = record.get("planted") or {}
     parts = [(p, planted[p]) for p in _PARTS if planted.get(p) is not None]
-    has_mae = any("damaged_structure_mae" in d for _, d in parts)
+    errors = [(key, title) for key, title in _ERROR_COLUMNS if any(key in d for _, d in parts)]
     ctx["planted_header"] = (["planted failures", "cases", "positives", "AUROC", "sensitivity",
                               "specificity", "shipped threshold"]
-                             + (["damaged-structure MAE"] if has_mae else []))
+                             + [title for _, title in errors])  # fmt: skip
     ctx["planted_rows"] = [[p, _num(d.get("n")), _num(d.get("positives")), _num(d.get("auroc")),
                             _num(d.get("sensitivity")), _num(d.get("specificity")),
                             _threshold(d.get("threshold"))]
-                           + ([_num(d.get("damaged_structure_mae"))] if has_mae else [])
-                           for p, d in parts]
+                           + [_error_cell(d, key) for key, _ in errors]
+                           for p, d in parts]  # fmt: skip
+    ctx.update(named_context(record))
     texts = [(p, d["failure"]) for p, d in parts if d.get("failure")]
     distinct = list(dict.fromkeys(t for _, t in texts))
     ctx["failures"] = [{"parts": "" if len(distinct) == 1 else
@@ -216,6 +217,38 @@ def section_context(spec: ModelSpec, record: dict[str, Any] | None,
     ctx["failures"] = [{**f, "text": _cell(f["text"])} for f in ctx["failures"]]
     ctx["fitted_on"] = _cell(ctx["fitted_on"])
     return ctx
+
+
+#: Error columns of the planted table, when a record has them.
+_ERROR_COLUMNS = (("mae_mm", "MAE (mm)"), ("damaged_structure_mae", "damaged-structure MAE"),
+                  ("mean_dice_mae", "mean-Dice MAE"),
+                  ("worst_structure_mae", "worst structure MAE"))  # fmt: skip
+
+
+def _error_cell(d: dict[str, Any], key: str) -> str:
+    if key == "worst_structure_mae" and d.get("worst_structure"):
+        return f"{_num(d.get(key))} ({d['worst_structure'].replace('_', ' ')})"
+    return _num(d.get(key))
+
+
+def named_context(record: dict[str, Any]) -> dict[str, Any]:
+    """The ten named planted test cases the tests replay (``named_cases`` of the record)."""
+    named = ((record.get("named_cases") or {}).get("test")) or {}
+    cases = named.get("cases") or []
+    if not cases:
+        return {"named_rows": []}
+    if "A" in cases[0]:
+        header = ["image", "planted RMSE (mm)", "predicted (mm)", "error (mm)"]
+        rows = [[f"`{c['image']}`", _num(c["rmse_mm"]), _num(c["regqc_rmse_mm"]),
+                 _num(abs(c["regqc_rmse_mm"] - c["rmse_mm"]))] for c in cases]  # fmt: skip
+    else:
+        from ..structures import STRUCTURE_NAMES
+
+        header = ["image", "damaged structure", "family", "true Dice", "predicted Dice"]
+        rows = [[f"`{c['image']}`", c["structure"].replace("_", " "), c["family"],
+                 _num(c["dice"]), _num(c["segqc_all"][STRUCTURE_NAMES.index(c["structure"])])]
+                for c in cases]  # fmt: skip
+    return {"named_header": header, "named_rows": rows, "named_mae": _num(named.get("mae"))}
 
 
 def render_section(spec: ModelSpec, record: dict[str, Any] | None,
