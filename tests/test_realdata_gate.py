@@ -83,12 +83,12 @@ def test_false_flag_rates_on_good_real_test_images_match_the_records(test_run):
 def test_shipped_weights_reproduce_the_named_planted_test_cases(test_set, model):
     """The record's ten named planted test cases, planted again and scored with the shipped
     weights, give the record's error within 10%."""
-    from bids_qc.training.real_gate import (
-        _template_grid,
+    from bids_qc.training.real_planted import (
         dice_errors,
         replay_misregistration,
         score_planted_segmentation,
         seg_pair,
+        template_grid,
     )
 
     record = realdata(model)
@@ -98,7 +98,7 @@ def test_shipped_weights_reproduce_the_named_planted_test_cases(test_set, model)
     assert len(cases) == 10 and len({c["image"] for c in cases}) > 3
     dataset = test_set / "test"
     if model == "regqc":
-        grid = _template_grid()
+        grid = template_grid()
         again = np.array([replay_misregistration(dataset, c, grid=grid)["regqc_rmse_mm"]
                           for c in cases])  # fmt: skip
         truth = np.array([c["rmse_mm"] for c in cases])
@@ -116,7 +116,7 @@ def test_shipped_weights_reproduce_the_named_planted_test_cases(test_set, model)
 
 def test_dice_errors_per_structure_and_worst():
     from bids_qc.structures import STRUCTURE_NAMES
-    from bids_qc.training.real_gate import dice_errors, named_cases
+    from bids_qc.training.real_planted import dice_errors, named_cases
 
     n = len(STRUCTURE_NAMES)
     cases = []
