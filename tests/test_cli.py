@@ -297,6 +297,27 @@ def test_rerun_skips_up_to_date_and_force_recomputes(tmp_path, linear_config, ca
     assert result.stat().st_mtime_ns > second
 
 
+def test_a_deleted_result_comes_back_with_a_kept_work_directory(tmp_path, linear_config):
+    """With ``-w`` kept (as the SLURM script keeps it), a deleted participant JSON and report
+    are written again by a plain rerun and by ``--force``: nipype's cache of the other nodes
+    is reused, the node that writes the outputs always runs."""
+    bids = _fs_dataset(tmp_path / "ds", ("01",))
+    out = tmp_path / "out"
+    args = [str(bids), str(out), "participant", "--plugin-config", linear_config,
+            "-w", str(tmp_path / "work")]  # fmt: skip
+    assert run(args) == 0
+    result = out / "sub-01" / "anat" / "sub-01_T1w.json"
+    report = out / "sub-01_T1w.html"
+    first = json.loads(result.read_text())
+    for extra in ([], ["--force"]):
+        result.unlink()
+        report.unlink()
+        assert run([*args, *extra]) == 0, extra
+        again = json.loads(result.read_text())
+        assert report.is_file(), extra
+        assert again["metrics"] == first["metrics"], extra
+
+
 def test_readme_exit_code_table_matches_the_code():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     block = readme.split("<!-- exit-codes")[1].split("<!-- /exit-codes -->")[0]

@@ -251,8 +251,10 @@ def init_image_qc_wf(
     stages.append(iqms)
 
     merge = pe.Node(Merge(len(stages)), name="merge_results")
-    # The report's figures load the row's full-resolution images.
-    write = pe.Node(WriteResults(), name="write_results", mem_gb=mem_gb)
+    # The report's figures load the row's full-resolution images. The node that writes into
+    # OUTPUT_DIR always runs (overwrite): its inputs hash the same when an output was
+    # deleted, and a cached node would then write nothing; the stages before it stay cached.
+    write = pe.Node(WriteResults(), name="write_results", mem_gb=mem_gb, overwrite=True)
     write.inputs.fingerprint = fingerprint
     write.inputs.device = device
     write.inputs.output_dir = str(output_dir)
