@@ -280,6 +280,9 @@ def main(argv: list[str] | None = None) -> None:
     # A cold compiler cache, so that compile times are a first compilation's.
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="bench_inductor_"))
     setup_threads(max(ns.threads))
+    info = machine_info()
+    print(f"CPU capability {info.get('cpu_capability')}, native bfloat16: "
+          f"{info.get('native_bf16')}", flush=True)
     warmup, steps = (1, 2) if ns.quick else (2, 6)
     rows = []
     for name in ns.networks:
@@ -293,7 +296,7 @@ def main(argv: list[str] | None = None) -> None:
     text = table(rows)
     ns.out.mkdir(parents=True, exist_ok=True)
     (ns.out / "bench_train_step.json").write_text(json.dumps(
-        {"machine": machine_info(), "quick": ns.quick, "warmup": warmup, "steps": steps,
+        {"machine": info, "quick": ns.quick, "warmup": warmup, "steps": steps,
          "rows": [asdict(r) for r in rows]}, indent=1) + "\n")  # fmt: skip
     (ns.out / "bench_train_step.md").write_text(f"# bench_train_step\n\n{text}\n")
     print(text)

@@ -134,6 +134,11 @@ def machine_info() -> dict[str, Any]:
 
         info["torch"] = torch.__version__
         info["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+        info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+        from bids_qc.training.loop import native_bf16
+
+        # bf16 rows mean little without it: autocast then emulates bfloat16.
+        info["native_bf16"] = native_bf16()
     except ImportError:  # pragma: no cover
         pass
     return info

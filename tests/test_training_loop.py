@@ -134,3 +134,20 @@ def test_the_record_describes_the_sitting_and_its_exported_weights(tmp_path):
     assert record["options"] == {"batch": 4} and set(record["final_losses"]) == {"loss"}
     assert record["cpu_hours"] >= 0 and record["started"] <= record["ended"]
     assert "cores" in record["machine"]
+
+
+def test_bf16_is_refused_where_the_cpu_would_emulate_it(capsys):
+    import argparse
+
+    from bids_qc.training.loop import native_bf16, require_native_bf16
+
+    avx2 = "flags\t\t: fpu sse sse2 avx avx2 fma\n"
+    bf16 = "flags\t\t: fpu sse avx2 avx512f avx512_bf16\n"
+    assert not native_bf16(avx2) and native_bf16(bf16)
+    assert native_bf16("flags : amx_bf16 amx_tile")
+    parser = argparse.ArgumentParser(prog="recipe")
+    require_native_bf16(parser, True, bf16)      # native: accepted
+    require_native_bf16(parser, False, avx2)     # not asked for: accepted
+    with pytest.raises(SystemExit) as exc:
+        require_native_bf16(parser, True, avx2)
+    assert exc.value.code == 2 and "drop --bf16" in capsys.readouterr().err

@@ -47,6 +47,7 @@ from bids_qc.training.loop import (
     SittingConfig,
     add_sitting_arguments,
     record_from_checkpoint,
+    require_native_bf16,
     require_steps,
     run_sitting,
     shipped_state,
@@ -374,6 +375,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if not args.pool_only:
         require_steps(p, args)
+        require_native_bf16(p, args.bf16)
     if args.batch < 1 or args.per_map < 1:
         raise ValueError("--batch and --per-map must be positive")
     print(json.dumps(train(args)))

@@ -73,6 +73,7 @@ from bids_qc.training.loop import (
     SittingConfig,
     add_sitting_arguments,
     record_from_checkpoint,
+    require_native_bf16,
     require_steps,
     run_sitting,
     shipped_state,
@@ -373,6 +374,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(record_from_checkpoint(Path(args.out), "vinn.pt", export_state)))
         return
     require_steps(p, args)
+    require_native_bf16(p, args.bf16)
     if args.batch < 1:
         p.error("--batch must be positive")
     print(json.dumps(train(args)))
