@@ -66,6 +66,13 @@ _STRUCTURE = re.compile(
     + r")(?=_|$)")
 
 
+def _is_segmenter(name: str) -> bool:
+    """Whether the plugin makes segmentations (its gate and default differ from a check's)."""
+    from bids_qc.models.plugins import get_plugin
+
+    return get_plugin(name).role == "segmenter"
+
+
 # ---------------------------------------------------------------------------------- formatting
 
 def _num(value: Any, digits: int = 3) -> str:
@@ -152,7 +159,7 @@ def section_context(spec: ModelSpec, record: dict[str, Any] | None,
     """
     source = f"`bids_qc/models/cards/realdata/{spec.name}.json`"
     ctx: dict[str, Any] = {"source": source, "measured": record is not None, "segmenter": False,
-                           "targets": segmenter_targets() if spec.name == "vinn"
+                           "targets": segmenter_targets() if _is_segmenter(spec.name)
                            else _targets(record)}
     reasons = gate.why_experimental(spec.name, spec.sha256, folder)
     ctx["passes"] = not reasons
@@ -347,7 +354,7 @@ def readme_context(records: dict[str, dict[str, Any] | None], classic: dict[str,
         columns = "; ".join(x for x in (columns, note) if x)
         if not spec.is_installed():
             default = "no: its weights are not in this installation"
-        elif spec.name == "vinn":  # an input provider, switched by --segment (choose_segmenter)
+        elif _is_segmenter(spec.name):  # an input provider, switched by --segment
             default = ("**experimental**: segments only with `--models vinn` or "
                        "`--segment always`" if experimental else
                        "yes: segments images without a FreeSurfer-coded segmentation "
