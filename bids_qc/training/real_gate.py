@@ -34,6 +34,7 @@ from ..models.gate import GATE, gate_decision, wilson
 from .real_planted import (
     FAIL_MM,
     good_segmentations,
+    good_shapes,
     named_cases,
     planted_figures,
     planted_misregistrations,
@@ -177,6 +178,29 @@ def segqc_choice(sets: Path, weights: Path, part: Part = "calibration") -> dict[
     return out
 
 
+def shapeqc_choice(sets: Path, folder: Path, part: Part = "calibration") -> dict[str, Any]:
+    """Shipped ShapeQC against a candidate sitting's folder (weights ``shapeqc.pt`` and
+    ``shapeqc_thresholds.json``) on one part: the good people flagged (any structure above
+    its threshold) and the planted shape damage's figures."""
+    import torch
+
+    from ..models.shapeqc import load_model
+
+    candidate = load_model(torch.load(folder / "shapeqc.pt", map_location="cpu",
+                                      weights_only=True))  # fmt: skip
+    doc = json.loads((folder / "shapeqc_thresholds.json").read_text())
+    cuts = {k.removeprefix("shapeqc_flag_"): float(v["threshold"])
+            for k, v in doc["checks"].items()}  # fmt: skip
+    out = {}
+    for label, net, thresholds in (("shipped", None, None), ("candidate", candidate, cuts)):
+        flagged = good_shapes(sets / part, net, thresholds)
+        cases = planted_shapes(sets / part, part, net=net, cuts=thresholds)
+        out[label] = {"good": false_flags({k: int(bool(v)) for k, v in flagged.items()}),
+                      "flagged_structures": {k: v for k, v in flagged.items() if v},
+                      "planted": shape_planted_figures(cases)}  # fmt: skip
+    return out
+
+
 def _cached(sets: Path, kind: str, part: str, key: str, compute) -> list[dict[str, Any]]:
     """Planted cases of one kind and part, computed once per weights (``key``)."""
     import hashlib
@@ -203,7 +227,13 @@ def main(argv: list[str] | None = None) -> None:
                    help="only compare these RegQC weights with the shipped ones on calibration")
     p.add_argument("--segqc-candidate", type=Path, default=None,
                    help="only compare these SegQC weights with the shipped ones on calibration")
+    p.add_argument("--shapeqc-candidate", type=Path, default=None,
+                   help="only compare a ShapeQC sitting's folder (weights and thresholds) with "
+                        "the shipped ones on calibration")  # fmt: skip
     args = p.parse_args(argv)
+    if args.shapeqc_candidate is not None:
+        print(json.dumps(shapeqc_choice(args.sets, args.shapeqc_candidate), indent=1))
+        return
     if args.regqc_candidate is not None:
         print(json.dumps(regqc_choice(args.sets, args.regqc_candidate), indent=1))
         return

@@ -185,6 +185,20 @@ def good_segmentations(dataset: Path, segqc_model: Any = None) -> dict[str, floa
     return out
 
 
+def good_shapes(dataset: Path, net: Any = None, cuts: dict[str, float] | None = None
+                ) -> dict[str, list[str]]:  # fmt: skip
+    """The structures ShapeQC flags on each good real segmentation (image stem to names)."""
+    from ..models.shapeqc import predict, shipped_model, shipped_thresholds
+
+    net = net if net is not None else shipped_model()
+    cuts = cuts if cuts is not None else shipped_thresholds()
+    out = {}
+    for stem, _, _, labels, labels_affine in seg_pairs(dataset):
+        results, _ = predict(net, labels, np.asarray(labels_affine))
+        out[stem] = [r.structure for r in results if r.pfail > cuts.get(r.structure, 0.5)]
+    return out
+
+
 def dice_errors(cases: list[dict[str, Any]], model: str = "segqc") -> dict[str, Any]:
     """Mean-Dice MAE and per-structure MAE (over the cases where a structure exists)."""
     from ..structures import STRUCTURE_NAMES
@@ -201,19 +215,22 @@ def dice_errors(cases: list[dict[str, Any]], model: str = "segqc") -> dict[str, 
             "per_structure_mae": {n: float(v) for n, v in zip(STRUCTURE_NAMES, per)}}
 
 
-def planted_shapes(dataset: Path, part: Part, per_image: int = PLANTS_PER_IMAGE
-                   ) -> list[dict[str, Any]]:
+def planted_shapes(dataset: Path, part: Part, per_image: int = PLANTS_PER_IMAGE,
+                   net: Any = None, cuts: dict[str, float] | None = None
+                   ) -> list[dict[str, Any]]:  # fmt: skip
     """ShapeQC on real structures damaged by the card's shape families (``displaced`` too).
 
     Truth is measured as on the card (:func:`bids_qc.synth.shape_damage.damage_shape`); the
-    verdict is the damaged structure's P(FAIL) against its shipped threshold.
+    verdict is the damaged structure's P(FAIL) against its shipped threshold (or the
+    candidate ``net`` and its thresholds ``cuts``).
     """
     from ..models.shapeqc import predict, shipped_model, shipped_thresholds
     from ..structures import SUBCORTICAL
     from ..synth.shape_damage import SHAPE_FAMILIES, damage_shape
 
     rng = np.random.default_rng(SEED + 20 + (0 if part == "calibration" else 1))
-    net, cuts = shipped_model(), shipped_thresholds()
+    net = net if net is not None else shipped_model()
+    cuts = cuts if cuts is not None else shipped_thresholds()
     cases = []
     for stem, _, _, labels, labels_affine in seg_pairs(dataset):
         for _ in range(per_image):

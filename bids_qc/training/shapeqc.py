@@ -138,12 +138,12 @@ def set_templates(net: ShapeQCNet, templates: dict, maps: np.ndarray,
 
 
 def calibration(scores_: np.ndarray, fail: np.ndarray, structures: np.ndarray,
-                recall: float = RECALL, floor: np.ndarray | None = None,
+                recall: float = RECALL, floor: dict[str, float] | None = None,
                 source: str = "evaluation split, maps 15-16") -> dict[str, Any]:
     """The thresholds document (``bids_qc-calibrate`` schema) for one recall target.
 
-    With ``floor`` (a mask of the undamaged shapes of good people), a structure's threshold
-    is at least the highest P(FAIL) of its undamaged shapes (the specificity floor).
+    With ``floor`` (per structure, the highest P(FAIL) of good people), a structure's
+    threshold is at least that value (the specificity floor).
     """
     from dataclasses import asdict
 
@@ -157,8 +157,8 @@ def calibration(scores_: np.ndarray, fail: np.ndarray, structures: np.ndarray,
             continue
         sc = scores_[sel].astype(float)
         cut = enigma_threshold(sc, bad, recall)
-        if floor is not None and floor[sel].any():
-            cut = max(cut, float(sc[floor[sel]].max()))
+        if floor is not None and s in floor:
+            cut = max(cut, float(floor[s]))
         flagged = sc > cut
         cals[f"shapeqc_flag_{s}"] = Calibration(
             f"shapeqc_pfail_{s}", "above", cut, float(flagged[bad].mean()),
@@ -167,12 +167,58 @@ def calibration(scores_: np.ndarray, fail: np.ndarray, structures: np.ndarray,
     doc["created_by"] = f"bids_qc.training.shapeqc ({source})"
     if floor is not None:
         doc["specificity_floor"] = ("each threshold at least the highest P(FAIL) of the "
-                                    "structure on the good people of the evaluation split")
+                                    "structure on the good calibration people, scored as the "
+                                    "app scores them (the exported weights, whole "
+                                    "segmentations)")
+        doc["floor"] = {k: round(float(v), 6) for k, v in sorted(floor.items())}
     doc["checks"] = {k: asdict(v) for k, v in sorted(cals.items())}
     return doc
 
 
 Split = dict[str, np.ndarray]
+
+
+def app_floor(net: ShapeQCNet, sources: list) -> dict[str, float]:
+    """Per structure, the highest P(FAIL) on good people's whole segmentations, scored as the
+    app scores them (:func:`bids_qc.models.shapeqc.predict`)."""
+    from bids_qc.models.shapeqc import predict
+
+    floor: dict[str, float] = {}
+    for _, _, load in sources:
+        labels, affine = load()
+        results, _ = predict(net, labels, np.asarray(affine))
+        for r in results:
+            floor[r.structure] = max(floor.get(r.structure, 0.0), float(r.pfail))
+    return floor
+
+
+def write_thresholds(out: Path, net: ShapeQCNet, ev: Split, x_ev: np.ndarray,
+                     real_data: str = "") -> str:
+    """Thresholds and calibration data of a sitting's exported weights (``out/shapeqc.pt``);
+    returns where the thresholds came from.
+
+    The evaluation split is scored by ``net``; with ``real_data`` the specificity floor is
+    taken from the exported weights on the good calibration people (:func:`app_floor`).
+    """
+    from bids_qc.models.shapeqc import load_model
+
+    p_ev = scores(net, x_ev, ev["structure"], ev["scalars"])
+    source = ("real calibration part: IXI and bert, one undeformed crop each"
+              if real_data else "evaluation split, maps 15-16")  # fmt: skip
+    floor = None
+    if real_data:
+        exported = load_model(torch.load(out / "shapeqc.pt", map_location="cpu",
+                                         weights_only=True))  # fmt: skip
+        floor = app_floor(exported, real_sources(Path(real_data), "calibration"))
+    doc = calibration(p_ev, ev["fail"], ev["structure"], floor=floor, source=source)
+    (out / "shapeqc_thresholds.json").write_text(json.dumps(doc, indent=1) + "\n")
+    cal = {"format": CALIBRATION_FORMAT, "version": 1,
+           "note": f"P(FAIL) and truth of the evaluation split ({source}), per structure",
+           "structures": {s: {"scores": [round(float(v), 6) for v in p_ev[ev["structure"] == s]],
+                              "fail": [int(v) for v in ev["fail"][ev["structure"] == s]]}
+                          for s in SUBCORTICAL_NAMES}}  # fmt: skip
+    (out / "shapeqc_calibration.json").write_text(json.dumps(cal) + "\n")
+    return source
 
 
 def prepare(args: argparse.Namespace, log: Callable[[str], None], templates: dict | None = None
@@ -299,18 +345,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     if record is None:
         return {"paused": True}
 
-    p_ev = scores(net, x_ev, ev["structure"], ev["scalars"])
-    source = ("real calibration part: IXI and bert, one undeformed crop each"
-              if args.real_data else "evaluation split, maps 15-16")  # fmt: skip
-    floor = (ev["family"] == "none") if args.real_data else None
-    doc = calibration(p_ev, ev["fail"], ev["structure"], floor=floor, source=source)
-    (out / "shapeqc_thresholds.json").write_text(json.dumps(doc, indent=1) + "\n")
-    cal = {"format": CALIBRATION_FORMAT, "version": 1,
-           "note": f"P(FAIL) and truth of the evaluation split ({source}), per structure",
-           "structures": {s: {"scores": [round(float(v), 6) for v in p_ev[ev["structure"] == s]],
-                              "fail": [int(v) for v in ev["fail"][ev["structure"] == s]]}
-                          for s in SUBCORTICAL_NAMES}}
-    (out / "shapeqc_calibration.json").write_text(json.dumps(cal) + "\n")
+    source = write_thresholds(out, net, ev, x_ev, args.real_data)
     summary = {"seed": args.seed, "steps": args.steps, "start_step": args.start_step,
                "width": width, "batch": args.batch, "lr": args.lr,
                "warm_start": record["warm_start"],
@@ -348,10 +383,23 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--real-data", default="",
                    help="shared data folder: real training shapes, real calibration thresholds")
     p.add_argument("--real-crops", type=int, default=2, help="crops per real training person")
+    p.add_argument("--thresholds-only", action="store_true",
+                   help="recompute the thresholds of the weights in --out and exit")
     args = p.parse_args(argv)
     if args.record_only:  # weights and record; thresholds come with a finished sitting
         print(json.dumps(record_from_checkpoint(args.out, "shapeqc.pt", lambda st, path: (
             export_state(st, path, keep_float32=("template_", "channel_"))))))
+        return
+    if args.thresholds_only:
+        from bids_qc.models.shapeqc import load_model
+
+        log = train_logger(args.out)
+        net = load_model(torch.load(args.out / "shapeqc.pt", map_location="cpu",
+                                    weights_only=True))  # fmt: skip
+        prepared = prepare(args, log, {k: net.template(k) for k in SUBCORTICAL_KINDS})
+        assert prepared is not None
+        _, ev, _, _, x_ev = prepared
+        log(f"thresholds from {write_thresholds(args.out, net, ev, x_ev, args.real_data)}")
         return
     if not args.data_only:
         require_steps(p, args)
