@@ -178,6 +178,10 @@ def build_parser(plugins: tuple[QCModel, ...] = PLUGINS) -> argparse.ArgumentPar
                      help="recompute images whose results exist and are up to date")
     run.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     run.add_argument("-q", "--quiet", action="count", default=0, help="less log output")
+    run.add_argument("--no-progress", action="store_true",
+                     help="no progress bar: a line per image started and done, as when stderr "
+                          "is not a terminal (e.g. a SLURM log); -v adds each image's time and "
+                          "verdict under the bar")  # fmt: skip
     return p
 
 
@@ -399,6 +403,7 @@ def parse_settings(argv: Sequence[str] | None = None,
         verbose_reports=ns.verbose_reports,
         verbosity=ns.verbose - ns.quiet,
         segment=ns.segment,
+        progress=not ns.no_progress,
     )
 
 

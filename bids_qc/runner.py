@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -127,31 +128,80 @@ def _remove_temp_files(output_dir: Path, rows: list[QCInput]) -> None:
 
 
 class _Progress:
-    """Prints images done out of total, the current one, and failures so far."""
+    """Images done out of total, the image running and failures so far.
 
-    def __init__(self, names: dict[str, str], output_dir: Path) -> None:
+    On a terminal (and without ``--no-progress``) a tqdm bar with counts, rate and ETA from
+    the workflow's start; elsewhere (SLURM logs, pipes) plain log lines. An image counts as
+    started at its first node (VINN or the registration on raw data, not only the classical
+    stage); at ``-v``, and whenever there is no bar, a line per finished image gives its
+    time and the checks it failed.
+    """
+
+    def __init__(self, names: dict[str, str], output_dir: Path, bar: bool = False,
+                 verbosity: int = 0) -> None:  # fmt: skip
         self.names = names  # workflow name -> bids_name
         self.output_dir = output_dir
         self.total = len(names)
         self.done = 0
         self.failed = 0
+        self.verbosity = verbosity
+        self.started: dict[str, float] = {}
+        self.bar: Any = None
+        if bar:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.total, unit="image", desc="bids_qc", file=sys.stderr,
+                            dynamic_ncols=True, smoothing=0.1)  # fmt: skip
 
     def __call__(self, node: Any, status: str) -> None:
         wf = node.fullname.split(".")[-2] if "." in node.fullname else ""
         bids_name = self.names.get(wf)
         if bids_name is None:
             return
-        if status == "start" and node.name == "classic":
-            LOGGER.info("[%d/%d] started %s", self.done, self.total, bids_name)
+        if status == "start" and bids_name not in self.started:
+            self.started[bids_name] = time.monotonic()
+            if self.bar is not None:
+                self.bar.set_postfix_str(f"{bids_name}; failed {self.failed}")
+            else:
+                LOGGER.info("[%d/%d] started %s", self.done, self.total, bids_name)
         elif status == "exception":
             self.done += 1
             self.failed += 1
+            self._advance(bids_name)
             LOGGER.warning("[%d/%d] FAILED %s (%s node crashed; failures so far: %d)",
                            self.done, self.total, bids_name, node.name, self.failed)
         elif status == "end" and node.name == "write_results":
             self.done += 1
-            LOGGER.info("[%d/%d] done %s (failures so far: %d)", self.done, self.total,
-                        bids_name, self.failed)
+            self._advance(bids_name)
+            if self.bar is None or self.verbosity > 0:
+                LOGGER.info("[%d/%d] done %s in %.1f s: %s (failures so far: %d)", self.done,
+                            self.total, bids_name, self._took(bids_name), _verdict(node),
+                            self.failed)  # fmt: skip
+
+    def _took(self, bids_name: str) -> float:
+        return time.monotonic() - self.started.get(bids_name, time.monotonic())
+
+    def _advance(self, bids_name: str) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix_str(f"{bids_name} done; failed {self.failed}")
+
+    def close(self) -> None:
+        """End the bar (a no-op without one)."""
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _verdict(node: Any) -> str:
+    """``PASS`` or the checks an image's participant JSON fails (from the node's output)."""
+    from .reports.checks import evaluate
+
+    try:
+        result = json.loads(Path(node.result.outputs.out_json).read_text())
+    except (AttributeError, OSError, TypeError, ValueError):
+        return "verdict unknown"
+    failed = [o.spec.flag for o in evaluate(result) if o.flag]
+    return "PASS" if not failed else "flagged: " + ", ".join(failed)
 
 
 def run_participant(settings: Settings) -> int:
@@ -218,17 +268,20 @@ def _run_workflow(settings: Settings, rows: list[QCInput], prints: dict, selecti
     # about a second (the classical stage); 0.5 s costs nothing while nodes run.
     wf.config["execution"]["poll_sleep_duration"] = 0.5
     plugin_args = dict(settings.plugin_args)
+    progress = None
     if settings.plugin in ("MultiProc", "Linear"):
-        plugin_args["status_callback"] = _Progress(
-            {workflow_name(r.bids_name): r.bids_name for r in rows}, settings.output_dir
-        )
+        bar = settings.progress and sys.stderr.isatty() and settings.verbosity >= 0
+        progress = _Progress({workflow_name(r.bids_name): r.bids_name for r in rows},
+                             settings.output_dir, bar=bar, verbosity=settings.verbosity)
+        plugin_args["status_callback"] = progress
     previous = _sigterm_as_interrupt()
     LOGGER.info("processing %d image(s) with %s (%s)", len(rows), settings.plugin,
                 ", ".join(f"{k}={v}" for k, v in plugin_args.items() if k != "status_callback"))
     plugin = None
     try:
         plugin = make_plugin(settings.plugin, plugin_args, log_level=nipype_level)
-        wf.run(plugin=plugin, plugin_args=plugin_args)
+        with _logs_beside(progress):
+            wf.run(plugin=plugin, plugin_args=plugin_args)
     except RuntimeError as exc:
         # nipype raises once some node crashed; each image's failure is collected below.
         LOGGER.debug("nipype reported: %s", exc)
@@ -241,12 +294,23 @@ def _run_workflow(settings: Settings, rows: list[QCInput], prints: dict, selecti
                 signal.signal(signum, handler)
         raise
     finally:
+        if progress is not None:
+            progress.close()
         # Workers killed mid-write (interrupted, or a dead worker's pool) leave temp files.
         _remove_temp_files(settings.output_dir, rows)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
         if tmp_work:
             shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def _logs_beside(progress: _Progress | None) -> Any:
+    """Log lines printed above the bar while it runs (tqdm's logging redirect)."""
+    if progress is None or progress.bar is None:
+        return contextlib.nullcontext()
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    return logging_redirect_tqdm(loggers=[LOGGER, logging.getLogger("nipype.workflow")])
 
 
 def _quiet_nipype(verbosity: int) -> str:

@@ -40,6 +40,8 @@ class Settings:
     shapeqc_recall: float | None = None
     verbosity: int = 0
     segment: SegmentChoice = "auto"
+    #: A progress bar on a terminal (``--no-progress``: plain lines, as in a log file).
+    progress: bool = True
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready view (paths as strings), for provenance."""

@@ -1,0 +1,57 @@
+"""Progress a person can watch: a bar on a terminal, a line per image elsewhere."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from types import SimpleNamespace
+
+from bids_qc.runner import _Progress
+
+
+def _node(workflow: str, name: str, out_json: str | None = None) -> SimpleNamespace:
+    outputs = SimpleNamespace(out_json=out_json) if out_json else None
+    return SimpleNamespace(fullname=f"bids_qc_wf.{workflow}.{name}", name=name,
+                           result=SimpleNamespace(outputs=outputs))
+
+
+def _result(tmp_path, name: str, metrics: dict) -> str:
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps({"bids_name": name, "metrics": metrics, "provenance": {}}))
+    return str(path)
+
+
+def test_plain_lines_start_at_the_first_node_and_end_with_time_and_verdict(tmp_path, caplog):
+    names = {"wf_a": "sub-01_T1w", "wf_b": "sub-02_T1w"}
+    progress = _Progress(names, tmp_path, bar=False)
+    good = _result(tmp_path, "a", {"regqc_rmse_mm": 2.0, "regqc_flag": 0})
+    bad = _result(tmp_path, "b", {"regqc_rmse_mm": 25.0, "regqc_flag": 1})
+    with caplog.at_level(logging.INFO, logger="bids_qc"):
+        progress(_node("wf_a", "vinn"), "start")      # raw data: VINN runs first
+        progress(_node("wf_a", "classic"), "start")   # not a second "started"
+        progress(_node("wf_a", "write_results", good), "end")
+        progress(_node("wf_b", "register"), "start")
+        progress(_node("wf_b", "write_results", bad), "end")
+        progress(_node("other", "write_results", bad), "end")   # not an image's workflow
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("started sub-01_T1w" in line for line in lines) == 1
+    assert any(line.startswith("[1/2] done sub-01_T1w in ") and line.endswith(
+        ": PASS (failures so far: 0)") for line in lines), lines
+    assert any("[2/2] done sub-02_T1w" in line and "flagged: regqc_flag" in line
+               for line in lines), lines
+    assert progress.done == 2
+
+
+def test_the_bar_counts_images_and_failures(tmp_path, monkeypatch):
+    stream = io.StringIO()
+    monkeypatch.setattr("sys.stderr", stream)
+    progress = _Progress({"wf_a": "sub-01_T1w", "wf_b": "sub-02_T1w"}, tmp_path, bar=True)
+    progress(_node("wf_a", "classic"), "start")
+    progress(_node("wf_a", "write_results", _result(tmp_path, "a", {})), "end")
+    progress(_node("wf_b", "classic"), "start")
+    progress(_node("wf_b", "segqc"), "exception")
+    assert progress.bar.n == 2 and progress.failed == 1
+    progress.close()
+    text = stream.getvalue()
+    assert "2/2" in text and "failed 1" in text and "image" in text
