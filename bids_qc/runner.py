@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -25,6 +24,7 @@ from .io import atomic_write_json
 from .models.gate import why_experimental
 from .models.registry import KNOWN_MODELS, REGISTRY, ModelSpec, installed_models
 from .outputs import fingerprint, init_output_dir, is_up_to_date, result_path
+from .progress import Progress, logs_beside, stamp_stage_seconds
 from .results import failed_result
 from .scheduling import make_plugin, set_nipype_log_level, stop_workers
 from .settings import Settings
@@ -127,83 +127,6 @@ def _remove_temp_files(output_dir: Path, rows: list[QCInput]) -> None:
                 tmp.unlink(missing_ok=True)
 
 
-class _Progress:
-    """Images done out of total, the image running and failures so far.
-
-    On a terminal (and without ``--no-progress``) a tqdm bar with counts, rate and ETA from
-    the workflow's start; elsewhere (SLURM logs, pipes) plain log lines. An image counts as
-    started at its first node (VINN or the registration on raw data, not only the classical
-    stage); at ``-v``, and whenever there is no bar, a line per finished image gives its
-    time and the checks it failed.
-    """
-
-    def __init__(self, names: dict[str, str], output_dir: Path, bar: bool = False,
-                 verbosity: int = 0) -> None:  # fmt: skip
-        self.names = names  # workflow name -> bids_name
-        self.output_dir = output_dir
-        self.total = len(names)
-        self.done = 0
-        self.failed = 0
-        self.verbosity = verbosity
-        self.started: dict[str, float] = {}
-        self.bar: Any = None
-        if bar:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=self.total, unit="image", desc="bids_qc", file=sys.stderr,
-                            dynamic_ncols=True, smoothing=0.1)  # fmt: skip
-
-    def __call__(self, node: Any, status: str) -> None:
-        wf = node.fullname.split(".")[-2] if "." in node.fullname else ""
-        bids_name = self.names.get(wf)
-        if bids_name is None:
-            return
-        if status == "start" and bids_name not in self.started:
-            self.started[bids_name] = time.monotonic()
-            if self.bar is not None:
-                self.bar.set_postfix_str(f"{bids_name}; failed {self.failed}")
-            else:
-                LOGGER.info("[%d/%d] started %s", self.done, self.total, bids_name)
-        elif status == "exception":
-            self.done += 1
-            self.failed += 1
-            self._advance(bids_name)
-            LOGGER.warning("[%d/%d] FAILED %s (%s node crashed; failures so far: %d)",
-                           self.done, self.total, bids_name, node.name, self.failed)
-        elif status == "end" and node.name == "write_results":
-            self.done += 1
-            self._advance(bids_name)
-            if self.bar is None or self.verbosity > 0:
-                LOGGER.info("[%d/%d] done %s in %.1f s: %s (failures so far: %d)", self.done,
-                            self.total, bids_name, self._took(bids_name), _verdict(node),
-                            self.failed)  # fmt: skip
-
-    def _took(self, bids_name: str) -> float:
-        return time.monotonic() - self.started.get(bids_name, time.monotonic())
-
-    def _advance(self, bids_name: str) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix_str(f"{bids_name} done; failed {self.failed}")
-
-    def close(self) -> None:
-        """End the bar (a no-op without one)."""
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _verdict(node: Any) -> str:
-    """``PASS`` or the checks an image's participant JSON fails (from the node's output)."""
-    from .reports.checks import evaluate
-
-    try:
-        result = json.loads(Path(node.result.outputs.out_json).read_text())
-    except (AttributeError, OSError, TypeError, ValueError):
-        return "verdict unknown"
-    failed = [o.spec.flag for o in evaluate(result) if o.flag]
-    return "PASS" if not failed else "flagged: " + ", ".join(failed)
-
-
 def run_participant(settings: Settings) -> int:
     """Participant level; returns the exit code."""
     from .bids import check_dataset, collect_inputs
@@ -236,15 +159,20 @@ def run_participant(settings: Settings) -> int:
         LOGGER.info("%d of %d image(s) already have up-to-date results (use --force to "
                     "recompute them)", len(rows) - len(todo), len(rows))
     started = time.time()
+    seconds: dict[str, dict[str, float]] = {}
     if todo:
-        _run_workflow(settings, todo, prints, selection, device, segmenter)
+        seconds = _run_workflow(settings, todo, prints, selection, device, segmenter)
+        stamp_stage_seconds(settings.output_dir, todo, seconds, started)
     failures = _collect_failures(settings, todo, prints, device, started)
-    _write_run_log(settings, rows, todo, failures, selection, device)
+    _write_run_log(settings, rows, todo, failures, selection, device, seconds)
     return _summary(settings, rows, todo, failures, selection)
 
 
 def _run_workflow(settings: Settings, rows: list[QCInput], prints: dict, selection: Selection,
-                  device: str, segmenter: ModelSpec | None = None) -> None:
+                  device: str, segmenter: ModelSpec | None = None
+                  ) -> dict[str, dict[str, float]]:  # fmt: skip
+    """Run the workflow; returns each image's per-node wall seconds (empty without a
+    scheduler callback, e.g. on SLURM)."""
     from .workflows.base import init_bids_qc_wf, workflow_name
 
     tmp_work = settings.work_dir is None
@@ -271,7 +199,7 @@ def _run_workflow(settings: Settings, rows: list[QCInput], prints: dict, selecti
     progress = None
     if settings.plugin in ("MultiProc", "Linear"):
         bar = settings.progress and sys.stderr.isatty() and settings.verbosity >= 0
-        progress = _Progress({workflow_name(r.bids_name): r.bids_name for r in rows},
+        progress = Progress({workflow_name(r.bids_name): r.bids_name for r in rows},
                              settings.output_dir, bar=bar, verbosity=settings.verbosity)
         plugin_args["status_callback"] = progress
     previous = _sigterm_as_interrupt()
@@ -280,7 +208,7 @@ def _run_workflow(settings: Settings, rows: list[QCInput], prints: dict, selecti
     plugin = None
     try:
         plugin = make_plugin(settings.plugin, plugin_args, log_level=nipype_level)
-        with _logs_beside(progress):
+        with logs_beside(progress):
             wf.run(plugin=plugin, plugin_args=plugin_args)
     except RuntimeError as exc:
         # nipype raises once some node crashed; each image's failure is collected below.
@@ -302,15 +230,7 @@ def _run_workflow(settings: Settings, rows: list[QCInput], prints: dict, selecti
             signal.signal(signal.SIGTERM, previous)
         if tmp_work:
             shutil.rmtree(work_dir, ignore_errors=True)
-
-
-def _logs_beside(progress: _Progress | None) -> Any:
-    """Log lines printed above the bar while it runs (tqdm's logging redirect)."""
-    if progress is None or progress.bar is None:
-        return contextlib.nullcontext()
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
-    return logging_redirect_tqdm(loggers=[LOGGER, logging.getLogger("nipype.workflow")])
+    return progress.seconds if progress is not None else {}
 
 
 def _quiet_nipype(verbosity: int) -> str:
@@ -359,7 +279,8 @@ def _collect_failures(settings: Settings, rows: list[QCInput], prints: dict, dev
 
 
 def _write_run_log(settings: Settings, rows: list[QCInput], todo: list[QCInput],
-                   failures: dict[str, str], selection: Selection, device: str) -> None:
+                   failures: dict[str, str], selection: Selection, device: str,
+                   seconds: dict[str, dict[str, float]] | None = None) -> None:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     record = {
         "settings": settings.to_json(),
@@ -369,6 +290,7 @@ def _write_run_log(settings: Settings, rows: list[QCInput], todo: list[QCInput],
         "failed": failures,
         "models": [m.name for m in selection.models],
         "models_skipped": selection.skipped,
+        "stage_seconds": seconds or {},
     }
     # Host and PID in the name: concurrent jobs (a SLURM array) each keep their own log.
     name = f"run-{stamp}-{socket.gethostname()}-{os.getpid()}.json"

@@ -7,7 +7,7 @@ import json
 import logging
 from types import SimpleNamespace
 
-from bids_qc.runner import _Progress
+from bids_qc.progress import Progress
 
 
 def _node(workflow: str, name: str, out_json: str | None = None) -> SimpleNamespace:
@@ -24,7 +24,7 @@ def _result(tmp_path, name: str, metrics: dict) -> str:
 
 def test_plain_lines_start_at_the_first_node_and_end_with_time_and_verdict(tmp_path, caplog):
     names = {"wf_a": "sub-01_T1w", "wf_b": "sub-02_T1w"}
-    progress = _Progress(names, tmp_path, bar=False)
+    progress = Progress(names, tmp_path, bar=False)
     good = _result(tmp_path, "a", {"regqc_rmse_mm": 2.0, "regqc_flag": 0})
     bad = _result(tmp_path, "b", {"regqc_rmse_mm": 25.0, "regqc_flag": 1})
     with caplog.at_level(logging.INFO, logger="bids_qc"):
@@ -46,7 +46,7 @@ def test_plain_lines_start_at_the_first_node_and_end_with_time_and_verdict(tmp_p
 def test_the_bar_counts_images_and_failures(tmp_path, monkeypatch):
     stream = io.StringIO()
     monkeypatch.setattr("sys.stderr", stream)
-    progress = _Progress({"wf_a": "sub-01_T1w", "wf_b": "sub-02_T1w"}, tmp_path, bar=True)
+    progress = Progress({"wf_a": "sub-01_T1w", "wf_b": "sub-02_T1w"}, tmp_path, bar=True)
     progress(_node("wf_a", "classic"), "start")
     progress(_node("wf_a", "write_results", _result(tmp_path, "a", {})), "end")
     progress(_node("wf_b", "classic"), "start")
@@ -55,3 +55,22 @@ def test_the_bar_counts_images_and_failures(tmp_path, monkeypatch):
     progress.close()
     text = stream.getvalue()
     assert "2/2" in text and "failed 1" in text and "image" in text
+
+
+def test_stage_seconds_reach_the_run_log_and_the_provenance(tmp_path, monkeypatch):
+    from bids_qc.progress import stamp_stage_seconds
+
+    clock = iter([10.0, 10.0, 12.5, 12.5, 13.0])
+    monkeypatch.setattr("bids_qc.progress.time.monotonic", lambda: next(clock))
+    progress = Progress({"wf_a": "sub-01_T1w"}, tmp_path, bar=False)
+    progress(_node("wf_a", "classic"), "start")
+    progress(_node("wf_a", "classic"), "end")
+    progress(_node("wf_a", "segqc"), "start")
+    assert progress.seconds == {"sub-01_T1w": {"classic": 2.5}}
+    row = SimpleNamespace(bids_name="sub-01_T1w", entities={"subject": "01", "suffix": "T1w"},
+                          subject="01", session=None, datatype="anat")
+    monkeypatch.setattr("bids_qc.progress.result_path", lambda out, r: out / "r.json")
+    (tmp_path / "r.json").write_text(json.dumps({"metrics": {}, "provenance": {"a": 1}}))
+    stamp_stage_seconds(tmp_path, [row], progress.seconds, started=0.0)
+    stored = json.loads((tmp_path / "r.json").read_text())
+    assert stored["provenance"] == {"a": 1, "stage_seconds": {"classic": 2.5}}
