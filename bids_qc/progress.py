@@ -17,6 +17,21 @@ from .outputs import result_path
 LOGGER = logging.getLogger("bids_qc")
 
 
+class Phases:
+    """Wall seconds of a run's phases, in order (the run log's ``phase_seconds``, which the
+    profile benchmark reads)."""
+
+    def __init__(self) -> None:
+        self._last = time.monotonic()
+        self.seconds: dict[str, float] = {}
+
+    def mark(self, name: str) -> None:
+        """End the phase ``name`` now (it began where the previous one ended)."""
+        now = time.monotonic()
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + now - self._last, 3)
+        self._last = now
+
+
 class Progress:
     """Images done out of total, the image running and failures so far.
 

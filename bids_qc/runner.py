@@ -24,7 +24,7 @@ from .io import atomic_write_json
 from .models.gate import why_experimental
 from .models.registry import KNOWN_MODELS, REGISTRY, ModelSpec, installed_models
 from .outputs import fingerprint, init_output_dir, is_up_to_date, result_path
-from .progress import Progress, logs_beside, stamp_stage_seconds
+from .progress import Phases, Progress, logs_beside, stamp_stage_seconds
 from .results import failed_result
 from .scheduling import make_plugin, set_nipype_log_level, stop_workers
 from .settings import Settings
@@ -132,13 +132,16 @@ def run_participant(settings: Settings) -> int:
     from .bids import check_dataset, collect_inputs
     from .device import resolve_device
 
+    phases = Phases()
     check_dataset(settings.bids_dir, settings.skip_bids_validation)
     _check_writable(settings.output_dir)
     try:
         device = resolve_device(settings.device)
     except ValueError as exc:
         raise DatasetError(str(exc), exitcodes.USAGE) from None
+    phases.mark("validate")
     rows = collect_inputs(settings)
+    phases.mark("index")
     init_output_dir(settings.output_dir, settings.bids_dir)
     selection = select_models(settings.models)
     for s in selection.skipped:
@@ -152,25 +155,28 @@ def run_participant(settings: Settings) -> int:
     options["models_skipped"] = [s["model"] for s in selection.skipped]
     models = selection.models + tuple(m for m in (segmenter,)
                                       if m is not None and m not in selection.models)
+    phases.mark("models")
     prints = {r.bids_name: fingerprint(r, models, options) for r in rows}
     todo = [r for r in rows if settings.force
             or not is_up_to_date(result_path(settings.output_dir, r), prints[r.bids_name])]
+    phases.mark("fingerprint")
     if len(todo) < len(rows):
         LOGGER.info("%d of %d image(s) already have up-to-date results (use --force to "
                     "recompute them)", len(rows) - len(todo), len(rows))
     started = time.time()
     seconds: dict[str, dict[str, float]] = {}
     if todo:
-        seconds = _run_workflow(settings, todo, prints, selection, device, segmenter)
+        seconds = _run_workflow(settings, todo, prints, selection, device, segmenter, phases)
         stamp_stage_seconds(settings.output_dir, todo, seconds, started)
     failures = _collect_failures(settings, todo, prints, device, started)
-    _write_run_log(settings, rows, todo, failures, selection, device, seconds)
+    phases.mark("collect")
+    _write_run_log(settings, rows, todo, failures, selection, device, seconds, phases.seconds)
     return _summary(settings, rows, todo, failures, selection)
 
 
 def _run_workflow(settings: Settings, rows: list[QCInput], prints: dict, selection: Selection,
-                  device: str, segmenter: ModelSpec | None = None
-                  ) -> dict[str, dict[str, float]]:  # fmt: skip
+                  device: str, segmenter: ModelSpec | None = None,
+                  phases: Phases | None = None) -> dict[str, dict[str, float]]:  # fmt: skip
     """Run the workflow; returns each image's per-node wall seconds (empty without a
     scheduler callback, e.g. on SLURM)."""
     from .workflows.base import init_bids_qc_wf, workflow_name
@@ -192,6 +198,8 @@ def _run_workflow(settings: Settings, rows: list[QCInput], prints: dict, selecti
         max_threads=int(settings.plugin_args.get("n_procs", settings.nprocs)),
         segmenter=segmenter, segment=settings.segment,
     )
+    if phases is not None:
+        phases.mark("build")
     # nipype's scheduler sleeps 2 s between polls: most of the run when nodes take
     # about a second (the classical stage); 0.5 s costs nothing while nodes run.
     wf.config["execution"]["poll_sleep_duration"] = 0.5
@@ -222,6 +230,8 @@ def _run_workflow(settings: Settings, rows: list[QCInput], prints: dict, selecti
                 signal.signal(signum, handler)
         raise
     finally:
+        if phases is not None:
+            phases.mark("run")  # a crashed node's run too
         if progress is not None:
             progress.close()
         # Workers killed mid-write (interrupted, or a dead worker's pool) leave temp files.
@@ -280,7 +290,8 @@ def _collect_failures(settings: Settings, rows: list[QCInput], prints: dict, dev
 
 def _write_run_log(settings: Settings, rows: list[QCInput], todo: list[QCInput],
                    failures: dict[str, str], selection: Selection, device: str,
-                   seconds: dict[str, dict[str, float]] | None = None) -> None:
+                   seconds: dict[str, dict[str, float]] | None = None,
+                   phase_seconds: dict[str, float] | None = None) -> None:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     record = {
         "settings": settings.to_json(),
@@ -290,6 +301,7 @@ def _write_run_log(settings: Settings, rows: list[QCInput], todo: list[QCInput],
         "failed": failures,
         "models": [m.name for m in selection.models],
         "models_skipped": selection.skipped,
+        "phase_seconds": phase_seconds or {},
         "stage_seconds": seconds or {},
     }
     # Host and PID in the name: concurrent jobs (a SLURM array) each keep their own log.

@@ -74,3 +74,17 @@ def test_stage_seconds_reach_the_run_log_and_the_provenance(tmp_path, monkeypatc
     stamp_stage_seconds(tmp_path, [row], progress.seconds, started=0.0)
     stored = json.loads((tmp_path / "r.json").read_text())
     assert stored["provenance"] == {"a": 1, "stage_seconds": {"classic": 2.5}}
+
+
+def test_phases_add_up_in_order(monkeypatch):
+    from bids_qc.progress import Phases
+
+    clock = iter([0.0, 1.0, 3.5, 4.0, 4.25])
+    monkeypatch.setattr("bids_qc.progress.time.monotonic", lambda: next(clock))
+    phases = Phases()
+    phases.mark("index")
+    phases.mark("run")
+    phases.mark("collect")
+    phases.mark("run")     # a phase marked twice adds up
+    assert phases.seconds == {"index": 1.0, "run": 2.75, "collect": 0.5}
+    assert list(phases.seconds) == ["index", "run", "collect"]
