@@ -27,7 +27,7 @@ from .plugin import (
 _REGQC_SHA = "19d316caa2cf463f70ad4f03907ae0f9258806a7d216e8d823842d80b526e283"
 _SEGQC_SHA = "cff3e20167615fea5611f3ea9d1c4eb975a4864ea29e2690c341866a7532e921"
 _MANIFOLDQC_SHA = "72ce5568a53ffbbee566e0af4a7f9d245c9ee2be2b576b9390feb04db895aa26"
-_SHAPEQC_SHA = "95eff42aea27029d1e3ce9f31a4be3eb446f8c65277f8efe06683517ef40c4c5"
+_SHAPEQC_SHA = "a5b40097a3787f40985326ad492208b57596c439f26c5e3598d0a80c40e6e51d"
 _VINN_SHA = "b3f6551ef81da7e9d38777ba9523110f10c6db5e04ec38122be2e0a377fea9d7"
 
 #: The default Dice threshold of SegQC, and of ManifoldQC unless its option is given.
@@ -119,21 +119,22 @@ def _shapeqc_columns() -> tuple[Column, ...]:
                            f"of {what} is a segmentation failure (ShapeQC, from its spherical "
                            "thickness and area maps).", "shapeqc"))
         cols.append(Column(f"shapeqc_flag_{s.name}", "flag", "", f"1 when shapeqc_pfail_{s.name}"
-                           " exceeds its threshold (shipped: F-recall 0.8 on the evaluation "
-                           "split; `--shapeqc-recall` re-derives it).", "shapeqc"))
+                           " exceeds its threshold (shipped: F-recall 0.8 on the real calibration "
+                           "shapes, raised to the highest P(FAIL) of good calibration people; "
+                           "`--shapeqc-recall` re-derives it).", "shapeqc"))
     cols.append(Column("shapeqc_nflagged", "int", "", "Number of structures ShapeQC flags.",
                        "shapeqc"))
     return tuple(cols)
 
 
 SHAPEQC = QCModel(
-    spec=gated_spec("shapeqc", "1.1.0", "shapeqc.pt", _SHAPEQC_SHA, ("seg",),
+    spec=gated_spec("shapeqc", "1.2.0", "shapeqc.pt", _SHAPEQC_SHA, ("seg",),
                     "P(FAIL) of each subcortical structure's shape: spherical thickness/area "
                     "maps, 2D ResNet, Grad-CAM (ShapeQC)",
                     extra_files=(("shapeqc_thresholds.json",
-                                  "876de1f60f5ae60db57b54a7bc3ae101016c31f794fd8f0c30a577a1cd8f3a4a"),
+                                  "2c2ff6a54be9f36d3833d7fcef941c75b7cdfaa9d708a3f97147bf1ba6a24eb0"),
                                  ("shapeqc_calibration.json",
-                                  "2e24714c47ddebe537495931b119d4af7df5190d6da658b6fe32ddc7809bbfef"))),
+                                  "c4c578d0418d090641187799bbab66067cdc8190ab374670743c614eb6bc34eb"))),
     title="ShapeQC",
     interface="bids_qc.interfaces.shapeqc:ShapeQC",
     # A 256^3 segmentation, 14 small meshes and a 0.2 M-parameter 2D CNN.

@@ -161,13 +161,9 @@ def segqc_choice(sets: Path, weights: Path, part: Part = "calibration") -> dict[
     figures of the planted single-structure damage, at the shipped threshold (0.7)."""
     import torch
 
-    from ..models.segqc import SegQCNet
+    from ..models.segqc import load_model
 
-    state = torch.load(weights, map_location="cpu", weights_only=True)
-    candidate = SegQCNet()
-    candidate.load_state_dict({k: v.float() if v.is_floating_point() else v
-                               for k, v in state.items()})
-    candidate.eval()
+    candidate = load_model("cpu", torch.load(weights, map_location="cpu", weights_only=True))
     out = {}
     for label, model in (("shipped", None), ("candidate", candidate)):
         good = good_segmentations(sets / part, model)
