@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -153,7 +155,7 @@ registrations from fMRIPrep, FreeSurfer or FastSurfer derivatives.
 - `<bids_name>.html`, `sub-<label>/figures/`: participant reports and their figures
 - `group_T1w.tsv`, `group_T1w.html`: one row per image; the group report and review queue
 - `group_T1w_flagged.tsv`, `group_T1w_queue.tsv`: flagged checks; the whole review queue
-- `logs/`: the settings of each run, crash files
+- `logs/`: the settings and timings of each run, crash files, the md5 cache
 
 Every column and JSON key is described on the Outputs page of the bids_qc documentation
 ({HOMEPAGE}, `docs/outputs.md` in its source).
@@ -242,8 +244,80 @@ def xfm_path(output_dir: Path, row: QCInput, space: str) -> Path:
     return result_path(output_dir, row).parent / f"{stem}_from-T1w_to-{space}_mode-image_xfm.txt"
 
 
+#: The MD5 cache's file name, in the output dataset's ``logs/`` (ignored by BIDS tools).
+MD5_CACHE = "md5_cache.json"
+
+
+class Md5Cache:
+    """MD5 of input files, reused while a file's size and modification time are unchanged.
+
+    The rule (README, "existing results"): a file whose resolved path, size and mtime (ns)
+    match the last run's is not read again; any change to one of them reads it again. A
+    file rewritten in place with the same size and mtime is therefore missed, as by make
+    and rsync's quick check; ``--force`` recomputes everything. Concurrent jobs (a SLURM
+    array) each write the cache atomically; the last one wins, which only costs re-hashing.
+
+    Parameters
+    ----------
+    path : Path or None
+        The cache file (JSON); None keeps it in memory only.
+    """
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path
+        self.entries: dict[str, list[Any]] = {}
+        self.hashed = 0
+        self._lock = threading.Lock()
+        if path is not None:
+            try:
+                loaded = json.loads(Path(path).read_text())
+                if isinstance(loaded, dict):
+                    self.entries = loaded
+            except (OSError, ValueError):
+                pass
+
+    def md5(self, path: str | Path) -> str:
+        """The file's MD5, from the cache when its size and mtime are unchanged.
+
+        Raises
+        ------
+        OSError, InputError
+            As :func:`bids_qc.io.md5sum` (a missing file or a broken link).
+        """
+        key = str(Path(path).resolve())
+        st = os.stat(path)
+        hit = self.entries.get(key)
+        if hit is not None and hit[:2] == [st.st_size, st.st_mtime_ns]:
+            return str(hit[2])
+        digest = md5sum(path)
+        with self._lock:
+            self.entries[key] = [st.st_size, st.st_mtime_ns, digest]
+            self.hashed += 1
+        return digest
+
+    def save(self) -> None:
+        """Write the cache (atomically), if it has a file."""
+        if self.path is not None:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            with self._lock:
+                atomic_write_json(Path(self.path), dict(self.entries))
+
+
+def fingerprints(rows: list[QCInput], models: tuple[ModelSpec, ...], options: dict[str, Any],
+                 cache: Md5Cache | None = None, threads: int = 4) -> dict[str, dict[str, Any]]:
+    """:func:`fingerprint` of every row, their files hashed by ``threads`` threads
+    (hashlib releases the GIL on large reads)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cache = cache or Md5Cache()
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        prints = list(pool.map(lambda r: fingerprint(r, models, options, cache.md5), rows))
+    return {r.bids_name: p for r, p in zip(rows, prints)}
+
+
 def fingerprint(
-    row: QCInput, models: tuple[ModelSpec, ...], options: dict[str, Any]
+    row: QCInput, models: tuple[ModelSpec, ...], options: dict[str, Any],
+    md5: Callable[[str | Path], str] = md5sum,
 ) -> dict[str, Any]:
     """What a result depends on: input contents, versions, models, and output-relevant options.
 
@@ -253,7 +327,7 @@ def fingerprint(
     inputs: dict[str, str | None] = {}
     for role, path in row.input_files().items():
         try:
-            inputs[role] = md5sum(path)
+            inputs[role] = md5(path)
         except (OSError, ValueError):
             inputs[role] = None
     return {

@@ -23,7 +23,14 @@ from .inputs import QCInput, qc_input_to_dict
 from .io import atomic_write_json
 from .models.gate import why_experimental
 from .models.registry import KNOWN_MODELS, REGISTRY, ModelSpec, installed_models
-from .outputs import fingerprint, init_output_dir, is_up_to_date, result_path
+from .outputs import (
+    MD5_CACHE,
+    Md5Cache,
+    fingerprints,
+    init_output_dir,
+    is_up_to_date,
+    result_path,
+)
 from .progress import Phases, Progress, logs_beside, stamp_stage_seconds
 from .results import failed_result
 from .scheduling import make_plugin, set_nipype_log_level, stop_workers
@@ -156,7 +163,9 @@ def run_participant(settings: Settings) -> int:
     models = selection.models + tuple(m for m in (segmenter,)
                                       if m is not None and m not in selection.models)
     phases.mark("models")
-    prints = {r.bids_name: fingerprint(r, models, options) for r in rows}
+    cache = Md5Cache(settings.output_dir / "logs" / MD5_CACHE)
+    prints = fingerprints(rows, models, options, cache, threads=min(8, 2 * settings.nprocs))
+    cache.save()
     todo = [r for r in rows if settings.force
             or not is_up_to_date(result_path(settings.output_dir, r), prints[r.bids_name])]
     phases.mark("fingerprint")

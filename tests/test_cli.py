@@ -408,3 +408,28 @@ def test_raw_only_run_says_what_it_could_not_check(tmp_path, linear_config, caps
     html = (out / "sub-01_T1w.html").read_text()
     assert "Every stage ran." not in html
     assert "this image was not checked for registration, segmentation" in html
+
+
+def test_md5_cache_rereads_a_file_only_when_its_size_or_mtime_changes(tmp_path):
+    """The README's rerun rule: an input is hashed again when its size or mtime changes."""
+    import os
+
+    from bids_qc.io import md5sum
+    from bids_qc.outputs import Md5Cache
+
+    f = tmp_path / "t1w.nii.gz"
+    f.write_bytes(b"a" * 1000)
+    cache = Md5Cache(tmp_path / "logs" / "md5_cache.json")
+    first = cache.md5(f)
+    assert first == md5sum(f) and cache.hashed == 1
+    cache.save()
+    again = Md5Cache(tmp_path / "logs" / "md5_cache.json")   # the next run
+    assert again.md5(f) == first and again.hashed == 0
+    st = os.stat(f)
+    f.write_bytes(b"b" * 1000)                                # same size and mtime: missed
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert again.md5(f) == first and again.hashed == 0
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched: read again
+    assert again.md5(f) == md5sum(f) != first and again.hashed == 1
+    f.write_bytes(b"c" * 999)                                 # new size: read again
+    assert again.md5(f) == md5sum(f) and again.hashed == 2
