@@ -290,7 +290,14 @@ def train(args: argparse.Namespace) -> dict[str, Any] | None:
     torch.manual_seed(args.seed)
     net = SegQCNet()
     warm = "scratch"
-    if not args.from_scratch:
+    if args.init_from:  # an earlier sitting's weights that did not ship
+        from bids_qc.models.segqc import load_model
+        from bids_qc.training.loop import sha256_file
+
+        state = torch.load(args.init_from, map_location="cpu", weights_only=True)
+        net.load_state_dict(load_model("cpu", state).state_dict())
+        warm = f"{args.init_from} sha256 {sha256_file(Path(args.init_from))}"
+    elif not args.from_scratch:
         state, warm = shipped_state("segqc")
         net.load_state_dict(state)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
@@ -307,7 +314,11 @@ def train(args: argparse.Namespace) -> dict[str, Any] | None:
         pred = pred.float()
         err = torch.where(valid, pred - torch.nan_to_num(y), torch.zeros_like(pred))
         n = valid.sum().clamp(min=1)
-        loss = (err**2).sum() / n
+        if args.low_dice_weight:  # damaged structures are rare among 20: weigh them up
+            loss = (err**2 * (1 + args.low_dice_weight * (1 - torch.nan_to_num(y, nan=1.0)))
+                    ).sum() / n  # fmt: skip
+        else:
+            loss = (err**2).sum() / n
         loss.backward()
         return {"mse": float(loss.detach()), "mae": float(err.detach().abs().sum() / n),
                 "samples": args.batch}
@@ -317,7 +328,9 @@ def train(args: argparse.Namespace) -> dict[str, Any] | None:
                "n_damage_p": list(N_DAMAGE_P),
                "training_damage_families": list(TRAINING_DAMAGE_FAMILIES),
                "real_people": len(real), "real_share": real_share, "plant_p": args.plant_p,
-               "plant_dice_range": list(PLANT_DICE_RANGE), "bf16": args.bf16}  # fmt: skip
+               "plant_dice_range": list(PLANT_DICE_RANGE), "bf16": args.bf16,
+               **({"low_dice_weight": args.low_dice_weight} if args.low_dice_weight else {})
+               }  # fmt: skip
     config = SittingConfig(model="segqc", out=out, steps=args.steps, lr=args.lr, seed=args.seed,
                            start_step=args.start_step, warm_start=warm, threads=args.threads,
                            options=options)  # fmt: skip
@@ -367,6 +380,12 @@ def main(argv: list[str] | None = None) -> None:
                    help="share of samples drawn from the real people")
     p.add_argument("--plant-p", type=float, default=0.0,
                    help="probability that a damage is the single-structure one")
+    p.add_argument("--init-from", default="",
+                   help="warm start from these weights (an earlier sitting's segqc.pt) instead "
+                        "of the shipped ones")
+    p.add_argument("--low-dice-weight", type=float, default=0.0,
+                   help="weigh each structure's squared error by 1 + W x (1 - true Dice): the "
+                        "damaged structures, rare among 20, count more (0: plain MSE)")
     p.add_argument("--bf16", action="store_true",
                    help="bfloat16 autocast for the forward pass (1.85x faster on AVX-512 BF16)")
     args = p.parse_args(argv)
