@@ -223,7 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     a.add_argument("model", choices=[s.name for s in REGISTRY])
     a.add_argument("sitting_dir", type=Path, help="the sitting's --out folder (sitting.json)")
     a.add_argument("--evaluation", type=Path, default=None,
-                   help="JSON object of the figures measured on the real calibration part")
+                   help="a JSON file: an object of the figures measured on the real "
+                        "calibration part")
     a.add_argument("--shipped", dest="shipped", action="store_true", default=None,
                    help="its weights shipped (default: whether their sha256 is the registry's)")
     a.add_argument("--not-shipped", dest="shipped", action="store_false")

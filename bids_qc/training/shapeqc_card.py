@@ -439,7 +439,8 @@ def render_card(r: dict[str, Any]) -> str:
               "- The principal-axis sign follows a per-kind reference axis from the training "
               "maps, so the map is invariant to moderate rigid motions (tests use 25-40 deg), "
               "not to arbitrary ones.", "",
-              licence_section(["synthseg_label_maps", "freesurfer_bert"])]
+              licence_section(["synthseg_label_maps", "freesurfer_bert",
+                               *(["ixi_dlmuse"] if tr.get("real_data") else [])])]
     return "\n".join(lines)
 
 
