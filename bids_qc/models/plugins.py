@@ -25,7 +25,7 @@ from .plugin import (
 #: The sha256 of each model's shipped weights (its card and real-data figures are stamped
 #: with it). A model is *installed* when its weights file ships.
 _REGQC_SHA = "19d316caa2cf463f70ad4f03907ae0f9258806a7d216e8d823842d80b526e283"
-_SEGQC_SHA = "cff3e20167615fea5611f3ea9d1c4eb975a4864ea29e2690c341866a7532e921"
+_SEGQC_SHA = "29117c8889434a8388a26630f245947bf04427f968f209efe7b2b5613433eca3"
 _MANIFOLDQC_SHA = "72ce5568a53ffbbee566e0af4a7f9d245c9ee2be2b576b9390feb04db895aa26"
 _SHAPEQC_SHA = "a5b40097a3787f40985326ad492208b57596c439f26c5e3598d0a80c40e6e51d"
 _VINN_SHA = "b3f6551ef81da7e9d38777ba9523110f10c6db5e04ec38122be2e0a377fea9d7"
@@ -58,7 +58,7 @@ REGQC = QCModel(
 )
 
 SEGQC = QCModel(
-    spec=gated_spec("segqc", "1.0.0", "segqc.pt", _SEGQC_SHA, ("seg", "t1w"),
+    spec=gated_spec("segqc", "1.1.0", "segqc.pt", _SEGQC_SHA, ("seg", "t1w"),
                     "Dice of each structure of a FreeSurfer-coded segmentation (3D ResNet, "
                     "SegQC)"),
     title="SegQC",
