@@ -159,8 +159,9 @@ def build_parser(plugins: tuple[QCModel, ...] = PLUGINS) -> argparse.ArgumentPar
                      "with ShapeQC); wins over the per-model threshold options")
     mod.add_argument("--shapeqc-recall", type=_positive_float, default=None, metavar="R",
                      help="re-derive ShapeQC's per-structure thresholds for this F-recall "
-                     "(0-1) from the calibration data shipped with it (default: the shipped "
-                     "thresholds, F-recall 0.8); --thresholds wins over it")
+                     "(0-1) from the calibration data shipped with it, without the shipped "
+                     "thresholds' specificity floor (default: the shipped thresholds, F-recall "
+                     "0.8 raised to that floor); --thresholds wins over it")
     mod.add_argument("--verbose-reports", action="store_true",
                      help="participant reports embed every Grad-CAM rendering, not only "
                      "those of flagged structures")

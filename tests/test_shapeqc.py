@@ -61,10 +61,13 @@ def test_shipped_weights_thresholds_and_card_match_registry():
 
 
 def test_recall_rederives_the_shipped_thresholds():
+    """``--shapeqc-recall 0.8`` gives the shipped thresholds but for their specificity floor
+    (the highest P(FAIL) of good calibration people), which only ever raises them."""
     shipped = shipped_thresholds()
+    floor = load_extra_json(get_spec("shapeqc"), THRESHOLDS_FILE).get("floor", {})
     again = thresholds_for_recall(0.8)
-    for s in SUBCORTICAL_NAMES:
-        assert again[s] == pytest.approx(shipped[s], abs=2e-6)  # scores stored to 6 decimals
+    for s in SUBCORTICAL_NAMES:  # scores stored to 6 decimals
+        assert max(again[s], floor.get(s, 0.0)) == pytest.approx(shipped[s], abs=2e-6), s
     stricter = thresholds_for_recall(0.95)
     assert all(stricter[s] <= shipped[s] + 2e-6 for s in SUBCORTICAL_NAMES)
     cal = load_extra_json(get_spec("shapeqc"), CALIBRATION_FILE)["structures"]
