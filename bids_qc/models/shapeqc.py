@@ -220,7 +220,12 @@ def shipped_thresholds() -> dict[str, float]:
     """Threshold on P(FAIL) per structure from the shipped thresholds file."""
     from bids_qc.models.registry import get_spec, load_extra_json
 
-    doc = load_extra_json(get_spec("shapeqc"), THRESHOLDS_FILE)
+    return thresholds_from(load_extra_json(get_spec("shapeqc"), THRESHOLDS_FILE))
+
+
+def thresholds_from(doc: dict[str, Any]) -> dict[str, float]:
+    """Threshold on P(FAIL) per structure from a thresholds document (the fallback for a
+    structure it has none for)."""
     out = dict.fromkeys(SUBCORTICAL_NAMES, FALLBACK_THRESHOLD)
     for flag, entry in doc["checks"].items():
         out[flag.removeprefix("shapeqc_flag_")] = float(entry["threshold"])

@@ -180,13 +180,11 @@ def shapeqc_choice(sets: Path, folder: Path, part: Part = "calibration") -> dict
     its threshold) and the planted shape damage's figures."""
     import torch
 
-    from ..models.shapeqc import load_model
+    from ..models.shapeqc import THRESHOLDS_FILE, load_model, thresholds_from
 
     candidate = load_model(torch.load(folder / "shapeqc.pt", map_location="cpu",
                                       weights_only=True))  # fmt: skip
-    doc = json.loads((folder / "shapeqc_thresholds.json").read_text())
-    cuts = {k.removeprefix("shapeqc_flag_"): float(v["threshold"])
-            for k, v in doc["checks"].items()}  # fmt: skip
+    cuts = thresholds_from(json.loads((folder / THRESHOLDS_FILE).read_text()))
     out = {}
     for label, net, thresholds in (("shipped", None, None), ("candidate", candidate, cuts)):
         flagged = good_shapes(sets / part, net, thresholds)
