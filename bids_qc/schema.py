@@ -222,8 +222,9 @@ def render_markdown() -> str:
         "which applies raw-data rules only: it skips the naming check of the segmentations "
         "and transforms and reports what a derivative cannot meet (no raw data in the "
         "subject folders) as warnings |",
-        "| `logs/` | the settings of each run (`run-<time>-<host>-<pid>.json`), nipype "
-        "crash files |",
+        "| `logs/` | the settings of each run (`run-<time>-<host>-<pid>.json`, with each "
+        "phase's and each node's wall seconds), nipype crash files, `md5_cache.json` (input "
+        "md5s reused while size and mtime are unchanged) |",
         "| `sub-XX/[ses-YY/]anat/<bids_name>.json` | every metric of one T1w image, with "
         "provenance, errors and skipped models |",
         "| `sub-XX/[ses-YY/]anat/<entities>_desc-vinn_dseg.nii.gz` | VINN's segmentation "

@@ -159,6 +159,21 @@ def test_regenerated_cards_keep_their_generated_sections(tmp_path):
     assert (tmp_path / "new.md").read_text() == "# New\n\n## Training\n\nx\n"
 
 
+def test_a_regenerated_card_gets_the_ledger_as_it_stands_now(tmp_path):
+    """A card regenerated after ``ledger add`` carries the new sitting, not the ledger
+    section its previous version held (the stale-card failure of session 10's CI)."""
+    card = ledger.CARDS_DIR / "segqc.md"
+    text = card.read_text()
+    stale_body = "## Training ledger\n\nNo sitting of the shared training loop is recorded.\n"
+    stale = ledger.replace_section(text, stale_body)
+    assert stale != text
+    target = tmp_path / "segqc.md"
+    target.write_text(stale)
+    fresh = text[:text.index(START)] + text[text.index(END) + len(END) + 2:]
+    cs.write_card(target, fresh)
+    assert target.read_text() == text
+
+
 def test_the_ledger_section_goes_after_training_or_before_licences():
     body = "## Training ledger\n\nL.\n"
     card = "# C\n\n## Training\n\nT.\n\n## Limits\n\nX.\n"

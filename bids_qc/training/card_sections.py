@@ -130,4 +130,10 @@ def write_card(path: Path, text: str) -> None:
     path = Path(path)
     if path.is_file():
         text = keep_generated(path.read_text(encoding="utf-8"), text)
+    # The ledger section is rendered afresh, never kept: a card regenerated after
+    # ``ledger add`` would otherwise carry the ledger as it stood before the sitting.
+    from bids_qc.training import ledger  # ledger imports this module
+
+    if (ledger.LEDGER_DIR / f"{path.stem}.json").is_file():
+        text = ledger.replace_section(text, ledger.render_section(path.stem))
     path.write_text(text, encoding="utf-8")

@@ -50,7 +50,8 @@ BERT_DAMAGE_SEED = 105
 BERT_DAMAGE_CASES = 100
 THRESHOLD = 0.7
 #: Data the shipped weights were trained (maps 1-16) or evaluated (maps 17-20, bert) on.
-LICENCE_SOURCES = ("synthseg_label_maps", "freesurfer_bert")
+# IXI (DLMUSE) trains SegQC since 1.1.0 and is the real-data section's test part.
+LICENCE_SOURCES = ("synthseg_label_maps", "freesurfer_bert", "ixi_dlmuse")
 TARGETS = {"mae_mean": 0.05, "mae_structure": 0.08, "accuracy": 0.95, "cpu_s": 0.6,
            "gpu_s": 0.04}  # fmt: skip
 
@@ -412,11 +413,19 @@ def render_card(results: dict[str, Any], timing: dict[str, float], train: dict[s
         "- Damage is applied on the 2 mm model grid in training; evaluation damage is on the "
         "segmentation's own grid (0.7-1.6 mm synthetic, 1 mm bert), so sub-2 mm boundary "
         "errors are finer than anything seen in training.",
-        "- Trained on synthetic T1-like contrasts only; see `segqc_t2_shift` for a T2-like "
-        "contrast.", "", "",
+        *_contrast_limit(train), "", "",
     ]
-    sources = LICENCE_SOURCES + (("ixi_dlmuse",) if train.get("real_people") else ())
-    return "\n".join(lines) + licence_section(sources)
+    return "\n".join(lines) + licence_section(LICENCE_SOURCES)
+
+
+def _contrast_limit(train: dict[str, Any]) -> list[str]:
+    """What the training contrasts leave out (real IXI T1w since 1.1.0)."""
+    if train.get("real_people"):
+        return [f"- Trained on synthetic T1-like contrasts and {train['real_people']} real IXI "
+                "T1w people (DLMUSE segmentations mapped to FreeSurfer codes), never on T2w; "
+                "see `segqc_t2_shift` for a T2-like contrast."]
+    return ["- Trained on synthetic T1-like contrasts only; see `segqc_t2_shift` for a "
+            "T2-like contrast."]
 
 
 def main(argv: list[str] | None = None) -> None:
