@@ -3,7 +3,9 @@
 Every stage (the classical metrics, each QC model) returns a *stage result*, a plain dict::
 
     {"stage": name, "metrics": {column: value | None}, "errors": [...], "warnings": [...],
-     "skipped": [{"stage"|"model": ..., "reason": ...}], "provenance": {...}}
+     "skipped": [{"stage"|"model": ..., "reason": ...}], "provenance": {...},
+     "publish": {work_path: relative_dest}}  # optional: files for the sink
+
 
 and :func:`assemble` merges them into the participant JSON.
 """
@@ -33,9 +35,11 @@ def stage_result(
     warnings: list[str],
     skipped: list[dict],
     provenance: dict[str, Any] | None = None,
+    publish: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """A stage result (see the module docstring)."""
-    return {
+    """A stage result (see the module docstring); ``publish`` lists the node's work-dir
+    files that :mod:`bids_qc.sink` copies into OUTPUT_DIR (``{work_path: relative_dest}``)."""
+    result = {
         "stage": stage,
         "metrics": metrics,
         "errors": errors,
@@ -43,6 +47,9 @@ def stage_result(
         "skipped": skipped,
         "provenance": provenance or {},
     }
+    if publish:
+        result["publish"] = publish
+    return result
 
 
 def error_record(stage: str, exc: BaseException) -> dict[str, Any]:

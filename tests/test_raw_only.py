@@ -43,11 +43,39 @@ def raw_run(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("bids_qc.workflows.base.REGISTRY", forced)
         code = run([str(bids), str(out), "participant", "--plugin-config", str(config),
-                    "--models", "regqc", "segqc"])
+                    "--models", "regqc", "segqc", "-w", str(root / "work")])
     assert code == 0
     assert run([str(bids), str(out), "group"]) == 0
     result = json.loads((out / "sub-01" / "anat" / "sub-01_T1w.json").read_text())
     return bids, out, result
+
+
+def test_deleted_segmentation_and_transform_come_back_with_a_kept_work_directory(raw_run):
+    """VINN's dseg and the registration's xfm are published by the always-run sink, so a
+    rerun with the same kept ``-w`` writes them again although nipype reuses both nodes'
+    cached results (written straight into OUTPUT_DIR by those nodes, they stayed lost)."""
+    bids, out, first = raw_run
+    anat = out / "sub-01" / "anat"
+    files = [anat / "sub-01_desc-vinn_dseg.nii.gz",
+             anat / f"sub-01_from-T1w_to-{DEFAULT_SPACE}_mode-image_xfm.txt"]
+    before = [f.read_bytes() for f in files]
+    for f in files:
+        f.unlink()
+    (anat / "sub-01_T1w.json").unlink()
+    forced = tuple(dataclasses.replace(s, experimental=False) if s.name == "vinn" else s
+                   for s in REGISTRY)
+    root = out.parent
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("bids_qc.workflows.base.REGISTRY", forced)
+        assert run([str(bids), str(out), "participant", "--plugin-config",
+                    str(root / "linear.yml"), "--models", "regqc", "segqc",
+                    "-w", str(root / "work")]) == 0
+    assert [f.read_bytes() for f in files] == before
+    again = json.loads((anat / "sub-01_T1w.json").read_text())
+    assert again["metrics"] == first["metrics"]
+    # the JSON names the published files, never the work directory's
+    assert str(root / "work") not in json.dumps(again)
+    assert again["provenance"]["stages"]["vinn"]["segmentation"] == str(files[0])
 
 
 def test_raw_only_image_is_segmented_registered_and_checked(raw_run):

@@ -3,6 +3,8 @@ recovered, implausible results refused, its node's skips and errors, and its wir
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ from bids_qc import register
 from bids_qc.inputs import QCInput, qc_input_to_dict
 from bids_qc.interfaces.register import RegisterT1w
 from bids_qc.register import brain_mask, check_transform, register_affine, to_sitk
+from bids_qc.sink import publish, retarget
 from bids_qc.synth.metrics import affine_rmse
 from bids_qc.templates_data import DEFAULT_SPACE, get_template
 from bids_qc.transforms import LPS_TO_RAS, read_itk_affine
@@ -154,15 +157,23 @@ def test_the_node_hands_on_the_row_with_its_transform(tmp_path, template_2mm):
     row = QCInput("sub-01_ses-A_T1w", {"subject": "01", "session": "A"}, t1w=t1w, seg=seg,
                   seg_kind="aseg", seg_source="bids_qc", sources={"t1w": "raw"})
     new, result = _run_node(tmp_path, row)
-    expected = (tmp_path / "out" / "sub-01" / "ses-A" / "anat"
-                / "sub-01_ses-A_from-T1w_to-MNI152NLin2009cAsym_mode-image_xfm.txt")
-    assert new["xfm"] == str(expected) and expected.is_file() and not result["errors"]
+    rel = ("sub-01/ses-A/anat/"
+           "sub-01_ses-A_from-T1w_to-MNI152NLin2009cAsym_mode-image_xfm.txt")
+    # The node writes the transform in its own directory and lists it for the sink.
+    work = Path(new["xfm"])
+    assert work.is_file() and work.name == Path(rel).name and not result["errors"]
+    assert result["publish"] == {str(work): rel}
+    assert not (tmp_path / "out" / rel).exists()
     assert (new["xfm_kind"], new["template_space"], new["reg_source"]) == (
         "itk", DEFAULT_SPACE, "bids_qc")
     assert new["sources"] == {"t1w": "raw", "xfm": "bids_qc"}
     prov = result["provenance"]
-    assert prov["transform"] == str(expected) and prov["brain_mask_from"] == str(seg)
+    assert prov["transform"] == str(work) and prov["brain_mask_from"] == str(seg)
     assert prov["seconds"] > 0
+    # The sink publishes it and every path to it follows.
+    done = publish([result], tmp_path / "out")
+    assert (tmp_path / "out" / rel).read_bytes() == work.read_bytes()
+    assert retarget(new, done)["xfm"] == str(tmp_path / "out" / rel)
 
 
 def test_registration_runs_for_a_segmented_row_without_template_input(tmp_path):

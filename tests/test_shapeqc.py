@@ -149,6 +149,13 @@ def test_interface_writes_metrics_and_figures(tmp_path):
     assert m["shapeqc_flag_left_thalamus"] == 1  # threshold 0 given: flagged
     flags = [m[f"shapeqc_flag_{s}"] for s in SUBCORTICAL_NAMES]
     assert m["shapeqc_nflagged"] == sum(f for f in flags if f is not None)
+    # Figures are drawn in the node's directory and reach OUTPUT_DIR through the sink.
+    from bids_qc.sink import publish
+
+    assert sorted(result["publish"].values()) == sorted(
+        result["provenance"]["gradcam"].values())
+    assert not (out / "sub-01").exists()
+    publish([result], out)
     for path in result["provenance"]["gradcam"].values():
         png = out / path
         assert png.parent == out / "sub-01" / "figures" and png.stat().st_size < 150_000

@@ -38,8 +38,8 @@ class _ManifoldQCInputSpec(BaseInterfaceInputSpec):
     device = traits.Str("cpu", usedefault=True, desc="torch device")
     thresholds = traits.Dict(desc="flag thresholds; ``manifoldqc_dice`` (else ``segqc_dice``, "
                              "else 0.7)")
-    output_dir = traits.Str(desc="output dataset; the surrogate segmentation is written there "
-                            "(else into the node's working directory)")
+    output_dir = traits.Str(desc="output dataset; the sink publishes the surrogate "
+                            "segmentation there (else it stays in the node's directory)")
 
 
 class _ManifoldQCOutputSpec(TraitedSpec):
@@ -67,20 +67,23 @@ class ManifoldQC(SimpleInterface):
         warnings: list[str] = []
         skipped: list[dict] = []
         provenance: dict = {}
+        publish: dict[str, str] = {}
         thresholds = dict(self.inputs.thresholds or {})
         threshold = float(thresholds.get("manifoldqc_dice",
                                          thresholds.get("segqc_dice", DEFAULT_THRESHOLD)))
         try:
             row = qc_input_from_dict(self.inputs.qc_input)
-            self._predict(row, threshold, metrics, warnings, skipped, provenance, runtime.cwd)
+            self._predict(row, threshold, metrics, warnings, skipped, provenance, runtime.cwd,
+                          publish)  # fmt: skip
         except Exception as exc:  # one failed image must not stop the node
             errors.append(error_record("manifoldqc", exc))
         self._results["result"] = stage_result(
-            "manifoldqc", metrics, errors, warnings, skipped, provenance
+            "manifoldqc", metrics, errors, warnings, skipped, provenance, publish
         )
         return runtime
 
-    def _predict(self, row, threshold, metrics, warnings, skipped, provenance, cwd) -> None:
+    def _predict(self, row, threshold, metrics, warnings, skipped, provenance, cwd,
+                 publish) -> None:  # fmt: skip
         loaded = load_seg_inputs(row, "manifoldqc", warnings, skipped, with_image=True)
         if loaded is None:
             return
@@ -101,9 +104,12 @@ class ManifoldQC(SimpleInterface):
         metrics["manifoldqc_dice_mean"] = round(float(np.mean(dice)), 4)
         metrics["manifoldqc_flag"] = int(bool(np.any(dice < threshold)))
 
-        out = (surrogate_path(self.inputs.output_dir, self.inputs.qc_input)
-               if self.inputs.output_dir else Path(cwd) / "surrogate_dseg.nii.gz")  # fmt: skip
-        out.parent.mkdir(parents=True, exist_ok=True)
+        # Written in the node's directory; the sink publishes it (bids_qc.sink).
+        out = Path(cwd) / "surrogate_dseg.nii.gz"
+        if self.inputs.output_dir:
+            dest = surrogate_path(self.inputs.output_dir, self.inputs.qc_input)
+            out = Path(cwd) / dest.name
+            publish[str(out)] = str(dest.relative_to(self.inputs.output_dir))
         codes = surrogate_to_labels(res.surrogate[0], prep.affine, labels.shape, seg_img.affine)
         img = nib.Nifti1Image(codes.astype(np.int16), seg_img.affine)
         img.header.set_xyzt_units("mm")

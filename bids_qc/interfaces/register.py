@@ -3,12 +3,12 @@
 The node runs for an image that has a segmentation (VINN's, or a derivative's) but no
 template-space image or transform. From the segmentation's labels it makes a brain mask,
 registers the T1w affinely to the app's template through it (:mod:`bids_qc.register`),
-writes ``<entities>_from-T1w_to-<space>_mode-image_xfm.txt`` (an ITK affine) into the
-output dataset and hands on the row with that transform (``reg_source = "bids_qc"``), so
-the classical registration metrics, RegQC and the registration mosaic check bids_qc's own
-registration. When it cannot run (no segmentation, a field of view or a brain mask no head
-has) or fails, the row goes on unchanged (those checks are then skipped) and the reason or
-the error, naming the file, is recorded.
+writes ``<entities>_from-T1w_to-<space>_mode-image_xfm.txt`` (an ITK affine) for the
+sink to publish into the output dataset, and hands on the row with that transform
+(``reg_source = "bids_qc"``), so the classical registration metrics, RegQC and the
+registration mosaic check bids_qc's own registration. When it cannot run (no segmentation,
+a field of view or a brain mask no head has) or fails, the row goes on unchanged (those
+checks are then skipped) and the reason or the error, naming the file, is recorded.
 """
 
 from __future__ import annotations
@@ -57,17 +57,19 @@ class RegisterT1w(SimpleInterface):
         errors: list[dict] = []
         skipped: list[dict] = []
         provenance: dict = {}
+        publish: dict[str, str] = {}
         row = qc_input_from_dict(self.inputs.qc_input)
         try:
-            row = self._register(row, skipped, provenance)
+            row = self._register(row, skipped, provenance, Path(runtime.cwd), publish)
         except Exception as exc:  # one failed image must not stop the run
             errors.append(error_record(STAGE, exc))
         self._results["qc_input"] = qc_input_to_dict(row)
         self._results["result"] = stage_result("register", {}, errors, [], skipped,
-                                               provenance)  # fmt: skip
+                                               provenance, publish)  # fmt: skip
         return runtime
 
-    def _register(self, row: QCInput, skipped: list[dict], provenance: dict) -> QCInput:
+    def _register(self, row: QCInput, skipped: list[dict], provenance: dict, cwd: Path,
+                  publish: dict[str, str]) -> QCInput:  # fmt: skip
         import numpy as np
 
         from ..io import load_image, load_labels
@@ -110,7 +112,9 @@ class RegisterT1w(SimpleInterface):
                             "whole-head image, labels can spill into the scalp and face: look "
                             "at the segmentation mosaic)"})
             return row
-        out = xfm_path(Path(self.inputs.output_dir), row, DEFAULT_SPACE)
+        # Written in the node's directory; the sink publishes it (bids_qc.sink).
+        dest = xfm_path(Path(self.inputs.output_dir), row, DEFAULT_SPACE)
+        out = cwd / dest.name
         try:
             reg = register_affine(image, template.t1w, out, brain=brain,
                                   threads=self.inputs.threads)  # fmt: skip
@@ -129,6 +133,7 @@ class RegisterT1w(SimpleInterface):
             "metric": round(reg.metric, 4), "iterations": reg.iterations,
             "seconds": reg.seconds,
         })  # fmt: skip
+        publish[str(out)] = str(dest.relative_to(self.inputs.output_dir))
         return dataclasses.replace(
             row, xfm=out, xfm_kind="itk", template_space=DEFAULT_SPACE, reg_source="bids_qc",
             sources={**row.sources, "xfm": "bids_qc"},

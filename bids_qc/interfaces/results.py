@@ -12,6 +12,7 @@ from ..io import atomic_write_json
 from ..outputs import result_path
 from ..reports.participant import write_participant_report
 from ..results import assemble, stage_result
+from ..sink import publish, retarget
 
 
 class _WriteResultsInputSpec(BaseInterfaceInputSpec):
@@ -39,14 +40,17 @@ class WriteResults(SimpleInterface):
 
     def _run_interface(self, runtime):
         row = qc_input_from_dict(self.inputs.qc_input)
+        output_dir = Path(self.inputs.output_dir)
         # Plain JSON types: traits hands over its own dict/list subclasses.
         stages = json.loads(json.dumps(list(self.inputs.stage_results)))
+        # The sink: the other nodes' files reach OUTPUT_DIR here, and every work-dir path
+        # in the stages and the row becomes the published one (see bids_qc.sink).
+        published = publish(stages, output_dir)
+        stages = retarget(stages, published)
+        qc_input = retarget(json.loads(json.dumps(dict(self.inputs.qc_input))), published)
         if self.inputs.skipped_models:
             stages.append(stage_result("models", {}, [], [], list(self.inputs.skipped_models)))
-        result = assemble(
-            self.inputs.qc_input, stages, dict(self.inputs.fingerprint), self.inputs.device
-        )
-        output_dir = Path(self.inputs.output_dir)
+        result = assemble(qc_input, stages, dict(self.inputs.fingerprint), self.inputs.device)
         out_json = result_path(output_dir, row)
         out_json.parent.mkdir(parents=True, exist_ok=True)
         # The report first: the JSON is what marks an image as done for a rerun. It gets the
@@ -56,7 +60,7 @@ class WriteResults(SimpleInterface):
             result,
             output_dir,
             stages=stages,
-            qc_input=json.loads(json.dumps(dict(self.inputs.qc_input))),
+            qc_input=qc_input,
             verbose=bool(self.inputs.verbose_reports),
         )
         atomic_write_json(out_json, result)

@@ -67,17 +67,19 @@ class ShapeQC(SimpleInterface):
         warnings: list[str] = []
         skipped: list[dict] = []
         provenance: dict = {}
+        publish: dict[str, str] = {}
         try:
             row = qc_input_from_dict(self.inputs.qc_input)
-            self._predict(row, metrics, warnings, skipped, provenance)
+            self._predict(row, metrics, warnings, skipped, provenance, Path(runtime.cwd),
+                          publish)  # fmt: skip
         except Exception as exc:  # one failed image must not stop the node
             errors.append(error_record("shapeqc", exc))
         self._results["result"] = stage_result(
-            "shapeqc", metrics, errors, warnings, skipped, provenance
+            "shapeqc", metrics, errors, warnings, skipped, provenance, publish
         )
         return runtime
 
-    def _predict(self, row, metrics, warnings, skipped, provenance) -> None:
+    def _predict(self, row, metrics, warnings, skipped, provenance, cwd, publish) -> None:
         loaded = load_seg_inputs(row, "shapeqc", warnings, skipped, with_image=False)
         if loaded is None:
             return
@@ -107,10 +109,13 @@ class ShapeQC(SimpleInterface):
                 from ..reports.shape_figures import gradcam_figure
 
                 name = f"{row.bids_name}_shapeqc_{r.structure}.png"
-                path = figure_dir(out_dir, row.subject, row.session) / name
-                gradcam_figure(r, path, f"{r.structure}: P(FAIL) {r.pfail:.2f} "
+                rel = str((figure_dir(out_dir, row.subject, row.session) / name)
+                          .relative_to(out_dir))  # fmt: skip
+                # Drawn in the node's directory; the sink publishes it (bids_qc.sink).
+                gradcam_figure(r, cwd / name, f"{r.structure}: P(FAIL) {r.pfail:.2f} "
                                f"(threshold {thresholds[r.structure]:.2f})")
-                gradcam[r.structure] = str(path.relative_to(out_dir))
+                publish[str(cwd / name)] = rel
+                gradcam[r.structure] = rel
         metrics["shapeqc_nflagged"] = nflagged if results else None
         spec = get_spec("shapeqc")
         provenance.update({

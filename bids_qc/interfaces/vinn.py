@@ -1,11 +1,11 @@
 """nipype interface of VINN: segment the T1w when no derivative supplies a segmentation.
 
 The node sits upstream of every other stage of an image: it writes
-``<entities>_desc-vinn_dseg.nii.gz`` (FreeSurfer codes, on the T1w's native grid) into the
-output dataset and hands on the row with that file as its segmentation
-(``seg_source = "bids_qc"``), so the classical volumes, SegQC and any later
-segmentation-based model check it. When it fails, the row goes on unchanged (those checks
-then skip for want of a segmentation) and the error is recorded.
+``<entities>_desc-vinn_dseg.nii.gz`` (FreeSurfer codes, on the T1w's native grid) into its
+own directory, for the sink to publish into the output dataset, and hands on the row with
+that file as its segmentation (``seg_source = "bids_qc"``), so the classical volumes, SegQC
+and any later segmentation-based model check it. When it fails, the row goes on unchanged
+(those checks then skip for want of a segmentation) and the error is recorded.
 """
 
 from __future__ import annotations
@@ -57,18 +57,19 @@ class VINNSegment(SimpleInterface):
         warnings: list[str] = []
         skipped: list[dict] = []
         provenance: dict = {}
+        publish: dict[str, str] = {}
         row = qc_input_from_dict(self.inputs.qc_input)
         try:
-            row = self._segment(row, warnings, skipped, provenance)
+            row = self._segment(row, warnings, skipped, provenance, Path(runtime.cwd), publish)
         except Exception as exc:  # one failed image must not stop the run
             errors.append(error_record("vinn", exc))
         self._results["qc_input"] = qc_input_to_dict(row)
         self._results["result"] = stage_result("vinn", {}, errors, warnings, skipped,
-                                               provenance)  # fmt: skip
+                                               provenance, publish)  # fmt: skip
         return runtime
 
     def _segment(self, row: QCInput, warnings: list[str], skipped: list[dict],
-                 provenance: dict) -> QCInput:  # fmt: skip
+                 provenance: dict, cwd: Path, publish: dict[str, str]) -> QCInput:  # fmt: skip
         import nibabel as nib
         import numpy as np
 
@@ -100,9 +101,11 @@ class VINNSegment(SimpleInterface):
         out = nib.Nifti1Image(labels.astype(np.int16), image.img.affine)
         out.set_data_dtype(np.int16)
         out.header.set_xyzt_units("mm")
-        path = dseg_path(Path(self.inputs.output_dir), row)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # Written here, in the node's directory; the sink publishes it (bids_qc.sink).
+        dest = dseg_path(Path(self.inputs.output_dir), row)
+        path = cwd / dest.name
         atomic_save_nifti(out, path)
+        publish[str(path)] = str(dest.relative_to(self.inputs.output_dir))
         spec = get_spec("vinn")
         provenance.update({
             "model": spec.name, "version": spec.version, "weights_sha256": spec.sha256,
