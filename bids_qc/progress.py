@@ -10,6 +10,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .inputs import QCInput
+from .io import atomic_write_json
+from .outputs import result_path
+
 LOGGER = logging.getLogger("bids_qc")
 
 
@@ -100,6 +104,24 @@ class Progress:
         """End the bar (a no-op without one)."""
         if self.bar is not None:
             self.bar.close()
+
+
+def stamp_stage_seconds(output_dir: Path, rows: list[QCInput],
+                         seconds: dict[str, dict[str, float]], started: float) -> None:
+    """Add each image's per-stage wall seconds to the provenance of the JSON this run wrote
+    (``provenance.stage_seconds``; nodes run in other processes, so only the scheduler,
+    here, sees every stage's time)."""
+    for row in rows:
+        times = seconds.get(row.bids_name)
+        path = result_path(output_dir, row)
+        if not times or not path.is_file() or path.stat().st_mtime < started - 1:
+            continue
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        result.setdefault("provenance", {})["stage_seconds"] = times
+        atomic_write_json(path, result)
 
 
 def _verdict(node: Any) -> str:

@@ -31,7 +31,7 @@ from .outputs import (
     is_up_to_date,
     result_path,
 )
-from .progress import Phases, Progress, logs_beside
+from .progress import Phases, Progress, logs_beside, stamp_stage_seconds
 from .results import failed_result
 from .scheduling import make_plugin, set_nipype_log_level, stop_workers
 from .settings import Settings
@@ -175,9 +175,8 @@ def run_participant(settings: Settings) -> int:
     started = time.time()
     seconds: dict[str, dict[str, float]] = {}
     if todo:
-        # Per-stage seconds go to the run log only: timings in the participant JSON would
-        # make two runs on the same inputs differ byte for byte.
         seconds = _run_workflow(settings, todo, prints, selection, device, segmenter, phases)
+        stamp_stage_seconds(settings.output_dir, todo, seconds, started)
     failures = _collect_failures(settings, todo, prints, device, started)
     phases.mark("collect")
     _write_run_log(settings, rows, todo, failures, selection, device, seconds, phases.seconds)

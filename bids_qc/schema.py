@@ -186,7 +186,13 @@ PROVENANCE_KEYS: tuple[tuple[str, str], ...] = (
     ("seg_candidates", "every segmentation found for the image, in `--seg-source auto` order"),
     ("stages", "per stage: the template (name, sha256), the model (name, version, weights "
      "sha256), the threshold used, the files read"),
+    ("stage_seconds", "each node's wall seconds in the run that wrote the JSON, as the "
+     "scheduler saw them (MultiProc and Linear)"),
 )
+
+#: Provenance keys that legitimately differ between two runs on the same inputs (when and
+#: how fast); everything else in the outputs is byte-for-byte reproducible.
+RUN_VARIABLE_KEYS: tuple[str, ...] = ("timestamp", "stage_seconds")
 
 
 def column(name: str) -> Column:

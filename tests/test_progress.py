@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-from pathlib import Path
 from types import SimpleNamespace
 
 from bids_qc.progress import Progress
@@ -58,15 +57,23 @@ def test_the_bar_counts_images_and_failures(tmp_path, monkeypatch):
     assert "2/2" in text and "failed 1" in text and "image" in text
 
 
-def test_stage_seconds_are_timed_per_image_and_stage(monkeypatch):
+def test_stage_seconds_reach_the_run_log_and_the_provenance(tmp_path, monkeypatch):
+    from bids_qc.progress import stamp_stage_seconds
+
     clock = iter([10.0, 10.0, 12.5, 12.5, 13.0])
     monkeypatch.setattr("bids_qc.progress.time.monotonic", lambda: next(clock))
-    progress = Progress({"wf_a": "sub-01_T1w"}, Path("."), bar=False)
+    progress = Progress({"wf_a": "sub-01_T1w"}, tmp_path, bar=False)
     progress(_node("wf_a", "classic"), "start")
     progress(_node("wf_a", "classic"), "end")
     progress(_node("wf_a", "segqc"), "start")
-    # a stage that has not ended has no time yet
     assert progress.seconds == {"sub-01_T1w": {"classic": 2.5}}
+    row = SimpleNamespace(bids_name="sub-01_T1w", entities={"subject": "01", "suffix": "T1w"},
+                          subject="01", session=None, datatype="anat")
+    monkeypatch.setattr("bids_qc.progress.result_path", lambda out, r: out / "r.json")
+    (tmp_path / "r.json").write_text(json.dumps({"metrics": {}, "provenance": {"a": 1}}))
+    stamp_stage_seconds(tmp_path, [row], progress.seconds, started=0.0)
+    stored = json.loads((tmp_path / "r.json").read_text())
+    assert stored["provenance"] == {"a": 1, "stage_seconds": {"classic": 2.5}}
 
 
 def test_phases_add_up_in_order(monkeypatch):

@@ -25,6 +25,7 @@ from bids_qc import exitcodes
 from bids_qc.cli import run
 from bids_qc.inputs import QCInput
 from bids_qc.io import resample_to_grid
+from bids_qc.schema import RUN_VARIABLE_KEYS
 from bids_qc.structures import STRUCTURE_NAMES
 from bids_qc.templates_data import get_template
 from bids_qc.workflows.base import estimate_mem_gb
@@ -462,11 +463,13 @@ def test_unwritable_output_is_73(tmp_path):
 # --- determinism ------------------------------------------------------------------------
 
 def _outputs(out: Path) -> dict[str, bytes]:
-    """Participant JSONs without provenance.timestamp, and the group TSV, as bytes."""
+    """Participant JSONs without their run-variable provenance (timestamp, stage seconds),
+    and the group TSV, as bytes."""
     files = {}
     for path in sorted(out.glob("sub-*/anat/*.json")):
         data = json.loads(path.read_text())
-        del data["provenance"]["timestamp"]
+        for key in RUN_VARIABLE_KEYS:
+            del data["provenance"][key]
         files[str(path.relative_to(out))] = json.dumps(data, indent=2).encode()
     files["group_T1w.tsv"] = (out / "group_T1w.tsv").read_bytes()
     return files
@@ -487,11 +490,15 @@ def test_outputs_are_deterministic(tmp_path, linear):
         runs.append(_outputs(out))
     assert len(runs[0]) == 4
     assert runs[0] == runs[1] == runs[2]
-    # The written JSON itself differs only in the timestamp line.
+    # The written JSON itself differs only in the timestamp and the stage seconds.
     shutil.rmtree(tmp_path / "b" / "logs")
-    a = (tmp_path / "a" / "sub-01" / "anat" / "sub-01_T1w.json").read_text().splitlines()
-    b = (tmp_path / "b" / "sub-01" / "anat" / "sub-01_T1w.json").read_text().splitlines()
-    assert [x for x, y in zip(a, b) if x != y and '"timestamp"' not in x] == []
+    a, b = (json.loads((tmp_path / x / "sub-01" / "anat" / "sub-01_T1w.json").read_text())
+            for x in "ab")  # fmt: skip
+    assert a["provenance"]["stage_seconds"]["classic"] > 0
+    for data in (a, b):
+        for key in RUN_VARIABLE_KEYS:
+            data["provenance"].pop(key)
+    assert a == b
 
 
 def test_affine_helpers_keep_the_world():
