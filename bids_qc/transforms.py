@@ -22,6 +22,7 @@ import numpy as np
 from scipy import ndimage
 
 from bids_qc.errors import InputError
+from bids_qc.filechecks import require_file
 
 __all__ = [
     "resample_to_grid",
@@ -149,8 +150,6 @@ def resample_to_grid(
 
 
 def _read_text(path: str | Path, role: str) -> tuple[Path, str]:
-    from bids_qc.io import require_file  # lazy: bids_qc.io imports this module
-
     path = require_file(path, role)
     try:
         return path, path.read_text(encoding="utf-8")
@@ -354,8 +353,6 @@ def read_itk_affine(path: str | Path) -> np.ndarray:
     InputError
         Missing or malformed file, unsupported transform type, several transforms.
     """
-    from bids_qc.io import require_file
-
     path = require_file(path, "transform")
     name = path.name.lower()
     if name.endswith((".h5", ".hdf5")):

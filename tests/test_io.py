@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import scipy.io
 
+from bids_qc import atomic, filechecks, transforms
 from bids_qc import io as bio
-from bids_qc import transforms
 from bids_qc.errors import InputError
 from bids_qc.io import (
     LoadedImage,
@@ -287,7 +287,8 @@ def test_unreadable_file(tmp_path, monkeypatch):
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(bio, "open", denied, raising=False)  # root ignores chmod 000
+    # root ignores chmod 000; the file-level checks open the file first
+    monkeypatch.setattr(filechecks, "open", denied, raising=False)
     _raises(path, "cannot be opened", "Permission denied")
 
 
@@ -776,7 +777,7 @@ def test_atomic_write_failure_midway_removes_temp(tmp_path, monkeypatch):
     def boom(*args):
         raise OSError("disk full")
 
-    monkeypatch.setattr(bio.os, "replace", boom)
+    monkeypatch.setattr(atomic.os, "replace", boom)
     with pytest.raises(OSError, match="disk full"):
         atomic_write_text(path, "new")
     assert path.read_text() == "old"
