@@ -11,8 +11,7 @@ from pathlib import Path
 import bids.layout
 import pytest
 
-from bids_qc import bids as bidsmod
-from bids_qc import exitcodes
+from bids_qc import bids_layout, exitcodes
 from bids_qc.bids import bids_name, check_dataset, collect_inputs, normalise_labels
 from bids_qc.errors import DatasetError
 from bids_qc.settings import Settings
@@ -452,8 +451,8 @@ def test_database_reuse_indexes_nothing_and_detects_a_changed_dataset(tmp_path, 
     fb.add_fmriprep(root, ["01", "02"])
     database = tmp_path / "db"
     first = collect_inputs(_settings(root, bids_database_dir=database))
-    signature = json.loads((database / bidsmod.SIGNATURE_FILE).read_text())
-    assert signature == bidsmod.tree_signature(root) and signature["folders"] == 4
+    signature = json.loads((database / bids_layout.SIGNATURE_FILE).read_text())
+    assert signature == bids_layout.tree_signature(root) and signature["folders"] == 4
     # Reuse: pybids is handed the database and indexes nothing.
     seen = []
     real_layout = bids.layout.BIDSLayout.__init__
@@ -495,7 +494,7 @@ def test_database_reuse_indexes_nothing_and_detects_a_changed_dataset(tmp_path, 
     # Deleting the folder indexes afresh, with the new signature.
     shutil.rmtree(database)
     assert len(collect_inputs(_settings(root, bids_database_dir=database))) == 3
-    assert json.loads((database / bidsmod.SIGNATURE_FILE).read_text())["folders"] == 6
+    assert json.loads((database / bids_layout.SIGNATURE_FILE).read_text())["folders"] == 6
 
 
 # --- real data ------------------------------------------------------------------------
@@ -586,3 +585,21 @@ def test_freesurfer_stats_become_the_etiv_metric(tmp_path):
     one.aseg_stats.symlink_to(tmp_path / "annex-object-not-fetched")
     ClassicMetrics._etiv(one, metrics, warnings)
     assert metrics["etiv_mm3"] is None and "eTIV not read" in warnings[-1]
+
+
+def test_bulk_entity_read_equals_pybids_own_per_file_entities(tmp_path, monkeypatch):
+    """The pybids adapter reads entities from pybids' tag table in a few queries; on this
+    pybids it must give exactly what ``BIDSFile.get_entities`` gives, without falling back
+    to it (a pybids release that changes the table fails here, not silently slower)."""
+    root = fb.make_raw(tmp_path / "ds", ["01", "02"], sessions=["A"], runs=[1, 2], acq="mp")
+    fb.add_fmriprep(root, ["01"], sessions=["A"])
+    raw = bids_layout.open_layout(root, None, derivative=False)
+    deriv = bids_layout.open_layout(root / "derivatives" / "fmriprep", None, derivative=True)
+    for layout in (raw, deriv):
+        files = layout.get(return_type="object", scope="self", datatype="anat")
+        assert len(files) >= 4
+        expected = [f.get_entities() for f in files]
+        with monkeypatch.context() as mp:
+            mp.setattr(bids.layout.BIDSFile, "get_entities",
+                       lambda self, *a, **k: pytest.fail("fell back to get_entities"))
+            assert bids_layout.file_entities(layout, files) == expected
