@@ -53,11 +53,14 @@ class Calibration:
 
 
 def roc_auc(scores: np.ndarray, bad: np.ndarray) -> float:
-    """Probability that a failing image scores above a passing one (ties count half)."""
-    pos, neg = scores[bad], scores[~bad]
-    greater = (pos[:, None] > neg[None, :]).sum()
-    ties = (pos[:, None] == neg[None, :]).sum()
-    return float((greater + 0.5 * ties) / (pos.size * neg.size))
+    """Probability that a failing image scores above a passing one (ties count half):
+    scikit-learn's ROC AUC, the project's one AUC; NaN when ``bad`` has one class."""
+    from sklearn.metrics import roc_auc_score
+
+    bad = np.asarray(bad, dtype=bool)
+    if bad.all() or not bad.any():
+        return float("nan")
+    return float(roc_auc_score(bad, np.asarray(scores, dtype=np.float64)))
 
 
 def enigma_threshold(scores: np.ndarray, bad: np.ndarray, recall: float) -> float:

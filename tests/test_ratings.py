@@ -74,6 +74,13 @@ def test_enigma_threshold_reaches_recall_with_fewest_flagged():
     assert cut == pytest.approx(4.5)
     assert calibrate.roc_auc(scores, bad) == pytest.approx(17 / 24)  # 6 + 5 + 4 + 2 pairs
     assert calibrate.roc_auc(np.array([1.0, 1.0]), np.array([True, False])) == 0.5
+    assert np.isnan(calibrate.roc_auc(scores, np.ones(10, dtype=bool)))  # one class
+    # the cards' AUCs are this one: ManifoldQC's (good above damaged), the gate's
+    from bids_qc.training.manifoldqc_card import auc
+    from bids_qc.training.real_planted import auroc
+
+    assert auc(scores[~bad], scores[bad]) == pytest.approx(1 - 17 / 24)
+    assert auroc(scores, bad) == pytest.approx(17 / 24) and auroc(scores, ~bad | bad) is None
 
 
 def _rated_group(tmp_path):

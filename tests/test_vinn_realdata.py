@@ -75,7 +75,7 @@ def test_outside_counts_brain_labels_beyond_4_mm_of_the_reference_brain(phantom)
 
 def test_dice_and_the_record_decide_the_gate(tmp_path, phantom, monkeypatch):
     labels, affine = phantom
-    perfect = ev._dice(labels, labels)
+    perfect = ev.subcortical_dice(labels, labels)
     assert perfect["subcortical_mean"] == pytest.approx(1.0)
     vols = ev.reference_volumes(labels, affine)
 

@@ -169,10 +169,13 @@ def pair_metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
 
 def auc(score_good: np.ndarray, score_bad: np.ndarray) -> float | None:
     """Probability that a good case scores higher than a damaged one (ties count half)."""
+    from bids_qc.calibrate import roc_auc
+
     if not len(score_good) or not len(score_bad):
         return None
-    g, b = np.asarray(score_good)[:, None], np.asarray(score_bad)[None, :]
-    return float(np.mean((g > b) + 0.5 * (g == b)))
+    scores = np.concatenate([np.asarray(score_good), np.asarray(score_bad)])
+    good = np.arange(scores.size) < len(score_good)
+    return roc_auc(scores, good)
 
 
 def evaluate(eval_dir: Path) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..structures import SUBCORTICAL
+from ..synth.metrics import dice
 
 #: Range of the damaged structure's Dice, and the failure cut-off.
 DICE_RANGE = (0.4, 0.95)
@@ -33,10 +34,6 @@ class PlantedSeg:
     structure: str
     family: str
     dice: float
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    return float(2 * (a & b).sum() / max(1, a.sum() + b.sum()))
 
 
 def plant_dice(labels: np.ndarray, structure: str, family: str, target: float,
@@ -81,4 +78,4 @@ def plant_dice(labels: np.ndarray, structure: str, family: str, target: float,
         out.ravel()[candidates[order[:grow]]] = spec.codes[0]
     else:
         raise ValueError(f"unknown family {family!r}: erode or dilate")
-    return PlantedSeg(out, structure, family, _dice(mask, spec.mask(out)))
+    return PlantedSeg(out, structure, family, dice(mask, spec.mask(out)))

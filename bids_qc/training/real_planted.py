@@ -251,12 +251,12 @@ def planted_shapes(dataset: Path, part: Part, per_image: int = PLANTS_PER_IMAGE,
 
 def auroc(scores: np.ndarray, positive: np.ndarray) -> float | None:
     """AUROC of ``scores`` (higher = more likely positive); None with one class."""
-    from sklearn.metrics import roc_auc_score
+    from bids_qc.calibrate import roc_auc
 
     positive = np.asarray(positive, dtype=bool)
     if positive.all() or not positive.any():
         return None
-    return float(roc_auc_score(positive, scores))
+    return roc_auc(np.asarray(scores), positive)
 
 
 def planted_figures(cases: list[dict[str, Any]], column: str, threshold: float,

@@ -139,12 +139,12 @@ def regression_stats(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
 
 def classification(score: np.ndarray, y: np.ndarray, decision: np.ndarray) -> dict[str, float]:
     """Accuracy, AUROC, sensitivity and specificity of a decision and its score."""
-    from sklearn.metrics import roc_auc_score
+    from bids_qc.calibrate import roc_auc
 
     pos, neg = y == 1, y == 0
     return {
         "accuracy": float(np.mean(decision == y)),
-        "auroc": float(roc_auc_score(y, score)) if pos.any() and neg.any() else float("nan"),
+        "auroc": roc_auc(score, pos),
         "sensitivity": float(np.mean(decision[pos] == 1)) if pos.any() else float("nan"),
         "specificity": float(np.mean(decision[neg] == 0)) if neg.any() else float("nan"),
         "positives": int(pos.sum()), "n": int(len(y)),

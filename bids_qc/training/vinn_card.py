@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from bids_qc.structures import STRUCTURE_NAMES
+from bids_qc.synth.metrics import subcortical_dice
 from bids_qc.training.card_sections import write_card
 
 SYNTH_RESOLUTIONS: tuple[float, ...] = (0.7, 1.0, 1.4)
@@ -67,11 +68,6 @@ def build_cache(out: Path) -> None:
             print(f"{path.name} {case.image.shape}", flush=True)
 
 
-def _dice(truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
-    from bids_qc.synth.metrics import subcortical_dice
-
-    return subcortical_dice(truth, pred)
-
 
 def evaluate_synth(eval_dir: Path, model: Any, maps: tuple[int, ...] = HELDOUT_MAPS
                    ) -> dict[str, Any]:  # fmt: skip
@@ -87,7 +83,7 @@ def evaluate_synth(eval_dir: Path, model: Any, maps: tuple[int, ...] = HELDOUT_M
                 continue
             with np.load(path) as z:
                 pred = segment_array(model, z["image"], z["affine"])
-                cases[m] = _dice(z["labels"].astype(np.int32), pred)
+                cases[m] = subcortical_dice(z["labels"].astype(np.int32), pred)
             print(f"synth map {m} {res} mm: subcortical {cases[m]['subcortical_mean']:.3f}",
                   flush=True)
         if cases:
@@ -138,7 +134,7 @@ def evaluate_bert(model: Any) -> tuple[dict[str, Any], dict[str, float]]:
               time.perf_counter() - w0, "shape": list(image.shape),
               "cpus": os.cpu_count()}  # fmt: skip
     torch.set_num_threads(threads)
-    out["1.0"] = _dice(truth, pred)
+    out["1.0"] = subcortical_dice(truth, pred)
     out["confusion"] = confusion(truth, pred)
     print(f"bert 1.0 mm: subcortical {out['1.0']['subcortical_mean']:.3f}", flush=True)
     vox = np.linalg.norm(norm.affine[:3, :3], axis=0)
@@ -151,7 +147,7 @@ def evaluate_bert(model: Any) -> tuple[dict[str, Any], dict[str, float]]:
         img_r = resample(image, norm.affine, shape, aff, order=1)
         pred_r = segment_array(model, img_r, aff)
         back = resample(pred_r.astype(np.int32), aff, truth.shape, aseg.affine, order=0)
-        out[f"{res:.1f}"] = _dice(truth, back)
+        out[f"{res:.1f}"] = subcortical_dice(truth, back)
         print(f"bert {res} mm: subcortical {out[f'{res:.1f}']['subcortical_mean']:.3f}",
               flush=True)
     return out, timing

@@ -32,6 +32,7 @@ from scipy import ndimage as ndi
 
 from bids_qc.models import volumes as V
 from bids_qc.structures import SUBCORTICAL_NAMES
+from bids_qc.synth.metrics import subcortical_dice
 from bids_qc.training.real_sets import (
     RealImage,
     exclusions,
@@ -113,11 +114,6 @@ def fix_bounds(data_dir: Path) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _dice(ref: np.ndarray, pred: np.ndarray) -> dict[str, float]:
-    from bids_qc.synth.metrics import subcortical_dice
-
-    return subcortical_dice(ref, pred)
-
 
 def outside_cm3(pred: np.ndarray, ref: np.ndarray, affine: np.ndarray) -> float:
     """cm³ of predicted brain labels farther than :data:`OUTSIDE_MM` from the reference brain."""
@@ -186,7 +182,7 @@ def evaluate_image(model: Any, image: RealImage, bounds: dict[str, Any],
         if labels.shape != pred.shape:
             raise ValueError(f"{image.seg} is not on the grid of {image.t1w}")
         rec["protocol"] = PROTOCOL[image.seg_kind]
-        rec["dice"] = _dice(labels, pred)
+        rec["dice"] = subcortical_dice(labels, pred)
         rec["outside_cm3"] = outside_cm3(pred, labels, ref_affine)
         rec["reference_volumes_mm3"] = reference_volumes(labels, ref_affine)
     elif mosaic_dir is not None:
