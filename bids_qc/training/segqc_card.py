@@ -31,7 +31,7 @@ import numpy as np
 
 from bids_qc.models.segqc import conform, group_index
 from bids_qc.structures import STRUCTURE_NAMES
-from bids_qc.training.card_sections import write_card
+from bids_qc.training.card_sections import environment, write_card
 from bids_qc.training.eval_protocol import (
     HELDOUT_DAMAGE_FAMILIES,
     P_CLEAN,
@@ -223,16 +223,6 @@ def cpu_time_per_image(net: Any, repeats: int = 5) -> dict[str, float]:
             "total_s": float(np.median(np.add(pre, net_t)))}  # fmt: skip
 
 
-def _fmt(x: Any, nd: int = 3) -> str:
-    return "n/a" if x is None else f"{x:.{nd}f}"
-
-
-def _status(value: float | None, target: float, higher: bool = False) -> str:
-    if value is None:
-        return "not measured"
-    return "met" if (value >= target if higher else value <= target) else "missed"
-
-
 def evaluate(eval_dir: Path, net: Any) -> tuple[dict[str, Any], dict[str, list[int]]]:
     """Metrics of every fully built set (and of the held-out families within them), and
     ``[built, planned]`` of each set not fully built: those are not measured (a protocol is
@@ -258,174 +248,92 @@ def evaluate(eval_dir: Path, net: Any) -> tuple[dict[str, Any], dict[str, list[i
     return results, missing
 
 
-def _set_rows(results: dict[str, Any]) -> list[str]:
-    rows = ["| set | cases (of protocol) | MAE mean (SD) | constant MAE | r mean | MAE struct "
-            "avg / max | r all | acc / sens / spec (structures) | acc / sens / spec (cases) |",
-            "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for name, r in results.items():
-        d, c = r["detection"], r["detection_case"]
-        rows.append(
-            f"| {name} | {r['n_cases']} ({r['protocol_cases']}) | {_fmt(r['mae_mean'])} "
-            f"({_fmt(r['sd_mean'])}) | {_fmt(r['const_mae_mean'])} | {_fmt(r['r_mean'])} | "
-            f"{_fmt(r['mae_structure_avg'])} / {_fmt(r['mae_structure_max'])} | "
-            f"{_fmt(r['r_all'])} | {_fmt(d['accuracy'])} / {_fmt(d['sensitivity'])} / "
-            f"{_fmt(d['specificity'])} | {_fmt(c['accuracy'])} / {_fmt(c['sensitivity'])} / "
-            f"{_fmt(c['specificity'])} |"
-        )
-    return rows
+def _fmt(x: Any, nd: int = 3) -> str:
+    return "n/a" if x is None else f"{x:.{nd}f}"
 
 
-def _family_rows(results: dict[str, Any]) -> list[str]:
-    rows = ["| set | family | held out | cases | MAE mean | MAE struct avg | r all | "
-            "acc / sens / spec (structures) |", "|---|---|---|---|---|---|---|---|"]
-    for name, r in results.items():
-        for fam, m in r["by_family"].items():
-            d = m["detection"]
-            rows.append(f"| {name} | {fam} | {'yes' if fam in HELDOUT_DAMAGE_FAMILIES else 'no'}"
-                        f" | {m['n_cases']} | {_fmt(m['mae_mean'])} | "
-                        f"{_fmt(m['mae_structure_avg'])} | {_fmt(m['r_all'])} | "
-                        f"{_fmt(d['accuracy'])} / {_fmt(d['sensitivity'])} / "
-                        f"{_fmt(d['specificity'])} |")  # fmt: skip
-    return rows
+def _target(value: float | None, goal: float, higher: bool = False) -> dict[str, Any]:
+    """One row of the targets table: the measured figure, its goal and whether it is met."""
+    met = value is not None and (value >= goal if higher else value <= goal)
+    status = "not measured" if value is None else "met" if met else "missed"
+    return {"measured": _fmt(value), "goal": goal, "status": status}
 
 
-def _structure_rows(results: dict[str, Any], sets: list[str]) -> list[str]:
-    sets = [s for s in sets if s in results]
-    rows = ["| structure | " + " | ".join(f"{s} MAE (SD), r" for s in sets) + " |",
-            "|---|" + "---|" * len(sets)]  # fmt: skip
-    for n in STRUCTURE_NAMES:
-        cells = [f"{_fmt(results[s]['per_structure'][n]['mae'])} "
-                 f"({_fmt(results[s]['per_structure'][n]['sd'])}), "
-                 f"{_fmt(results[s]['per_structure'][n]['r'], 2)}" for s in sets]  # fmt: skip
-        rows.append(f"| {n} | " + " | ".join(cells) + " |")
-    return rows
+def _figures(m: dict[str, Any]) -> dict[str, Any]:
+    """The figures of one :func:`metrics` result as the card prints them."""
+    keys = ("mae_mean", "sd_mean", "const_mae_mean", "r_mean", "mae_structure_avg",
+            "mae_structure_max", "r_all")  # fmt: skip
+    rates = ("accuracy", "sensitivity", "specificity")
+    return {"n_cases": m["n_cases"], **{k: _fmt(m[k]) for k in keys},
+            "structures": {k: _fmt(m["detection"][k]) for k in rates},
+            "cases": {k: _fmt(m["detection_case"][k]) for k in rates}}  # fmt: skip
 
 
-def _missing_lines(missing: dict[str, list[int]]) -> list[str]:
-    if not missing:
-        return []
-    sets = ", ".join(f"{n} ({b} of {t} cases built)" for n, (b, t) in missing.items())
-    return [f"Not measured for these weights (a set is reported only when all its protocol "
-            f"cases are built; synthesising them takes about 5 CPU-s a case): {sets}.", ""]
+def _training(train: dict[str, Any]) -> dict[str, Any]:
+    """The training summary with the figures the card prints formatted."""
+    start, real = train.get("start_step", 0), train.get("real_people")
+    return {**train, "first_map": train["maps"][0], "last_map": train["maps"][-1],
+            "real_people": real, "real_share": f"{train['real_share']:.0%}" if real else None,
+            "plant_p": f"{train.get('plant_p', 0):g}" if real else None,
+            "sitting": "sitting" in train, "start_step": start,
+            "end_step": start + train["steps"], "warm_start": train.get("warm_start", "scratch"),
+            "epochs_over_pool": f"{train['epochs_over_pool']:.1f}",
+            "minutes": f"{train['minutes']:.1f}"}  # fmt: skip
 
 
-def _real_lines(train: dict[str, Any]) -> list[str]:
-    if not train.get("real_people"):
-        return []
-    return [f"- Real data: the training part's {train['real_people']} IXI people (whole-head "
-            "T1w, DLMUSE segmentations mapped to FreeSurfer codes) in "
-            f"{train['real_share']:.0%} of the samples, damaged by the same families.",
-            f"- Single-structure damage (the real-data gate's failure class) with probability "
-            f"{train.get('plant_p', 0):g} per damage: one subcortical structure eroded into, "
-            "or grown over, its neighbours to an exact Dice."]
+def card_context(results: dict[str, Any], timing: dict[str, float], train: dict[str, Any],
+                 sha: str, version: str, missing: dict[str, list[int]] | None = None
+                 ) -> dict[str, Any]:  # fmt: skip
+    """Everything ``templates/segqc_card.md.j2`` shows, every figure formatted.
 
-
-def _recipe_lines(train: dict[str, Any]) -> list[str]:
-    """How the weights were trained: one sitting of the step-budget recipe, or the earlier
-    time-budgeted one (the shipped 1.x weights)."""
-    if "sitting" not in train:
-        return ["- Recipe: `python -m bids_qc.training.segqc --minutes N --out DIR` (the "
-                "time-budgeted recipe of its day; now `--steps N`, warm-started from the "
-                "shipped weights)."]
-    start = train.get("start_step", 0)
-    return [f"- Sitting: global steps {start}-{start + train['steps']}, from "
-            f"{train.get('warm_start', 'scratch')}; recipe "
-            "`python -m bids_qc.training.segqc --steps N --out DIR`."]
+    Parameters
+    ----------
+    results, timing, train : dict
+        Metrics of each measured set (:func:`evaluate`, in the card's order), CPU times
+        (:func:`cpu_time_per_image`) and the training run's ``summary.json``.
+    sha, version : str
+        The weights' sha256 and the model's version.
+    missing : dict, optional
+        ``[built, planned]`` cases of each set not measured for these weights.
+    """
+    target_sets = [  # the accuracy targets hold on both the synthetic set and bert_damage
+        {"name": name, "mae_mean": _target(results[name]["mae_mean"], TARGETS["mae_mean"]),
+         "mae_structure": _target(results[name]["mae_structure_max"], TARGETS["mae_structure"]),
+         "accuracy": _target(results[name]["detection"]["accuracy"], TARGETS["accuracy"], True)}
+        for name in ("segqc_synth", "bert_damage") if name in results
+    ]  # fmt: skip
+    structure_sets = [s for s in ("segqc_synth", "segqc_unseen_damage", "bert_damage",
+                                  "segqc_real_bert") if s in results]  # fmt: skip
+    structures = [
+        {"name": n, "cells": [{"mae": _fmt(c["mae"]), "sd": _fmt(c["sd"]), "r": _fmt(c["r"], 2)}
+                              for c in (results[s]["per_structure"][n] for s in structure_sets)]}
+        for n in STRUCTURE_NAMES
+    ]  # fmt: skip
+    return {
+        "version": version, "sha": sha, "target_sets": target_sets,
+        "cpu": _target(timing["total_s"], TARGETS["cpu_s"]),
+        "gpu": _target(None, TARGETS["gpu_s"]),
+        "preprocess_s": _fmt(timing["preprocess_s"]), "network_s": _fmt(timing["network_s"]),
+        "sets": [{"name": name, "protocol_cases": r["protocol_cases"], **_figures(r)}
+                 for name, r in results.items()],
+        "missing": [{"name": n, "built": b, "planned": t}
+                    for n, (b, t) in (missing or {}).items()],
+        "heldout_families": HELDOUT_DAMAGE_FAMILIES, "structure_sets": structure_sets,
+        "families": [{"set": name, "family": fam, "heldout": fam in HELDOUT_DAMAGE_FAMILIES,
+                      **_figures(m)}
+                     for name, r in results.items() for fam, m in r["by_family"].items()],
+        "structures": structures, "train": _training(train),
+        "licence": licence_section(LICENCE_SOURCES),
+    }  # fmt: skip
 
 
 def render_card(results: dict[str, Any], timing: dict[str, float], train: dict[str, Any],
                 sha: str, version: str, missing: dict[str, list[int]] | None = None
                 ) -> str:  # fmt: skip
     """The model card (markdown) from the evaluation results (``missing``: the sets not
-    measured for these weights, with the cases built and planned)."""
-    # The issue's accuracy targets hold "on both": the synthetic protocol set and bert
-    # with damage of known Dice.
-    target_rows = []
-    for name in ("segqc_synth", "bert_damage"):
-        if name not in results:
-            continue
-        res = results[name]
-        target_rows += [
-            (f"MAE of the mean Dice, {name}", res["mae_mean"], TARGETS["mae_mean"], False),
-            (f"worst per-structure MAE, {name}", res["mae_structure_max"],
-             TARGETS["mae_structure"], False),
-            (f"accuracy of Dice < 0.7 (structures), {name}", res["detection"]["accuracy"],
-             TARGETS["accuracy"], True),
-        ]  # fmt: skip
-    target_rows += [
-        ("CPU time per image (2 threads, 256^3 input)", timing["total_s"], TARGETS["cpu_s"],
-         False),
-        ("GPU time per image", None, TARGETS["gpu_s"], False),
-    ]  # fmt: skip
-    lines = [
-        "# SegQC model card", "",
-        f"- Model: `segqc` {version}; weights `segqc.pt`, sha256 `{sha}` (fp16 storage).",
-        "- Task: regress the Dice of each of the 20 contract structures "
-        "(`bids_qc.structures.STRUCTURES`) of a FreeSurfer-coded segmentation against the "
-        "(unknown) true segmentation, from the image and the one-hot segmentation "
-        "(method after Robinson et al., 2018).",
-        "- Input: image + one-hot of 19 structure groups + one channel of other labels, "
-        "resampled (trilinear / nearest) onto an 80 x 96 x 80 box of 2 mm voxels along world "
-        "RAS axes centred on the segmentation's bounding box; any voxel size works.",
-        "- Network: 2x2x2 patch stem, three strided pre-activation residual blocks (widths "
-        "12-24-32-48) flattened at 5 x 6 x 5, beside per-group statistics (log volume, "
-        "centroid, spread, image mean and SD), into a 256-unit MLP; trained with MSE.",
-        "- Output: sigmoid Dice per structure; `segqc_flag` = 1 when any is below the "
-        "threshold (default 0.7).",
-        "- Card generated by `python -m bids_qc.training.segqc_card card` from a real "
-        "evaluation run; every number below comes from it.", "",
-        "## Targets", "", "| target | measured | goal | status |", "|---|---|---|---|",
-    ]  # fmt: skip
-    for label, value, goal, higher in target_rows:
-        sign = ">=" if higher else "<="
-        lines.append(f"| {label} | {_fmt(value)} | {sign} {goal} | "
-                     f"{_status(value, goal, higher)} |")  # fmt: skip
-    lines += [
-        "", f"GPU timing: not measured (no GPU in the training session). CPU timing on bert: "
-        f"preprocessing {_fmt(timing['preprocess_s'])} s, network {_fmt(timing['network_s'])} s "
-        "(median, batch 1, 2 threads).", "",
-        "## Results by test set", "",
-        "`MAE mean`: absolute error of the per-case mean Dice (`segqc_dice_mean`); `constant "
-        "MAE`: a constant predictor (the set's own mean) for comparison; detection counts "
-        "`Dice < 0.7` per (case, structure) and per case (any structure). Sets built only in "
-        "part show the number of protocol cases used (the first ones, in protocol order, "
-        "which cycles over anatomies and families).", "",
-        *_set_rows(results), "", *_missing_lines(missing or {}),
-        "## Results by damage family (held-out families: "
-        f"{', '.join(HELDOUT_DAMAGE_FAMILIES)})", "", *_family_rows(results), "",
-        "## Per structure", "",
-        *_structure_rows(results, ["segqc_synth", "segqc_unseen_damage", "bert_damage",
-                                   "segqc_real_bert"]), "",  # fmt: skip
-        "## Training", "",
-        f"- Data: {train['pool_cases']} synthesized cases from SynthSeg training label maps "
-        f"{train['maps'][0]}-{train['maps'][-1]} (contrasts {', '.join(train['contrasts'])}), "
-        "damaged on the fly; per sample 0-3 damages with probabilities "
-        f"{train['n_damage_p']}, severities uniform in [0.05, 1].",
-        *_real_lines(train),
-        f"- Damage families trained: {', '.join(train['training_damage_families'])}.",
-        "- Held out of training (frozen protocol): "
-        f"{', '.join(train['heldout_damage_families'])}.",
-        f"- Size: {train['steps']} steps of batch {train['batch']} = {train['samples']} samples "
-        f"({train['epochs_over_pool']:.1f} epochs over the pool), {train['minutes']:.1f} minutes "
-        f"on {train['hardware']}; seed {train['seed']}.",
-        *_recipe_lines(train), "",
-        "## Limitations", "",
-        "- Damage is applied on the 2 mm model grid in training; evaluation damage is on the "
-        "segmentation's own grid (0.7-1.6 mm synthetic, 1 mm bert), so sub-2 mm boundary "
-        "errors are finer than anything seen in training.",
-        *_contrast_limit(train), "", "",
-    ]
-    return "\n".join(lines) + licence_section(LICENCE_SOURCES)
-
-
-def _contrast_limit(train: dict[str, Any]) -> list[str]:
-    """What the training contrasts leave out (real IXI T1w since 1.1.0)."""
-    if train.get("real_people"):
-        return [f"- Trained on synthetic T1-like contrasts and {train['real_people']} real IXI "
-                "T1w people (DLMUSE segmentations mapped to FreeSurfer codes), never on T2w; "
-                "see `segqc_t2_shift` for a T2-like contrast."]
-    return ["- Trained on synthetic T1-like contrasts only; see `segqc_t2_shift` for a "
-            "T2-like contrast."]
+    measured for these weights, with the cases built and planned); see :func:`card_context`."""
+    return environment().get_template("segqc_card.md.j2").render(
+        **card_context(results, timing, train, sha, version, missing))
 
 
 def main(argv: list[str] | None = None) -> None:

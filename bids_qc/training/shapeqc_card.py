@@ -27,7 +27,7 @@ import numpy as np
 from bids_qc.calibrate import roc_auc
 from bids_qc.models.shapeqc import ShapeQCNet
 from bids_qc.structures import SUBCORTICAL_KINDS, SUBCORTICAL_NAMES
-from bids_qc.training.card_sections import write_card
+from bids_qc.training.card_sections import environment, write_card
 from bids_qc.training.eval_protocol import (
     HELDOUT_SHAPE_FAMILIES,
     TRAINING_SHAPE_FAMILIES,
@@ -187,280 +187,132 @@ def _f(x: Any, nd: int = 3) -> str:
 
 def _realistic_share(row: dict[str, Any]) -> float | None:
     """F-share at a 10 % FAIL share: p * recall + (1 - p) * false-positive rate."""
-    if row.get("f_recall") is None or row.get("fpr") is None:
+    p, recall, fpr = REALISTIC_FAIL_SHARE, row.get("f_recall"), row.get("fpr")
+    return None if recall is None or fpr is None else p * recall + (1 - p) * fpr
+
+
+def _test_cells(row: dict[str, Any]) -> dict[str, Any]:
+    """A test row's figures as the card prints them (F-share, time saved, ... at 10 % FAIL)."""
+    saved = None if row.get("f_share") is None else 1 - row["f_share"]
+    return {"auc": _f(row.get("auc")), "n": row["n"], "n_fail": row.get("n_fail"),
+            "f_share": _f(row.get("f_share"), 2), "f_recall": _f(row.get("f_recall"), 2),
+            "saved": _f(saved, 2), "realistic": _f(_realistic_share(row), 2)}
+
+
+def _missed_goals(t: dict[str, Any]) -> list[str]:
+    """Which per-structure goals a test row misses (keys the template words)."""
+    return [key for key, missed in (("auc", t.get("auc") is None or t["auc"] < 0.9),
+                                    ("f_recall", t.get("f_recall") is None or t["f_recall"] < 0.8),
+                                    ("f_share", t.get("f_share") is None or t["f_share"] > 0.3),
+                                    ("size", t["n"] < 300 or t["n_fail"] < 20)) if missed]
+
+
+def _compare_context(c: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The shared-versus-per-structure comparison (``shapeqc_compare``), if it was run."""
+    if not c:
         return None
-    p = REALISTIC_FAIL_SHARE
-    return p * row["f_recall"] + (1 - p) * row["fpr"]
+    sh, ps = c["shared"], c["per_structure"]
+
+    def pair(split: str, s: str, key: str, nd: int = 3) -> list[str]:
+        return [_f(sh[split][s].get(key), nd), _f(ps[split][s].get(key), nd)]
+
+    se, pe, st, pt = (sh["eval_summary"], ps["eval_summary"], sh["test_summary"],
+                      ps["test_summary"])
+    return {
+        "per_epoch": "epochs" in c.get("recipe", {"epochs": 0}),
+        "rows": [{"structure": s, "eval_auc": pair("eval", s, "auc"),
+                  "test_auc": pair("test", s, "auc"),
+                  "test_f_recall": pair("test", s, "f_recall", 2),
+                  "test_f_share": pair("test", s, "f_share", 2)} for s in SUBCORTICAL_NAMES],
+        "mean": {"eval_auc": [_f(se["mean_auc"]), _f(pe["mean_auc"])],
+                 "test_auc": [_f(st["mean_auc"]), _f(pt["mean_auc"])],
+                 "test_f_share": [_f(st["mean_f_share"], 2), _f(pt["mean_f_share"], 2)]},
+        "auc_ge_09": [st["auc_ge_0.9"], pt["auc_ge_0.9"]],
+        "goal_met": [st["recall_ge_0.8_share_le_0.3"], pt["recall_ge_0.8_share_le_0.3"]],
+        "shared_better": se["mean_auc"] >= pe["mean_auc"],
+    }  # fmt: skip
 
 
-def _frozen_partial(r: dict[str, Any]) -> bool:
-    return any(f["built"] < f["total"] for f in r["frozen"].values())
-
-
-def _size_limitations(r: dict[str, Any]) -> list[str]:
-    """Limitations that follow from the split sizes of this run."""
-    ev, tm = r["eval"]["structures"], r["test_maps"]["structures"]
-    lo = min(v["n_fail"] for v in ev.values())
-    hi = max(v["n_fail"] for v in ev.values())
-    out = [f"- The evaluation split that sets the thresholds holds {lo}-{hi} FAILs per "
-           f"structure: one FAIL moves a structure's F-recall by {100 / max(hi, 1):.0f}-"
-           f"{100 / max(lo, 1):.0f} points, so a threshold at F-recall 0.8 there can land "
-           "below 0.8 on the test split. `--shapeqc-recall` re-derives thresholds from the "
-           "same data."]
-    n_min = min(v["n"] for v in tm.values())
-    f_min = min(v["n_fail"] for v in tm.values())
-    if n_min < 300 or f_min < 20:
-        out.append(f"- The test split holds at least {n_min} shapes and {f_min} FAILs per "
-                   "structure, short of the 300 and 20 asked.")
-    if _frozen_partial(r):
-        out.append("- The frozen protocol sets were not measured for these weights: building "
-                   "their cases synthesizes a whole head each, more CPU time than the session "
-                   "had beside training (a set is reported in full or not at all).")
+def _train_context(tr: dict[str, Any], n_params: int) -> dict[str, Any]:
+    """The training figures the card states; optional texts only where the record has them."""
+    shares = tr["train_fail_share_by_structure"].values()
+    out = {k: tr[k] for k in ("maps", "crops_per_map", "damaged_per_crop", "n_train",
+                              "n_train_fail", "n_eval", "n_eval_fail", "width", "seed")}
+    out.update(fail_share=f"{tr['n_train_fail'] / tr['n_train']:.1%}",
+               share_lo=f"{min(shares):.1%}", share_hi=f"{max(shares):.1%}",
+               real_data=bool(tr.get("real_data")), real_crops=tr.get("real_crops"),
+               n_params=n_params, data_minutes=f"{tr['data_minutes']:.1f}",
+               train_minutes=f"{tr['train_minutes']:.1f}")
+    if "epochs" not in tr:  # one sitting of steps, not the earlier recipe's epochs
+        start = tr.get("start_step", 0)
+        out.update(steps=tr["steps"], batch=tr["batch"], start=start, end=start + tr["steps"])
+    out.update({k: tr[k] for k in ("epochs", "warm_start", "thresholds_from") if k in tr})
     return out
 
 
-def _compare_section(c: dict[str, Any] | None) -> list[str]:
-    """The shared-versus-per-structure comparison (``shapeqc_compare``), if it was run."""
-    if not c:
-        return ["One ResNet shared by the structure kinds; the per-structure alternative "
-                "was not compared in this run.", ""]
-    sh, ps = c["shared"], c["per_structure"]
-    lines = ["### Shared network or one per structure", "",
-             "`python -m bids_qc.training.shapeqc_compare` trained one network per structure "
-             "kind (left and right together, as the shared one sees them) on that kind's "
-             "training shapes only, with the shared network's recipe "
-             + ("(seed, epochs, width, optimiser; every FAIL of the kind and twice as many "
-                "PASS per epoch, " if "epochs" in c.get("recipe", {"epochs": 0}) else
-                "(seed, batch, width, optimiser, one FAIL in three; the kind's share of the "
-                "shared sitting's steps, ")
-             + "so each kind is seen as often as in the shared run). Thresholds for both come "
-             "from the "
-             "evaluation split by the same rule; test: `test_maps` without `displaced`. The "
-             "shared network is scored from its shipped fp16 weights, the per-structure ones "
-             "in float32, and both get thresholds re-derived from these scores; Table 2 uses "
-             "the shipped thresholds and evaluation scores (float32, end of training), so the "
-             "shared columns can differ from it by about 0.01.", "",
-             "| structure | eval AUC shared / per-structure | test AUC shared / per-structure "
-             "| test F-recall shared / per-structure | test F-share shared / per-structure |",
-             "|---|---:|---:|---:|---:|"]
-    for s in SUBCORTICAL_NAMES:
-        a, b, x, y = sh["eval"][s], ps["eval"][s], sh["test"][s], ps["test"][s]
-        lines.append(f"| {s} | {_f(a.get('auc'))} / {_f(b.get('auc'))} | "
-                     f"{_f(x.get('auc'))} / {_f(y.get('auc'))} | "
-                     f"{_f(x.get('f_recall'), 2)} / {_f(y.get('f_recall'), 2)} | "
-                     f"{_f(x.get('f_share'), 2)} / {_f(y.get('f_share'), 2)} |")
-    se, pe, st, pt = (sh["eval_summary"], ps["eval_summary"], sh["test_summary"],
-                      ps["test_summary"])
-    lines += [f"| **mean** | {_f(se['mean_auc'])} / {_f(pe['mean_auc'])} | "
-              f"{_f(st['mean_auc'])} / {_f(pt['mean_auc'])} | | "
-              f"{_f(st['mean_f_share'], 2)} / {_f(pt['mean_f_share'], 2)} |", ""]
-    better = "shared" if se["mean_auc"] >= pe["mean_auc"] else "per-structure"
-    lines += [f"Structures with test AUC >= 0.9: shared {st['auc_ge_0.9']}, per-structure "
-              f"{pt['auc_ge_0.9']}; meeting F-recall >= 0.8 with F-share <= 0.3: shared "
-              f"{st['recall_ge_0.8_share_le_0.3']}, per-structure "
-              f"{pt['recall_ge_0.8_share_le_0.3']}. On the evaluation split (the one a choice "
-              f"may look at) the {better} design has the higher mean AUC. The app ships the "
-              "shared network: one file, one forward pass per subject, and each kind's FAIL "
-              "shapes also teach the others' detectors.", ""]
-    return lines
+def card_context(r: dict[str, Any]) -> dict[str, Any]:
+    """Everything ``shapeqc_card.md.j2`` shows, from the results :func:`main` gathers."""
+    from bids_qc.training.licences import licence_section
 
-
-def _schedule_text(tr: dict[str, Any]) -> str:
-    """How the network was trained: epochs (the earlier recipe) or one sitting of steps."""
-    if "epochs" in tr:
-        return (f"{tr['epochs']} epochs (every FAIL and twice as many PASS per epoch), AdamW, "
-                "cosine learning rate")
-    start = tr.get("start_step", 0)
-    return (f"a sitting of {tr['steps']} steps of batch {tr['batch']} (global steps {start}-"
-            f"{start + tr['steps']}; one FAIL in three on average) from "
-            f"{tr.get('warm_start', 'scratch')}, AdamW, warm-up and cosine learning rate")
+    tr, thr, ev, tm = r["train"], r["thresholds"], r["eval"], r["test_maps"]
+    es, ts = ev["structures"], tm["structures"]
+    structures = [{"structure": s, "eval_auc": _f(es[s].get("auc")), "eval_n": es[s]["n"],
+                   "eval_fail": es[s]["n_fail"], "threshold": _f(thr[s]),
+                   "missed": _missed_goals(ts[s]), **_test_cells(ts[s])}
+                  for s in SUBCORTICAL_NAMES]  # fmt: skip
+    frozen = []
+    for name in ("shapeqc_synth", "shapeqc_unseen"):
+        fz, o = r["frozen"][name], r["frozen"][name].get("overall", {})
+        frozen.append({"name": name, "built": fz["built"], "total": fz["total"],
+                       "not_measured": bool(fz.get("not_measured")), "errors": fz.get("errors"),
+                       "n": o.get("n"), "n_fail": o.get("n_fail", 0), "auc": _f(o.get("auc")),
+                       "f_share": _f(o.get("f_share"), 2), "f_recall": _f(o.get("f_recall"), 2)})
+    families = [{"set": name, "family": fam, "held_out": fam in HELDOUT_SHAPE_FAMILIES,
+                 "n_fail": v["n_fail"], "auc": _f(v["auc"]), "f_recall": _f(v["f_recall"], 2),
+                 "severity": f"{v['min_fail_severity']:.2f}"}
+                for name in ("test_maps", "shapeqc_synth", "shapeqc_unseen")
+                for fam, v in r["families"].get(name, {}).items()]  # fmt: skip
+    ev_fail = [v["n_fail"] for v in es.values()]
+    with_displaced, b = tm.get("overall_with_displaced", {}), r["bert"]
+    return {
+        **{k: r[k] for k in ("sha256", "thresholds_sha256", "calibration_sha256", "version",
+                             "date")}, "compare": _compare_context(r.get("compare")),
+        "test_fail_share": _f(tm["overall"].get("n_fail", 0) / max(tm["overall"]["n"], 1), 2),
+        "realistic": f"{REALISTIC_FAIL_SHARE:.0%}", "structures": structures,
+        "all": {"eval_auc": _f(ev["overall"].get("auc")), "eval_n": ev["overall"]["n"],
+                "eval_fail": ev["overall"].get("n_fail"), **_test_cells(tm["overall"])},
+        "goals": [row for row in structures if row["missed"]],
+        "bert": {"flagged": b["flagged"], "cpu_s": f"{b['cpu_s']:.2f}", "meets": b["cpu_s"] < 5,
+                 "pfail": [(s, f"{v:.2f}") for s, v in b["pfail"].items()]},
+        "frozen_partial": any(f["built"] < f["total"] for f in r["frozen"].values()),
+        "frozen": frozen, "families": families,
+        "examples": [{"family": fam, "severity": f"{v['severity']:.2f}", "file": v["file"],
+                      "dice": f"{v['dice']:.3f}", "hausdorff": f"{v['hausdorff']:.1f}",
+                      "pfail": f"{v['pfail']:.2f}"} for fam, v in r["examples"].items()],
+        "train": _train_context(tr, r["n_params"]),
+        "families_trained": SHAPE_FAMILIES_TRAINED, "families_held_out": HELDOUT_SHAPE_FAMILIES,
+        "displaced": {k: _f(with_displaced.get(k), 2) for k in ("f_recall", "f_share")},
+        # The evaluation split's FAILs per structure, and what one FAIL weighs in F-recall.
+        "eval_fail_lo": min(ev_fail), "eval_fail_hi": max(ev_fail),
+        "recall_step_lo": f"{100 / max(max(ev_fail), 1):.0f}",
+        "recall_step_hi": f"{100 / max(min(ev_fail), 1):.0f}",
+        "test_n_min": min(v["n"] for v in ts.values()),
+        "test_fail_min": min(v["n_fail"] for v in ts.values()),
+        "licences": licence_section(["synthseg_label_maps", "freesurfer_bert",
+                                     *(["ixi_dlmuse"] if tr.get("real_data") else [])]),
+    }  # fmt: skip
 
 
 def render_card(r: dict[str, Any]) -> str:
-    """The card's markdown."""
-    from bids_qc.training.licences import licence_section
-
-    tr, thr = r["train"], r["thresholds"]
-    ev, tm = r["eval"], r["test_maps"]
-    lines = [
-        "# ShapeQC model card", "",
-        "<!-- Generated by `python -m bids_qc.training.shapeqc_card`; do not edit. -->", "",
-        f"- Weights: `bids_qc/models/weights/shapeqc.pt`, sha256 `{r['sha256']}`",
-        f"- Thresholds: `shapeqc_thresholds.json`, sha256 `{r['thresholds_sha256']}`; "
-        f"calibration data `shapeqc_calibration.json`, sha256 `{r['calibration_sha256']}`",
-        f"- Version {r['version']}; generated {r['date']}.", "",
-        "## What it does", "",
-        "For each of the 14 subcortical structures of a FreeSurfer-coded segmentation: a "
-        "marching-cubes mesh (Taubin-smoothed), per-vertex medial thickness D (distance to a "
-        "medial curve fitted through the cross-section centroids along the principal axis) and "
-        "LogJac (log area density against a template of good training shapes), their "
-        "volume-normalised versions, mapped on a 128x128 equiangular sphere grid (latitude "
-        "along the medial curve, longitude around it, rotationally standardised by the "
-        "thickness profile; left structures mirrored). One ResNet shared by the 7 structure "
-        "kinds (kind embedding) gives P(FAIL); a structure is flagged above its threshold; "
-        "Grad-CAM of the last residual block is drawn on the map and on the mesh.", "",
-        *_compare_section(r.get("compare")),
-        "## Table 2 for our data", "",
-        "Thresholds: per structure, the lowest F-share with F-recall >= 0.8 on the evaluation "
-        f"split ({_threshold_source(tr)}). Test: `test_maps` (maps 17-20, test only; "
-        "families truncation, bump, hole, leak; `displaced` structures are left out of this "
-        "table because moving a structure does not change its shape, see the family table "
-        "and Limitations). "
-        "F-share = share of shapes sent to a human; time saved = 1 - F-share. The test split "
-        f"has a FAIL share of {_f(tm['overall'].get('n_fail', 0) / max(tm['overall']['n'], 1), 2)}"
-        " (higher than in practice, to hold >= 20 FAILs per structure), so the last column "
-        f"restates F-share at a {REALISTIC_FAIL_SHARE:.0%} FAIL share from the measured "
-        "F-recall and false-positive rate (p x recall + (1 - p) x FPR).", "",
-        "| structure | eval AUC | eval n (FAIL) | threshold | test AUC | test n (FAIL) | "
-        "F-share | F-recall | time saved | F-share at 10% FAIL |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for s in SUBCORTICAL_NAMES:
-        e, t = ev["structures"][s], tm["structures"][s]
-        rs = _realistic_share(t)
-        saved = None if t.get("f_share") is None else 1 - t["f_share"]
-        lines.append(
-            f"| {s} | {_f(e.get('auc'))} | {e['n']} ({e['n_fail']}) | {_f(thr[s])} | "
-            f"{_f(t.get('auc'))} | {t['n']} ({t['n_fail']}) | {_f(t.get('f_share'), 2)} | "
-            f"{_f(t.get('f_recall'), 2)} | {_f(saved, 2)} | {_f(rs, 2)} |")
-    o = tm["overall"]
-    lines += [f"| **all** | {_f(ev['overall'].get('auc'))} | {ev['overall']['n']} "
-              f"({ev['overall'].get('n_fail')}) | | {_f(o.get('auc'))} | {o['n']} "
-              f"({o.get('n_fail')}) | {_f(o.get('f_share'), 2)} | {_f(o.get('f_recall'), 2)} | "
-              f"{_f(None if o.get('f_share') is None else 1 - o['f_share'], 2)} | "
-              f"{_f(_realistic_share(o), 2)} |", ""]
-    goals = []
-    for s in SUBCORTICAL_NAMES:
-        t = tm["structures"][s]
-        miss = []
-        if t.get("auc") is None or t["auc"] < 0.9:
-            miss.append(f"AUC {_f(t.get('auc'))} < 0.9")
-        if t.get("f_recall") is None or t["f_recall"] < 0.8:
-            miss.append(f"F-recall {_f(t.get('f_recall'), 2)} < 0.8")
-        if t.get("f_share") is None or t["f_share"] > 0.3:
-            miss.append(f"F-share {_f(t.get('f_share'), 2)} > 0.3 (at the test split's FAIL "
-                        f"share; {_f(_realistic_share(t), 2)} at 10%)")
-        if t["n"] < 300 or t["n_fail"] < 20:
-            miss.append(f"test size {t['n']} shapes / {t['n_fail']} FAILs "
-                        "(goal >= 300 / >= 20)")
-        if miss:
-            goals.append(f"- {s}: " + "; ".join(miss) + ".")
-    lines += ["## Goals", "",
-              "Goals (issue): test AUC >= 0.9, F-recall >= 0.8 with F-share <= 0.3 for every "
-              "structure; >= 300 test shapes and >= 20 FAILs per structure; CPU time for the "
-              "14 structures of one subject < 5 s.", ""]
-    lines += (["Missed:", "", *goals] if goals else ["Every per-structure goal is met."]) + [""]
-    lines += [f"- CPU time, 14 structures of bert (features + network + Grad-CAM, 1 thread, "
-              f"median of 3, process time): {r['bert']['cpu_s']:.2f} s "
-              f"({'meets' if r['bert']['cpu_s'] < 5 else 'misses'} the 5 s goal); "
-              "`benchmarks/bench_shapeqc.py` measures wall time.", ""]
-    lines += ["## Frozen protocol test sets", "",
-              "A case of `shapeqc_synth` / `shapeqc_unseen` is one synthesized 1 mm whole-head "
-              "case from maps 17-20 with one structure damaged (80% of cases; 20% undamaged); "
-              "each set has 336 cases, i.e. 24 per structure, about 5 of them PASS: the frozen "
-              "sets alone cannot give 300 shapes / 20 FAILs per structure, hence `test_maps` "
-              "above. "
-              + ("Building a case synthesizes a whole head; a set not built in full is not "
-                 "measured for these weights:" if _frozen_partial(r) else
-                 "Every case was built:"), "",
-              "| set | built / total | not meshable | n (FAIL) | AUC | F-share | F-recall |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
-    for name in ("shapeqc_synth", "shapeqc_unseen"):
-        fz = r["frozen"][name]
-        if fz.get("not_measured"):
-            lines.append(f"| {name} | {fz['built']} / {fz['total']} | not measured | | | | |")
-            continue
-        o = fz["overall"]
-        lines.append(f"| {name} | {fz['built']} / {fz['total']} | {fz['errors']} | "
-                     f"{o['n']} ({o.get('n_fail', 0)}) | {_f(o.get('auc'))} | "
-                     f"{_f(o.get('f_share'), 2)} | {_f(o.get('f_recall'), 2)} |")
-    lines += ["", "Per family (FAIL shapes of the family against every PASS shape of the set; "
-              "F-recall at the shipped thresholds):", "",
-              "| set | family | FAILs | AUC | F-recall | smallest FAIL severity |",
-              "|---|---|---:|---:|---:|---:|"]
-    for name in ("test_maps", "shapeqc_synth", "shapeqc_unseen"):
-        fams = r["families"].get(name, {})
-        for fam, v in fams.items():
-            held = " (held out)" if fam in HELDOUT_SHAPE_FAMILIES else ""
-            lines.append(f"| {name} | {fam}{held} | {v['n_fail']} | {_f(v['auc'])} | "
-                         f"{_f(v['f_recall'], 2)} | {v['min_fail_severity']:.2f} |")
-    b = r["bert"]
-    lines += ["", "## Real segmentation: FreeSurfer bert", "",
-              "The 14 structures of bert's aseg (real, presumed PASS): flagged "
-              f"{len(b['flagged'])} of 14 ({', '.join(b['flagged']) or 'none'}). P(FAIL): "
-              + ", ".join(f"{s} {v:.2f}" for s, v in b["pfail"].items()) + ".", ""]
-    lines += ["## Examples at the smallest FAIL severity", "",
-              "Right putamen of test map 17, each family at the smallest severity (steps of "
-              "0.05) the engine counts as FAIL (Dice < 0.95 or Hausdorff >= 3 voxels); left: "
-              "thickness map with Grad-CAM, right: mesh coloured by Grad-CAM.", ""]
-    for fam, v in r["examples"].items():
-        lines.append(f"- {fam}: severity {v['severity']:.2f}, Dice {v['dice']:.3f}, Hausdorff "
-                     f"{v['hausdorff']:.1f}, P(FAIL) {v['pfail']:.2f}: ![{fam}]({v['file']})")
-    lines += ["", "## Training", "",
-              f"- Shapes: training SynthSeg maps {tr['maps']}, {tr['crops_per_map']} crops per "
-              "map (the first undeformed, the others under the engine's random affine and "
-              f"smooth deformation), 14 PASS shapes and {tr['damaged_per_crop']} damaged ones "
-              f"per crop: {tr['n_train']} shapes, {tr['n_train_fail']} FAIL "
-              f"({tr['n_train_fail'] / tr['n_train']:.1%}; per structure "
-              f"{min(tr['train_fail_share_by_structure'].values()):.1%}-"
-              f"{max(tr['train_fail_share_by_structure'].values()):.1%}).",
-              f"- Families trained: {', '.join(SHAPE_FAMILIES_TRAINED)} (the protocol's "
-              "training families but `displaced`); held out by the protocol: "
-              f"{', '.join(HELDOUT_SHAPE_FAMILIES)}. Severities uniform on [0.05, 1]; truth "
-              "measured by the engine. Whole-shape scalars (log volume and area, area per "
-              "volume^(2/3), extra mesh and mask components, genus, largest component's area "
-              "share, elongations) join the map features before the last layer.",
-              *_real_shapes_text(tr),
-              f"- Evaluation split (thresholds): {_threshold_source(tr)}, {tr['n_eval']} "
-              f"shapes, {tr['n_eval_fail']} FAIL.",
-              f"- Network: {r['n_params']} parameters (width {tr['width']}), "
-              + _schedule_text(tr) + ", augmentation by random smooth deformations of the "
-              "spherical coordinates.",
-              f"- Where: a 2-core CPU shared with other jobs (1 thread, no GPU): building "
-              f"shapes {tr['data_minutes']:.1f} min in the final run (crops cached by earlier "
-              f"runs of the recipe are reused), training {tr['train_minutes']:.1f} min wall; "
-              f"seed {tr['seed']}.",
-              "- Synthesised-image segmentations (weak segmenter) were not used for PASS "
-              "variation (time). FreeSurfer `bert` was never trained on (`load_bert` refuses "
-              "the training split); " + ("it is calibration data, so with the IXI calibration "
-              "people it set the thresholds' specificity floor: the bert check above is not an "
-              "independent PASS check (the real-data test part is)." if tr.get("real_data") else
-              "it is the real PASS check above."),
-              "- Recipe: `python -m bids_qc.training.shapeqc --cache DIR --out DIR`.", "",
-              "## Limitations", "",
-              "- Every FAIL is synthetic (the engine's damage families), and the truth is the "
-              "engine's Dice/Hausdorff rule, not a rater's judgement.",
-              "- `displaced` (a structure moved, shape intact) is not trained on and is "
-              "left out of Table 2: a shape check cannot see it; its rows in the family "
-              "tables show what that costs. With displaced cases counted, test_maps gives "
-              f"F-recall {_f(tm.get('overall_with_displaced', {}).get('f_recall'), 2)} at "
-              f"F-share {_f(tm.get('overall_with_displaced', {}).get('f_share'), 2)}.",
-              *_size_limitations(r),
-              "- The principal-axis sign follows a per-kind reference axis from the training "
-              "maps, so the map is invariant to moderate rigid motions (tests use 25-40 deg), "
-              "not to arbitrary ones.", "",
-              licence_section(["synthseg_label_maps", "freesurfer_bert",
-                               *(["ixi_dlmuse"] if tr.get("real_data") else [])])]
-    return "\n".join(lines)
+    """The card's markdown (``templates/shapeqc_card.md.j2`` filled from :func:`card_context`)."""
+    return environment().get_template("shapeqc_card.md.j2").render(**card_context(r))
 
 
-def _threshold_source(tr: dict[str, Any]) -> str:
-    """Where a sitting's thresholds came from, for the card's sentences."""
-    if not tr.get("real_data"):
-        return "maps 15-16, never trained on"
-    return (f"{tr.get('thresholds_from', 'the real calibration part')}, never trained on; "
-            "each threshold then raised, where needed, to the highest P(FAIL) of its structure "
-            "on the good calibration people as the app scores them (a specificity floor: no "
-            "good calibration person flagged)")
-
-
-def _real_shapes_text(tr: dict[str, Any]) -> list[str]:
-    if not tr.get("real_data"):
-        return []
-    return [f"- Real shapes: the training part's real segmentations (IXI, DLMUSE mapped to "
-            f"FreeSurfer codes), {tr.get('real_crops')} crops per person (the first "
-            "undeformed), damaged by the same families, are part of the training shapes "
-            "above."]
+def _compare_section(c: dict[str, Any] | None) -> list[str]:
+    """The card's comparison part alone (its ``compare`` block), as lines."""
+    t = environment().get_template("shapeqc_card.md.j2")
+    return "".join(t.blocks["compare"](t.new_context({"compare": _compare_context(c)}))
+                   ).split("\n")
 
 
 def main(argv: list[str] | None = None) -> None:
