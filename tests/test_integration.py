@@ -146,3 +146,39 @@ def test_real_freesurfer_bert(tmp_path):
     assert res["metrics"]["vol_left_hippocampus"] == counts["Left-Hippocampus"]
     assert res["metrics"]["vol_right_thalamus"] == counts["Right-Thalamus"]
     assert 0.3 < res["metrics"]["reg_cc"] < 1.0
+
+
+#: The demo's group table as the last commit that changed outputs on purpose wrote it.
+GOLDEN = Path(__file__).resolve().parent / "golden" / "demo_seed3_2mm_group_T1w.tsv"
+
+
+def _same_cell(column: str, got: str, want: str) -> bool:
+    """Equal, or for numbers within what another CPU's float kernels may change."""
+    if got == want:
+        return True
+    try:
+        a, b = float(got), float(want)
+    except ValueError:
+        return False
+    return abs(a - b) <= 1e-4 + 1e-3 * abs(b)
+
+
+def test_demo_outputs_equal_the_golden_table(demo_run):
+    """Refactoring keeps the demo's outputs: every cell of its group table (every metric,
+    flag and source of every image) equals the committed one. A commit that changes the
+    outputs on purpose (new weights, a new metric) regenerates it and says so:
+    ``BIDS_QC_UPDATE_GOLDEN=1 pytest tests/test_integration.py -k golden``."""
+    import os
+
+    _, out, _ = demo_run
+    table = (out / "group_T1w.tsv").read_text()
+    if os.environ.get("BIDS_QC_UPDATE_GOLDEN") == "1":
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(table)
+    rows = {r["bids_name"]: r for r in _read_tsv(out / "group_T1w.tsv")}
+    golden = {r["bids_name"]: r for r in _read_tsv(GOLDEN)}
+    assert list(rows) == list(golden)
+    assert list(next(iter(rows.values()))) == list(next(iter(golden.values())))
+    changed = [(name, c, rows[name][c], want) for name, row in golden.items()
+               for c, want in row.items() if not _same_cell(c, rows[name][c], want)]
+    assert not changed, changed[:10]
