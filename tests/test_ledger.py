@@ -152,10 +152,10 @@ def test_regenerated_cards_keep_their_generated_sections(tmp_path):
         assert cs.REALDATA_MARKERS[0] not in fresh and START not in fresh
         target = tmp_path / card.name
         shutil.copy(card, target)
-        cs.write_card(target, fresh)
+        ledger.write_card(target, fresh)
         assert target.read_text() == text, spec.name
     # A card written for the first time gets no section from nowhere.
-    cs.write_card(tmp_path / "new.md", "# New\n\n## Training\n\nx\n")
+    ledger.write_card(tmp_path / "new.md", "# New\n\n## Training\n\nx\n")
     assert (tmp_path / "new.md").read_text() == "# New\n\n## Training\n\nx\n"
 
 
@@ -170,7 +170,7 @@ def test_a_regenerated_card_gets_the_ledger_as_it_stands_now(tmp_path):
     target = tmp_path / "segqc.md"
     target.write_text(stale)
     fresh = text[:text.index(START)] + text[text.index(END) + len(END) + 2:]
-    cs.write_card(target, fresh)
+    ledger.write_card(target, fresh)
     assert target.read_text() == text
 
 

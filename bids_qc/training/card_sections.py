@@ -10,8 +10,8 @@ between its own markers:
   after the card's ``## Training`` section.
 
 :func:`replace_section` writes one of them and keeps the rest of the card byte for byte;
-:func:`write_card` is how a card script writes a regenerated card: the generated sections of
-the card it replaces are carried over.
+:func:`keep_generated` carries them over to a regenerated card
+(:func:`bids_qc.training.ledger.write_card`, which also renders the ledger afresh).
 """
 
 from __future__ import annotations
@@ -123,17 +123,3 @@ def keep_generated(old: str, new: str) -> str:
         if body is not None and markers[0] not in new:
             new = replace_section(new, body, markers, place)
     return new
-
-
-def write_card(path: Path, text: str) -> None:
-    """Write a regenerated card, keeping the generated sections of the card it replaces."""
-    path = Path(path)
-    if path.is_file():
-        text = keep_generated(path.read_text(encoding="utf-8"), text)
-    # The ledger section is rendered afresh, never kept: a card regenerated after
-    # ``ledger add`` would otherwise carry the ledger as it stood before the sitting.
-    from bids_qc.training import ledger  # ledger imports this module
-
-    if (ledger.LEDGER_DIR / f"{path.stem}.json").is_file():
-        text = ledger.replace_section(text, ledger.render_section(path.stem))
-    path.write_text(text, encoding="utf-8")

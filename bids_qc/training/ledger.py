@@ -30,7 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from bids_qc.models.registry import REGISTRY, get_spec
-from bids_qc.training.card_sections import LEDGER_MARKERS, after_section, environment
+from bids_qc.training.card_sections import (
+    LEDGER_MARKERS,
+    after_section,
+    environment,
+    keep_generated,
+)
 from bids_qc.training.card_sections import replace_section as _replace
 from bids_qc.training.loop import RECORD
 
@@ -188,6 +193,19 @@ def render_section(model: str, folder: Path = LEDGER_DIR) -> str:
 def replace_section(text: str, body: str) -> str:
     """A card with its ledger section replaced (inserted after ``## Training`` if absent)."""
     return _replace(text, body, LEDGER_MARKERS, after_section("Training"))
+
+
+def write_card(path: Path, text: str) -> None:
+    """Write a regenerated card: the generated sections of the card it replaces are kept
+    (:func:`~bids_qc.training.card_sections.keep_generated`), the ledger section rendered
+    afresh from the ledger (a card regenerated after ``ledger add`` would otherwise carry the
+    ledger as it stood before the sitting)."""
+    path = Path(path)
+    if path.is_file():
+        text = keep_generated(path.read_text(encoding="utf-8"), text)
+    if (LEDGER_DIR / f"{path.stem}.json").is_file():
+        text = replace_section(text, render_section(path.stem))
+    path.write_text(text, encoding="utf-8")
 
 
 def render(folder: Path = LEDGER_DIR, cards_dir: Path = CARDS_DIR,

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from bids_qc.models.manifoldqc import COVERED, DICE_WEIGHT, N_STRUCT, SEARCH_STEPS
-from bids_qc.training.card_sections import write_card
 from bids_qc.training.eval_protocol import HELDOUT_DAMAGE_FAMILIES, build_case, case_specs
+from bids_qc.training.ledger import write_card
 
 #: The comparison's sets: label, protocol set, role.
 SETS: dict[str, tuple[str, str]] = {

@@ -13,7 +13,7 @@ per model (and ``classic.json`` for the classical baselines) into
 
 No figure is typed by hand: rerun ``python -m bids_qc.training.realdata_card`` after new
 records land; ``--check`` only reports what is stale. A card script that regenerates a card
-keeps its section (:func:`bids_qc.training.card_sections.write_card`).
+keeps its section (:func:`bids_qc.training.ledger.write_card`).
 """
 
 from __future__ import annotations

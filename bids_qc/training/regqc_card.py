@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from ..models.classic import correlation, mutual_information
 from ..models.registry import get_spec, sha256sum
 from ..models.regqc import RegQCNet, preprocess, sampling_grid
-from .card_sections import write_card
+from .ledger import write_card
 from .licences import licence_section
 from .regqc import _SOLVE_MM, SEED, coarse_grid, template
 

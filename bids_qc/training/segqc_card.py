@@ -31,7 +31,7 @@ import numpy as np
 
 from bids_qc.models.segqc import conform, group_index
 from bids_qc.structures import STRUCTURE_NAMES
-from bids_qc.training.card_sections import environment, write_card
+from bids_qc.training.card_sections import environment
 from bids_qc.training.eval_protocol import (
     HELDOUT_DAMAGE_FAMILIES,
     P_CLEAN,
@@ -39,6 +39,7 @@ from bids_qc.training.eval_protocol import (
     build_case,
     case_specs,
 )
+from bids_qc.training.ledger import write_card
 from bids_qc.training.licences import licence_section
 
 #: Protocol test sets used, with how many of their cases (in protocol order) to build.

@@ -27,12 +27,13 @@ import numpy as np
 from bids_qc.calibrate import roc_auc
 from bids_qc.models.shapeqc import ShapeQCNet
 from bids_qc.structures import SUBCORTICAL_KINDS, SUBCORTICAL_NAMES
-from bids_qc.training.card_sections import environment, write_card
+from bids_qc.training.card_sections import environment
 from bids_qc.training.eval_protocol import (
     HELDOUT_SHAPE_FAMILIES,
     TRAINING_SHAPE_FAMILIES,
     case_specs,
 )
+from bids_qc.training.ledger import write_card
 from bids_qc.training.shapeqc import SHAPE_FAMILIES_TRAINED, scores
 from bids_qc.training.shapeqc_data import assemble_maps, build_split, cached_axes, load_split
 

@@ -32,7 +32,7 @@ import numpy as np
 
 from bids_qc.structures import STRUCTURE_NAMES
 from bids_qc.synth.metrics import subcortical_dice
-from bids_qc.training.card_sections import write_card
+from bids_qc.training.ledger import write_card
 
 SYNTH_RESOLUTIONS: tuple[float, ...] = (0.7, 1.0, 1.4)
 BERT_RESOLUTIONS: tuple[float, ...] = (0.8, 1.4)
