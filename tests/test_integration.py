@@ -182,3 +182,22 @@ def test_demo_outputs_equal_the_golden_table(demo_run):
     changed = [(name, c, rows[name][c], want) for name, row in golden.items()
                for c, want in row.items() if not _same_cell(c, rows[name][c], want)]
     assert not changed, changed[:10]
+
+
+def test_bids_validator_accepts_the_demo_output(demo_run):
+    """The demo's whole output (six images, both derivative kinds, ManifoldQC surrogates,
+    ShapeQC figures, the group level) is a BIDS-Derivatives dataset the validator accepts:
+    no error, only the warnings a derivative cannot avoid (#24 step 5)."""
+    import os
+    import subprocess
+
+    from tests.test_bids_validator import EXPECTED_WARNINGS, _validator
+
+    validator = _validator()
+    _, out, _ = demo_run
+    done = subprocess.run([*validator, str(out), "--json"], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "NO_COLOR": "1"})
+    found = json.loads(done.stdout)["issues"]
+    assert found["errors"] == [], found["errors"]
+    assert {w["key"] for w in found["warnings"]} <= EXPECTED_WARNINGS, found["warnings"]
+    assert list(out.glob("sub-*/anat/*_desc-manifoldqc_dseg.nii.gz"))  # images were checked
