@@ -55,8 +55,6 @@ def publish(stages: list[dict[str, Any]], output_dir: Path) -> dict[str, str]:
 def retarget(obj: Any, paths: dict[str, str]) -> Any:
     """``obj`` (JSON-like) with every string that is a work-dir path in ``paths`` replaced
     by its published path; the ``"publish"`` lists themselves are dropped."""
-    if not paths and not isinstance(obj, dict):
-        return obj
     if isinstance(obj, dict):
         return {k: retarget(v, paths) for k, v in obj.items() if k != PUBLISH_KEY}
     if isinstance(obj, list):
