@@ -132,8 +132,14 @@ def _verdict(node: Any) -> str:
         result = json.loads(Path(node.result.outputs.out_json).read_text())
     except (AttributeError, OSError, TypeError, ValueError):
         return "verdict unknown"
-    failed = [o.spec.flag for o in evaluate(result) if o.flag]
-    return "PASS" if not failed else "flagged: " + ", ".join(failed)
+    outcomes = evaluate(result)
+    failed = [o.spec.flag for o in outcomes if o.flag]
+    if failed:
+        return "flagged: " + ", ".join(failed)
+    # "PASS" only when some check had a value: a raw image every model skipped passed none.
+    if not any(o.flag is not None for o in outcomes):
+        return "not checked: every check skipped (see the JSON's skipped)"
+    return "PASS"
 
 
 def logs_beside(progress: Progress | None) -> Any:

@@ -43,6 +43,19 @@ def test_plain_lines_start_at_the_first_node_and_end_with_time_and_verdict(tmp_p
     assert progress.done == 2
 
 
+def test_an_image_no_check_could_run_is_not_called_pass(tmp_path, caplog):
+    progress = Progress({"wf_a": "sub-09_T1w"}, tmp_path, bar=False)
+    skipped = _result(tmp_path, "a", {"reg_cc": None, "reg_cc_flag": None,
+                                      "regqc_rmse_mm": None, "regqc_flag": None})
+    with caplog.at_level(logging.INFO, logger="bids_qc"):
+        progress(_node("wf_a", "classic"), "start")
+        progress(_node("wf_a", "write_results", skipped), "end")
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("done sub-09_T1w" in line and "not checked: every check skipped" in line
+               for line in lines), lines
+    assert not any(": PASS" in line for line in lines), lines
+
+
 def test_the_bar_counts_images_and_failures(tmp_path, monkeypatch):
     stream = io.StringIO()
     monkeypatch.setattr("sys.stderr", stream)
